@@ -1,0 +1,259 @@
+"""One settings object, read once from the environment.
+
+Every setting, its default and its unit lives in `SETTINGS` below; the README's
+settings table is written from the same list. A missing or malformed value is a
+`SettingsError` naming the variable, raised when the settings are first read
+(at start-up), never at the first job.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Secret:
+    """A string that never shows itself in `repr`, `str` or logs.
+
+    Call `reveal()` at the one place the real value is needed (an HTTP header,
+    an HMAC). Everything else sees ``'***'``.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The real value."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _text(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise SettingsError(f"{name} is set but empty")
+    return value
+
+
+def _secret(name: str, raw: str) -> Secret:
+    value = raw.strip()
+    if not value:
+        raise SettingsError(f"{name} is set but empty")
+    if any(ch.isspace() for ch in value):
+        raise SettingsError(f"{name} must not contain whitespace")
+    return Secret(value)
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1, got {raw!r}")
+    return value
+
+
+def _http_url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name} must be an absolute http(s) URL, got {raw!r}")
+    return value
+
+
+def _redis_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"{name} must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _broker_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    if urlsplit(value).scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
+        raise SettingsError(f"{name} must be a redis://, rediss:// or amqp:// URL")
+    return value
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s\s*$")
+
+
+def parse_rate(name: str, raw: str) -> tuple[int, float]:
+    """Parse ``'<count>/<seconds>s'`` (e.g. ``'20/10s'``) into (count, seconds)."""
+    match = _RATE.match(raw)
+    if not match or int(match.group(1)) < 1 or float(match.group(2)) <= 0:
+        raise SettingsError(f"{name} must look like '20/10s' (count/seconds), got {raw!r}")
+    return int(match.group(1)), float(match.group(2))
+
+
+def _choice(*options: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise SettingsError(f"{name} must be one of {', '.join(options)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One environment variable: its attribute, default (None = unset), parser and meaning."""
+
+    env: str
+    attr: str
+    default: str | None
+    parse: Callable[[str, str], Any]
+    doc: str
+
+
+SETTINGS: tuple[Spec, ...] = (
+    Spec("REDIS_URL", "redis_url", None, _redis_url,
+         "Redis for the broker, results, job records and locks. Unset: a private "
+         "redis-server is started under COVERS_STATE_DIR (demo and development only)."),
+    Spec("COVERS_BROKER_URL", "broker_url", None, _broker_url,
+         "Broker, when it is not REDIS_URL (e.g. amqp://guest:guest@127.0.0.1:5672//)."),
+    Spec("KIE_API_KEY", "kie_api_key", None, _secret,
+         "Bearer key for the Kie API. Required by workers; never logged."),
+    Spec("KIE_BASE_URL", "kie_base_url", "https://api.kie.ai", _http_url,
+         "Base URL of the Kie API (or a provider serving the same API)."),
+    Spec("KIE_CODE_TABLE", "kie_code_table", "kie", _choice("kie", "sunoapi"),
+         "Which provider's answer codes to use: kie, or sunoapi (429 = credits, 430 = rate)."),
+    Spec("KIE_WEBHOOK_HMAC_KEY", "kie_webhook_hmac_key", None, _secret,
+         "When set, callbacks must carry a valid X-Webhook-Signature; never logged."),
+    Spec("KIE_WEBHOOK_MAX_AGE", "kie_webhook_max_age", "300", _positive_float,
+         "Seconds a signed callback's X-Webhook-Timestamp may be old (or ahead) "
+         "before it is refused."),
+    Spec("KIE_POLL_INTERVAL", "kie_poll_interval", "30", _positive_float,
+         "Seconds between record-info polls of a submitted cover."),
+    Spec("KIE_POLL_TIMEOUT", "kie_poll_timeout", "900", _positive_float,
+         "Seconds after submission before an unfinished cover fails as timed out (retryable)."),
+    Spec("KIE_HTTP_TIMEOUT", "kie_http_timeout", "20", _positive_float,
+         "Seconds to wait for Kie on each HTTP call (connect and read)."),
+    Spec("COVERS_CALLBACK_URL", "callback_url", None, _http_url,
+         "Public URL of this project's callback endpoint (`covers web`, path /kie/callback). "
+         "When set it is the callBackUrl handed to Kie; unset, the job's own callBackUrl is."),
+    Spec("COVERS_MAX_ATTEMPTS", "max_attempts", "5", _positive_int,
+         "Upstream faults (5xx, network, malformed answers) a job survives before it fails."),
+    Spec("COVERS_BACKOFF_BASE", "backoff_base", "2", _positive_float,
+         "Seconds: first retry waits up to this (full jitter), doubling each attempt."),
+    Spec("COVERS_BACKOFF_MAX", "backoff_max", "300", _positive_float,
+         "Seconds: the longest single backoff wait."),
+    Spec("COVERS_MAINTENANCE_PAUSE", "maintenance_pause", "60", _positive_float,
+         "Seconds to wait after a 455 (maintenance) when Kie gives no Retry-After."),
+    Spec("COVERS_CREDITS_MAX_WAIT", "credits_max_wait", "3600", _positive_float,
+         "Seconds a job waits for credits (402/433) before it fails as retryable."),
+    Spec("COVERS_REDISPATCH_AFTER", "redispatch_after", "600", _positive_float,
+         "Seconds a job may go untouched by any worker before its message is sent again "
+         "(covers a worker killed mid-job). Must exceed 3 x KIE_HTTP_TIMEOUT."),
+    Spec("COVERS_DISPATCH_INTERVAL", "dispatch_interval", "1", _positive_float,
+         "Seconds between checks for jobs whose wait is over (each worker checks)."),
+    Spec("COVERS_RESULT_TTL", "result_ttl", "604800", _positive_float,
+         "Seconds a succeeded job's record and result are kept (default 7 days)."),
+    Spec("COVERS_FAILURE_TTL", "failure_ttl", "2592000", _positive_float,
+         "Seconds a failed job's record and result are kept (default 30 days)."),
+    Spec("COVERS_MAX_CALLBACK_BYTES", "max_callback_bytes", "65536", _positive_int,
+         "Largest callback body the web endpoint accepts, in bytes."),
+    Spec("COVERS_QUEUE", "queue", "covers", _text,
+         "Celery queue the cover tasks use."),
+    Spec("COVERS_STATE_DIR", "state_dir", ".covers", _text,
+         "Directory for the private Redis server's files when REDIS_URL is unset."),
+    Spec("COVERS_LOG_LEVEL", "log_level", "INFO",
+         _choice("debug", "info", "warning", "error"),
+         "Log level of workers and the web endpoint."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; see `SETTINGS` for each field's variable, default and unit."""
+
+    redis_url: str | None
+    broker_url: str | None
+    kie_api_key: Secret | None
+    kie_base_url: str
+    kie_code_table: str
+    kie_webhook_hmac_key: Secret | None
+    kie_webhook_max_age: float
+    kie_poll_interval: float
+    kie_poll_timeout: float
+    kie_http_timeout: float
+    callback_url: str | None
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+    maintenance_pause: float
+    credits_max_wait: float
+    redispatch_after: float
+    dispatch_interval: float
+    result_ttl: float
+    failure_ttl: float
+    max_callback_bytes: int
+    queue: str
+    state_dir: str
+    log_level: str
+
+    def require_api_key(self) -> Secret:
+        """The API key, or a `SettingsError` naming KIE_API_KEY when it is unset."""
+        if self.kie_api_key is None:
+            raise SettingsError(
+                "KIE_API_KEY is not set: workers need the Kie API key "
+                "(or run `covers demo`, which uses the built-in stand-in)"
+            )
+        return self.kie_api_key
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and check every setting from `environ` (default: `os.environ`)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for spec in SETTINGS:
+        raw = env.get(spec.env)
+        if raw is None or (raw.strip() == "" and spec.default is not None):
+            raw = spec.default
+        values[spec.attr] = None if raw is None else spec.parse(spec.env, raw)
+    settings = Settings(**values)
+    if settings.redispatch_after <= 3 * settings.kie_http_timeout:
+        raise SettingsError(
+            "COVERS_REDISPATCH_AFTER must exceed 3 x KIE_HTTP_TIMEOUT, or a slow but live "
+            "job would be sent to a second worker"
+        )
+    return settings
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first call."""
+    return load_settings()

@@ -1,0 +1,67 @@
+"""Completing a job from a Kie callback, exactly once.
+
+Used by the web endpoint (`worker.web`). The job record's end is one Lua
+compare-and-set (`JobStore.finish`); only the caller that wins writes the
+Celery result, so a duplicated callback, or a callback racing a poll, ends the
+job once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from enum import StrEnum
+from typing import Any
+
+from celery import states
+
+from tasks import errors
+from tasks.answers import interpret_callback
+from tasks.jobs import JobStore
+from worker.app import app
+
+log = logging.getLogger("covers.callbacks")
+
+
+class CallbackResult(StrEnum):
+    """What a callback did."""
+
+    COMPLETED = "completed"  #: it ended its job
+    DUPLICATE = "duplicate"  #: its job had already ended
+    UNKNOWN = "unknown"  #: no job owns that cover task id (kept briefly, then ignored)
+
+
+def record_result(store: JobStore, job_id: str) -> None:
+    """Write the ended job's outcome to Celery's result backend."""
+    job = store.get(job_id)
+    if job is None:
+        return
+    if job.error is not None:
+        app.backend.mark_as_failure(job_id, errors.from_dict(job.error))
+    else:
+        app.backend.store_result(job_id, job.to_dict(), states.SUCCESS)
+
+
+def apply_callback(store: JobStore, body: Any, early_ttl_s: float) -> CallbackResult:
+    """End the job a callback body belongs to. Raises `InvalidPayload` if malformed.
+
+    Args:
+        store: the job store.
+        body: the decoded JSON body.
+        early_ttl_s: seconds to keep a callback whose cover task id no job owns yet
+            (it may have come before the submit's answer was recorded).
+    """
+    outcome = interpret_callback(body)
+    job_id = store.job_for_cover(outcome.cover_task_id)
+    if job_id is None:
+        store.save_early_callback(outcome.cover_task_id, json.dumps(body), early_ttl_s)
+        log.info("callback for unknown cover task %s kept for %.0fs",
+                 outcome.cover_task_id, early_ttl_s)
+        return CallbackResult.UNKNOWN
+    if not store.finish(job_id, images=outcome.images, error=outcome.error):
+        log.info("duplicate callback for job %s (cover %s)", job_id, outcome.cover_task_id)
+        return CallbackResult.DUPLICATE
+    record_result(store, job_id)
+    log.info("job %s %s by callback (cover %s)", job_id,
+             "failed" if outcome.error else "succeeded", outcome.cover_task_id)
+    return CallbackResult.COMPLETED

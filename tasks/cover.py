@@ -1,0 +1,155 @@
+"""The cover task, registered as ``covers.generate_cover``.
+
+Keyword arguments exactly as Kie spells them: ``taskId`` (the music task id)
+and ``callBackUrl``. A producer in any language can send it by name::
+
+    app.send_task("covers.generate_cover",
+                  kwargs={"taskId": "73d6…", "callBackUrl": "https://app/cb"})
+
+The Celery task id is the job id. Each run does one step (submit or poll) and
+then either ends the job or puts it back in the due set; `AsyncResult(job_id)`
+shows ``SUBMITTED``/``WAITING`` meanwhile, then the outcome of `get_cover`, or
+raises the job's typed error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, NoReturn
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from config import get_settings
+from tasks import errors
+from tasks.jobs import Job, JobStore
+from tasks.kie_client import get_client
+from tasks.pipeline import Done, advance
+from tasks.retry import decide, rule_for
+from tasks.schemas import validate_cover_request
+from tasks.states import CELERY_SUBMITTED, JobState
+from worker.app import app
+from worker.connections import get_store
+
+log = logging.getLogger("covers.task")
+
+#: The stable, documented task name.
+TASK_NAME = "covers.generate_cover"
+#: Celery state while a job waits to retry (rate limit, maintenance, credits, fault).
+CELERY_WAITING = "WAITING"
+
+
+def send_job(job_id: str, task_id: str, callback_url: str) -> None:
+    """Send (or send again) the message of a job, under its job id."""
+    settings = get_settings()
+    app.send_task(TASK_NAME, kwargs={"taskId": task_id, "callBackUrl": callback_url},
+                  task_id=job_id, queue=settings.queue)
+
+
+def _replay(job: Job) -> dict[str, Any]:
+    """The outcome of a job that already ended (stored again for Celery)."""
+    if job.state is JobState.FAILED:
+        raise errors.from_dict(job.error or {"kind": "error", "message": "failed"})
+    return job.to_dict()
+
+
+class CoverTask(Task):
+    """Base of the cover task: one locked step per run, then the retry policy.
+
+    Cross-cutting work lives here, so the task body stays one line.
+    """
+
+    acks_late = True
+    reject_on_worker_lost = True
+    #: Let malformed messages reach our own validation instead of Celery's TypeError.
+    typing = False
+
+    def run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Validate the payload, take the job's lock, do one step, and record it."""
+        settings = get_settings()
+        store = get_store()
+        job_id: str = self.request.id
+        try:
+            request = validate_cover_request(payload)
+        except errors.InvalidPayload as error:
+            store.record_rejected(job_id, error)
+            log.warning("job %s refused: %s", job_id, error)
+            raise
+        store.adopt(job_id, request["taskId"], request["callBackUrl"], settings.redispatch_after)
+        job = store.get(job_id)
+        if job is None or job.state.final:
+            return _replay(job) if job else self._gone(job_id)
+        token = store.lock(job_id, settings.redispatch_after)
+        if token is None:
+            log.info("job %s is being worked on elsewhere; this copy stops", job_id)
+            raise Ignore()
+        try:
+            job = store.get(job_id)
+            if job is None or job.state.final:
+                return _replay(job) if job else self._gone(job_id)
+            store.schedule(job_id, settings.redispatch_after)  # lease for this run
+            return self._step(job, store)
+        finally:
+            store.unlock(job_id, token)
+
+    def _gone(self, job_id: str) -> NoReturn:
+        log.warning("job %s has no record (expired?); dropping the message", job_id)
+        raise Ignore()
+
+    def _step(self, job: Job, store: JobStore) -> dict[str, Any]:
+        settings = get_settings()
+        try:
+            step = advance(job, store, get_client(), settings)
+        except errors.CoverError as error:
+            return self._after_error(job, store, error)
+        if isinstance(step, Done):
+            if store.finish(job.job_id, images=step.images):
+                log.info("job %s (music %s) succeeded with %d images", job.job_id,
+                         job.task_id, len(step.images))
+            fresh = store.get(job.job_id)
+            return _replay(fresh) if fresh else self._gone(job.job_id)
+        store.schedule(job.job_id, step.seconds)
+        store.update(job.job_id, retries=0, faults=0, wait_reason=None)
+        self._show(job.job_id, CELERY_SUBMITTED)
+        log.info("job %s waits %.1fs for its %s", job.job_id, step.seconds, step.reason)
+        raise Ignore()
+
+    def _after_error(self, job: Job, store: JobStore,
+                     error: errors.CoverError) -> dict[str, Any]:
+        settings = get_settings()
+        now = time.time()
+        held = now - job.hold_since if job.hold_since is not None else 0.0
+        decision = decide(error, retries=job.retries, faults=job.faults,
+                          waited_for_credits_s=held, settings=settings)
+        if decision.wait_s is None:
+            if store.finish(job.job_id, error=error):
+                log.warning("job %s (music %s) failed: %s [%s]", job.job_id, job.task_id,
+                            error, decision.reason)
+            fresh = store.get(job.job_id)
+            if fresh is None:
+                raise error
+            return _replay(fresh)
+        changes: dict[str, Any] = {"retries": job.retries + 1, "wait_reason": error.kind}
+        if rule_for(error).counted:
+            changes["faults"] = job.faults + 1
+        if isinstance(error, errors.OutOfCredits) and job.hold_since is None:
+            changes["hold_since"] = repr(now)
+        store.update(job.job_id, **changes)
+        store.schedule(job.job_id, decision.wait_s)
+        log.warning("job %s (music %s) retries in %.1fs: %s [%s]", job.job_id, job.task_id,
+                    decision.wait_s, error, decision.reason)
+        self._show(job.job_id, CELERY_WAITING)
+        raise Ignore()
+
+    def _show(self, job_id: str, state: str) -> None:
+        job = get_store().get(job_id)
+        self.update_state(task_id=job_id, state=state, meta=job.to_dict() if job else {})
+
+
+@app.task(bind=True, base=CoverTask, name=TASK_NAME)
+def generate_cover(self: CoverTask, *args: Any, **payload: Any) -> dict[str, Any]:
+    """Get the cover for music task ``taskId``; see the module docstring."""
+    if args:
+        payload = {"_positional": list(args), **payload}
+    return self.run_job(payload)

@@ -1,0 +1,168 @@
+"""A small client for the three Kie endpoints a cover job needs.
+
+One pooled `requests.Session` per worker process (see `get_client`), a timeout
+on every call, Bearer auth. Every answer goes through `tasks.answers.interpret`;
+network faults become `UpstreamError` whose text never holds the key.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from config import Secret, Settings, get_settings
+from tasks import errors
+from tasks.answers import ExistingCover, interpret
+from tasks.schemas import GenerateDataSchema, RecordInfoDataSchema, validate_with
+
+GENERATE_PATH = "/api/v1/suno/cover/generate"
+RECORD_INFO_PATH = "/api/v1/suno/cover/record-info"
+CREDIT_PATH = "/api/v1/chat/credit"
+
+#: successFlag values of record-info (0 and 2 are both "not yet").
+PENDING, SUCCESS, GENERATING, FAILED = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """Answer of a generate call: the cover task id, and whether it already existed."""
+
+    cover_task_id: str
+    existing: bool
+
+
+@dataclass(frozen=True)
+class CoverInfo:
+    """record-info, reduced to what a job needs."""
+
+    cover_task_id: str
+    success_flag: int
+    images: list[str]
+    error_code: int | None
+    error_message: str | None
+
+    @property
+    def finished(self) -> bool:
+        """True once the cover succeeded or failed."""
+        return self.success_flag in (SUCCESS, FAILED)
+
+
+_generate_data = GenerateDataSchema()
+_record_data = RecordInfoDataSchema()
+
+
+class KieClient:
+    """Calls Kie's generate, record-info and credit endpoints.
+
+    Args:
+        base_url: API root, e.g. ``https://api.kie.ai`` (no trailing slash).
+        api_key: the Bearer key.
+        timeout_s: seconds for connect and for read, on every call.
+        code_table: ``KIE_CODE_TABLE`` name.
+        session: a `requests.Session` to use (default: a new pooled one).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: Secret,
+        timeout_s: float,
+        code_table: str = "kie",
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.code_table = code_table
+        self._session = session or requests.Session()
+        self._headers = {
+            "Authorization": f"Bearer {api_key.reveal()}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+
+    def __repr__(self) -> str:
+        return f"KieClient({self.base_url!r})"
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        url = self.base_url + path
+        try:
+            response = self._session.request(
+                method, url, headers=self._headers, timeout=self.timeout_s,
+                allow_redirects=False, **kwargs,
+            )
+            body = response.content
+        except requests.Timeout:
+            raise errors.UpstreamError(
+                f"no answer from Kie within {self.timeout_s:g}s ({method} {path})"
+            ) from None
+        except requests.RequestException as exc:
+            # The exception's own text can quote the request; keep only its class.
+            raise errors.UpstreamError(
+                f"network error talking to Kie ({method} {path}): {type(exc).__name__}"
+            ) from None
+        return interpret(response.status_code, response.headers, body, self.code_table)
+
+    def generate(self, task_id: str, callback_url: str) -> Submitted:
+        """Ask for a cover of music task `task_id`; Kie will POST to `callback_url`."""
+        data = self._call("POST", GENERATE_PATH, json={"taskId": task_id,
+                                                        "callBackUrl": callback_url})
+        if isinstance(data, ExistingCover):
+            return Submitted(data.cover_task_id, existing=True)
+        try:
+            loaded = validate_with(_generate_data, data, "generate answer")
+        except errors.InvalidPayload as bad:
+            raise errors.UpstreamError(f"malformed answer: {bad.message}") from None
+        return Submitted(loaded["taskId"], existing=False)
+
+    def record_info(self, cover_task_id: str) -> CoverInfo:
+        """Read a cover's progress (`PENDING`, `GENERATING`, `SUCCESS`, `FAILED`)."""
+        data = self._call("GET", RECORD_INFO_PATH, params={"taskId": cover_task_id})
+        if isinstance(data, ExistingCover):
+            raise errors.UpstreamError("record-info answered 'already generated'", data.code)
+        try:
+            loaded = validate_with(_record_data, data, "record-info answer")
+        except errors.InvalidPayload as bad:
+            raise errors.UpstreamError(f"malformed answer: {bad.message}") from None
+        response = loaded.get("response") or {}
+        images = list(response.get("images") or [])
+        flag = int(loaded["successFlag"])
+        if flag == SUCCESS and not images:
+            raise errors.UpstreamError("record-info says success but lists no images")
+        return CoverInfo(loaded["taskId"], flag, images, loaded.get("errorCode"),
+                         loaded.get("errorMessage"))
+
+    def credits(self) -> float:
+        """Credits left on the account."""
+        data = self._call("GET", CREDIT_PATH)
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            raise errors.UpstreamError("malformed answer: credit data is not a number")
+        return float(data)
+
+
+_lock = threading.Lock()
+_clients: dict[int, KieClient] = {}
+
+
+def build_client(settings: Settings) -> KieClient:
+    """A new client from settings (requires KIE_API_KEY)."""
+    return KieClient(settings.kie_base_url, settings.require_api_key(),
+                     settings.kie_http_timeout, settings.kie_code_table)
+
+
+def get_client() -> KieClient:
+    """The client of this process: one pooled session per worker process.
+
+    Keyed by pid because prefork children must not share the parent's sockets.
+    """
+    pid = os.getpid()
+    client = _clients.get(pid)
+    if client is None:
+        with _lock:
+            client = _clients.get(pid)
+            if client is None:
+                client = _clients[pid] = build_client(get_settings())
+    return client

@@ -1,0 +1,96 @@
+"""One step of a cover job: submit it, or look at its progress.
+
+`advance` does one step and says what comes next: `Done` (images known),
+`Later` (look again in some seconds), or it raises a `tasks.errors.CoverError`
+that `tasks.retry` turns into a wait or a failure. No step sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from config import Settings
+from tasks import errors
+from tasks.answers import interpret_callback
+from tasks.jobs import Job, JobStore
+from tasks.kie_client import FAILED, SUCCESS, KieClient
+from tasks.states import JobState
+
+log = logging.getLogger("covers.pipeline")
+
+
+@dataclass(frozen=True)
+class Done:
+    """The cover is ready."""
+
+    images: list[str]
+
+
+@dataclass(frozen=True)
+class Later:
+    """Nothing more to do now; look again in `seconds`."""
+
+    seconds: float
+    reason: str
+
+
+Step = Done | Later
+
+
+def advance(job: Job, store: JobStore, client: KieClient, settings: Settings) -> Step:
+    """Do the job's next step: submit when queued, poll when submitted."""
+    if job.state is JobState.QUEUED:
+        return submit(job, store, client, settings)
+    return poll(job, store, client, settings)
+
+
+def submit(job: Job, store: JobStore, client: KieClient, settings: Settings) -> Step:
+    """Send the generate call once, and record the cover task id Kie gives.
+
+    A job that waits for credits checks the credit endpoint first, so no paid call
+    is made while the account is empty. A job re-run after a crash that follows an
+    accepted generate gets Kie's 400 naming the existing cover, and tracks that.
+    """
+    if job.hold_since is not None:
+        left = client.credits()
+        if left <= 0:
+            raise errors.OutOfCredits(f"still no credits ({left:g} left)", 402)
+    store.count(job.job_id, "attempts")
+    answer = client.generate(job.task_id, settings.callback_url or job.callback_url)
+    _, early = store.mark_submitted(job.job_id, answer.cover_task_id,
+                                          settings.kie_poll_interval)
+    log.info("job %s (music %s) submitted: cover task %s%s", job.job_id, job.task_id,
+             answer.cover_task_id, " (already existed)" if answer.existing else "")
+    if early is not None:
+        return from_callback(json.loads(early))
+    return Later(settings.kie_poll_interval, "cover")
+
+
+def poll(job: Job, store: JobStore, client: KieClient, settings: Settings) -> Step:
+    """Ask record-info once; fail as timed out after KIE_POLL_TIMEOUT seconds."""
+    assert job.cover_task_id is not None, "a submitted job has a cover task id"
+    store.count(job.job_id, "polls")
+    info = client.record_info(job.cover_task_id)
+    if info.success_flag == SUCCESS:
+        return Done(info.images)
+    if info.success_flag == FAILED:
+        raise errors.GenerationFailed(info.error_message or "cover generation failed",
+                                      info.error_code)
+    elapsed = time.time() - (job.submitted_at or time.time())
+    if elapsed >= settings.kie_poll_timeout:
+        raise errors.CoverTimedOut(
+            f"cover {job.cover_task_id} not finished after {elapsed:.0f}s "
+            f"(KIE_POLL_TIMEOUT={settings.kie_poll_timeout:g}s)")
+    return Later(min(settings.kie_poll_interval, settings.kie_poll_timeout - elapsed + 0.01),
+                 "cover")
+
+
+def from_callback(body: object) -> Done:
+    """A stored callback body as a step result (raises its error on failure)."""
+    outcome = interpret_callback(body)
+    if outcome.error is not None:
+        raise outcome.error
+    return Done(outcome.images or [])

@@ -1,0 +1,68 @@
+"""The producer API: what a web app calls.
+
+    from tasks import enqueue_cover, get_cover
+    job_id = enqueue_cover("73d6128b3523a0079df10da9471017c8", "https://app.example/cb")
+    get_cover(job_id)["state"]   # "queued" → "submitted" → "succeeded" / "failed"
+
+The job id is a Celery task id: ``AsyncResult(job_id).get()`` returns the same
+dict as `get_cover` once the job succeeded, or raises its `tasks.errors` error.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from config import get_settings
+from tasks.cover import send_job
+from tasks.errors import UnknownJob
+from tasks.schemas import validate_cover_request
+from worker.connections import get_store
+
+
+def enqueue_cover(task_id: str, callback_url: str) -> str:
+    """Queue a cover job for music task `task_id`; returns its job id at once.
+
+    Raises `tasks.errors.InvalidPayload` (naming each bad field) and queues
+    nothing when the input is invalid. Idempotent per music task: while a job for
+    `task_id` is queued, submitted or succeeded, its id is returned and nothing new
+    is queued. After a failure, a new job is made.
+    """
+    request = validate_cover_request({"taskId": task_id, "callBackUrl": callback_url})
+    settings = get_settings()
+    job_id, created = get_store().enqueue(
+        str(uuid.uuid4()), request["taskId"], request["callBackUrl"], settings.redispatch_after)
+    if created:
+        # Should this send fail (broker down), the job is already in the due set and a
+        # worker's dispatcher sends it within COVERS_REDISPATCH_AFTER seconds.
+        send_job(job_id, request["taskId"], request["callBackUrl"])
+    return job_id
+
+
+def get_cover(job_id: str) -> dict[str, Any]:
+    """The job's record, JSON-ready.
+
+    Keys: ``job_id``, ``task_id`` (music task), ``callback_url``, ``state``
+    (queued, submitted, succeeded, failed), ``cover_task_id``, ``images``,
+    ``error`` (code, kind, message, retryable; None unless failed), ``attempts``
+    (generate calls), ``polls``, ``waiting_for`` (why it waits, if it does) and the
+    ISO 8601 times ``created_at``, ``updated_at``, ``submitted_at``, ``finished_at``.
+
+    Raises `tasks.errors.UnknownJob` when no such job is recorded.
+    """
+    job = get_store().get(str(job_id))
+    if job is None:
+        raise UnknownJob(f"no cover job {job_id!r} (never enqueued, or expired)")
+    return job.to_dict()
+
+
+def wait_for_cover(job_id: str, timeout_s: float = 300.0, interval_s: float = 0.2
+                   ) -> dict[str, Any]:
+    """Block until the job ends (or `timeout_s` seconds pass); returns `get_cover`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        record = get_cover(job_id)
+        if record["state"] in ("succeeded", "failed") or time.monotonic() >= deadline:
+            return record
+        time.sleep(interval_s)

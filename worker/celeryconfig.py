@@ -1,0 +1,37 @@
+"""Celery settings, derived from `config.get_settings()` (loaded lazily by the app).
+
+What the reliability promise relies on, and operators must not change:
+late acks with requeue on worker loss, prefetch of one, JSON only.
+"""
+
+from config import get_settings
+from worker.connections import redis_url
+
+_settings = get_settings()
+_redis = redis_url()
+
+broker_url = _settings.broker_url or _redis
+result_backend = _redis
+broker_connection_retry_on_startup = True
+# Redis broker: an unacked message returns to the queue after this many seconds.
+# Our own due-set redispatch (COVERS_REDISPATCH_AFTER) picks up dead runs sooner.
+broker_transport_options = {"visibility_timeout": 3600}
+result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_default_queue = _settings.queue
+task_routes = {"covers.*": {"queue": _settings.queue}}
+
+result_expires = int(_settings.result_ttl)
+result_extended = True
+task_send_sent_event = True
+worker_send_task_events = True
+worker_hijack_root_logger = True
+enable_utc = True

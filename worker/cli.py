@@ -1,0 +1,188 @@
+"""The ``covers`` command.
+
+    covers worker [CELERY WORKER OPTIONS]   start a worker (same as celery -A worker worker)
+    covers beat                             start the beat scheduler
+    covers web [--host H] [--port P]        serve the callback endpoint under waitress
+    covers standin [--port P] ...           run the Kie stand-in (no credits spent)
+    covers enqueue TASK_ID CALLBACK_URL [--wait] [--timeout S] [--json]
+    covers status JOB_ID [JOB_ID ...] [--json]
+    covers demo [--count N]                 everything, on a private Redis and the stand-in
+
+Exit codes: 0 ok, 1 a job failed or did not finish, 2 bad input or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from config import SettingsError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _celery_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker", *args]
+
+
+def cmd_worker(extra: Sequence[str]) -> int:
+    """Check the settings, then become a Celery worker on COVERS_QUEUE."""
+    from config import get_settings
+    from worker.connections import redis_url
+
+    settings = get_settings()
+    settings.require_api_key()
+    redis_url()  # starts the private Redis when REDIS_URL is unset, and exports it
+    argv = _celery_argv("worker", "-Q", settings.queue, "--loglevel", settings.log_level,
+                        *extra)
+    os.execv(sys.executable, argv)
+    return EXIT_OK  # pragma: no cover - execv does not return
+
+
+def cmd_beat(extra: Sequence[str]) -> int:
+    """Become the Celery beat scheduler (its schedule file lives in COVERS_STATE_DIR)."""
+    from config import get_settings
+    from worker.connections import redis_url
+
+    settings = get_settings()
+    redis_url()
+    os.makedirs(settings.state_dir, exist_ok=True)
+    schedule = os.path.join(settings.state_dir, "celerybeat-schedule")
+    os.execv(sys.executable, _celery_argv("beat", "--schedule", schedule,
+                                          "--loglevel", settings.log_level, *extra))
+    return EXIT_OK  # pragma: no cover
+
+
+def cmd_web(host: str, port: int, threads: int) -> int:
+    """Serve the callback endpoint with waitress until interrupted."""
+    import waitress
+
+    from worker import logs
+    from worker.web import make_app
+
+    logs.configure()
+    print(f"callback endpoint on http://{host}:{port}/kie/callback", flush=True)
+    waitress.serve(make_app(), host=host, port=port, threads=threads, ident="kie-covers")
+    return EXIT_OK
+
+
+def _print_records(records: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(records if len(records) > 1 else records[0], indent=2))
+        return
+    from worker.table import render
+
+    rows = [[r["job_id"], r["task_id"], r["state"],
+             (r["error"] or {}).get("message", "") if r["state"] == "failed"
+             else " ".join(r["images"]) or (r.get("waiting_for") or "")]
+            for r in records]
+    print(render(["job", "music task", "state", "images / reason"], rows))
+
+
+def cmd_enqueue(task_id: str, callback_url: str, wait: bool, timeout_s: float,
+                as_json: bool) -> int:
+    """Queue one cover; with `wait`, block until it ends."""
+    from tasks import enqueue_cover, wait_for_cover
+    from tasks.errors import InvalidPayload
+
+    try:
+        job_id = enqueue_cover(task_id, callback_url)
+    except InvalidPayload as bad:
+        print(f"refused: {bad.message}", file=sys.stderr)
+        for name, messages in sorted(bad.fields.items()):
+            print(f"  {name}: {' '.join(messages)}", file=sys.stderr)
+        return EXIT_USAGE
+    if not wait:
+        print(json.dumps({"job_id": job_id}) if as_json else job_id)
+        return EXIT_OK
+    record = wait_for_cover(job_id, timeout_s=timeout_s)
+    _print_records([record], as_json)
+    return EXIT_OK if record["state"] == "succeeded" else EXIT_FAILED
+
+
+def cmd_status(job_ids: Sequence[str], as_json: bool) -> int:
+    """Show jobs; exit 1 if any is unknown or failed."""
+    from tasks import get_cover
+    from tasks.errors import UnknownJob
+
+    records, code = [], EXIT_OK
+    for job_id in job_ids:
+        try:
+            records.append(get_cover(job_id))
+        except UnknownJob as missing:
+            print(str(missing), file=sys.stderr)
+            code = EXIT_FAILED
+    if records:
+        _print_records(records, as_json)
+    if any(r["state"] == "failed" for r in records):
+        code = EXIT_FAILED
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``covers``."""
+    parser = argparse.ArgumentParser(prog="covers", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="start a Celery worker (extra options go to celery)",
+                   add_help=False)
+    sub.add_parser("beat", help="start the beat scheduler", add_help=False)
+    web = sub.add_parser("web", help="serve the callback endpoint")
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    web.add_argument("--threads", type=int, default=8)
+    sub.add_parser("standin", help="run the Kie stand-in", add_help=False)
+    enqueue = sub.add_parser("enqueue", help="queue a cover job")
+    enqueue.add_argument("task_id", help="the music task id")
+    enqueue.add_argument("callback_url", help="absolute http(s) URL for the app's callback")
+    enqueue.add_argument("--wait", action="store_true", help="wait until the job ends")
+    enqueue.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    enqueue.add_argument("--json", action="store_true")
+    status = sub.add_parser("status", help="show jobs")
+    status.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    status.add_argument("--json", action="store_true")
+    demo = sub.add_parser("demo", help="run everything locally on the stand-in")
+    demo.add_argument("--count", type=int, default=5, help="covers to make (default 5)")
+    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``covers``; returns the exit code."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    passthrough = {"worker", "beat", "standin"}
+    try:
+        if args_in and args_in[0] in passthrough:
+            command, extra = args_in[0], args_in[1:]
+            if command == "worker":
+                return cmd_worker(extra)
+            if command == "beat":
+                return cmd_beat(extra)
+            from standin import main as standin_main
+
+            return standin_main(extra)
+        args = build_parser().parse_args(args_in)
+        if args.command == "web":
+            return cmd_web(args.host, args.port, args.threads)
+        if args.command == "enqueue":
+            return cmd_enqueue(args.task_id, args.callback_url, args.wait, args.timeout,
+                               args.json)
+        if args.command == "status":
+            return cmd_status(args.job_ids, args.json)
+        if args.command == "demo":
+            from worker.demo import run_demo
+
+            return run_demo(args.count, args.timeout)
+    except SettingsError as bad:
+        print(f"covers: setting error: {bad}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

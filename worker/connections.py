@@ -1,0 +1,52 @@
+"""Per-process connections: the Redis URL in use, a Redis client, the job store."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import redis
+
+from config import get_settings
+from tasks.jobs import JobStore
+from worker.redis_server import ensure_private_redis
+
+
+@functools.cache
+def redis_url() -> str:
+    """``REDIS_URL``, or the private server's URL when it is unset (started if needed)."""
+    settings = get_settings()
+    if settings.redis_url:
+        return settings.redis_url
+    url = ensure_private_redis(settings.state_dir)
+    # Child processes (and Celery's own config) see the same server.
+    os.environ.setdefault("REDIS_URL", url)
+    return url
+
+
+_clients: dict[int, redis.Redis] = {}
+
+
+def get_redis() -> redis.Redis:
+    """A Redis client for this process (decoded strings), made once per pid."""
+    pid = os.getpid()
+    client = _clients.get(pid)
+    if client is None:
+        client = _clients[pid] = redis.Redis.from_url(
+            redis_url(), decode_responses=True, health_check_interval=30,
+            socket_timeout=10, socket_connect_timeout=5, retry_on_timeout=True,
+        )
+    return client
+
+
+_stores: dict[int, JobStore] = {}
+
+
+def get_store() -> JobStore:
+    """The job store of this process."""
+    pid = os.getpid()
+    store = _stores.get(pid)
+    if store is None:
+        settings = get_settings()
+        store = _stores[pid] = JobStore(get_redis(), settings.result_ttl, settings.failure_ttl)
+    return store

@@ -1,0 +1,98 @@
+"""Sends the message of every job whose wait is over.
+
+Each worker process runs one `DueDispatcher` thread beside its pool. Every
+``COVERS_DISPATCH_INTERVAL`` seconds it claims the jobs whose time in the due
+set (`config.keys.DUE`) has come (a poll, the end of a retry wait, or a run
+that never reported back) and sends their task message again, under the same
+job id. The claim is one Lua script and renews the job's lease, so many
+workers can run this at once without sending a job twice per lease, and a
+worker that dies after claiming loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, ClassVar
+
+from celery import Celery, bootsteps
+
+from config import get_settings
+
+log = logging.getLogger("covers.dispatcher")
+
+#: Jobs claimed per Redis round trip.
+CLAIM_BATCH = 200
+
+
+class DueDispatcher:
+    """Claims due jobs and re-sends their messages.
+
+    Args:
+        app: the Celery app to send with.
+        interval_s: seconds between rounds.
+        lease_s: seconds a claimed job has before it is claimed again.
+    """
+
+    def __init__(self, app: Celery, interval_s: float, lease_s: float) -> None:
+        self.app = app
+        self.interval_s = interval_s
+        self.lease_s = lease_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> int:
+        """One round: returns how many messages were sent."""
+        from tasks.cover import send_job
+        from worker.connections import get_store
+
+        store = get_store()
+        sent = 0
+        while True:
+            ids = store.claim_due(self.lease_s, CLAIM_BATCH)
+            for job_id in ids:
+                job = store.get(job_id)
+                if job is None or job.state.final:
+                    store.forget_due(job_id)
+                    continue
+                send_job(job.job_id, job.task_id, job.callback_url)
+                sent += 1
+            if len(ids) < CLAIM_BATCH:
+                return sent
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except Exception:  # keep dispatching through a Redis blip
+                log.exception("dispatch round failed; trying again in %.1fs", self.interval_s)
+
+    def start(self) -> None:
+        """Start the background thread."""
+        self._thread = threading.Thread(target=self._loop, name="covers-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (waits for the current round)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+class DispatcherStep(bootsteps.StartStopStep):
+    """Worker bootstep that checks the settings and runs a `DueDispatcher`."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        settings = get_settings()
+        settings.require_api_key()
+        self.dispatcher = DueDispatcher(parent.app, settings.dispatch_interval,
+                                        settings.redispatch_after)
+
+    def start(self, parent: Any) -> None:
+        self.dispatcher.start()
+
+    def stop(self, parent: Any) -> None:
+        self.dispatcher.stop()
