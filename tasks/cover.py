@@ -40,11 +40,14 @@ TASK_NAME = "covers.generate_cover"
 CELERY_WAITING = "WAITING"
 
 
-def send_job(job_id: str, task_id: str, callback_url: str) -> None:
-    """Send (or send again) the message of a job, under its job id."""
-    settings = get_settings()
+def send_job(job_id: str, task_id: str, callback_url: str, queue: str | None = None) -> None:
+    """Send (or send again) the message of a job, under its job id.
+
+    Args:
+        queue: Celery queue (default: COVERS_QUEUE).
+    """
     app.send_task(TASK_NAME, kwargs={"taskId": task_id, "callBackUrl": callback_url},
-                  task_id=job_id, queue=settings.queue)
+                  task_id=job_id, queue=queue or get_settings().queue)
 
 
 def _replay(job: Job) -> dict[str, Any]:
@@ -76,7 +79,9 @@ class CoverTask(Task):
             store.record_rejected(job_id, error)
             log.warning("job %s refused: %s", job_id, error)
             raise
-        store.adopt(job_id, request["taskId"], request["callBackUrl"], settings.redispatch_after)
+        queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue
+        store.adopt(job_id, request["taskId"], request["callBackUrl"], settings.redispatch_after,
+                    queue)
         job = store.get(job_id)
         if job is None or job.state.final:
             return _replay(job) if job else self._gone(job_id)

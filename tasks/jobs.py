@@ -24,7 +24,8 @@ from tasks.errors import CoverError
 from tasks.states import JobState
 
 _ENQUEUE = """
--- KEYS[1] music key, ARGV: job prefix, new job id, task id, callback url, now, due_ms
+-- KEYS[1] music key, KEYS[2] due
+-- ARGV: job prefix, new job id, task id, callback url, now, due_ms, queue
 local existing = redis.call('GET', KEYS[1])
 if existing then
   local state = redis.call('HGET', ARGV[1] .. existing, 'state')
@@ -33,7 +34,7 @@ end
 local job = ARGV[1] .. ARGV[2]
 redis.call('HSET', job, 'job_id', ARGV[2], 'task_id', ARGV[3], 'callback_url', ARGV[4],
            'state', 'queued', 'created_at', ARGV[5], 'updated_at', ARGV[5],
-           'attempts', 0, 'polls', 0, 'faults', 0)
+           'attempts', 0, 'polls', 0, 'faults', 0, 'queue', ARGV[7])
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[2])
 return {ARGV[2], 1}
@@ -41,11 +42,12 @@ return {ARGV[2], 1}
 
 _ADOPT = """
 -- A raw message for a job id we have no record of: create the record.
--- KEYS[1] job key, KEYS[2] music key, KEYS[3] due; ARGV job id, task id, url, now, due_ms
+-- KEYS[1] job key, KEYS[2] music key, KEYS[3] due
+-- ARGV job id, task id, url, now, due_ms, queue
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'task_id', ARGV[2], 'callback_url', ARGV[3],
            'state', 'queued', 'created_at', ARGV[4], 'updated_at', ARGV[4],
-           'attempts', 0, 'polls', 0, 'faults', 0)
+           'attempts', 0, 'polls', 0, 'faults', 0, 'queue', ARGV[6])
 redis.call('SET', KEYS[2], ARGV[1], 'NX')
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 return 1
@@ -116,6 +118,7 @@ class Job:
     task_id: str
     callback_url: str
     state: JobState
+    queue: str = ""
     cover_task_id: str | None = None
     images: list[str] = field(default_factory=list)
     error: dict[str, Any] | None = None
@@ -144,6 +147,7 @@ class Job:
             task_id=raw.get("task_id", ""),
             callback_url=raw.get("callback_url", ""),
             state=JobState(raw.get("state", "queued")),
+            queue=raw.get("queue", ""),
             cover_task_id=raw.get("cover_task_id") or None,
             images=json.loads(raw["images"]) if raw.get("images") else [],
             error=json.loads(raw["error"]) if raw.get("error") else None,
@@ -203,8 +207,11 @@ class JobStore:
     # --- creation -----------------------------------------------------------------
 
     def enqueue(self, job_id: str, task_id: str, callback_url: str,
-                lease_s: float) -> tuple[str, bool]:
+                lease_s: float, queue: str) -> tuple[str, bool]:
         """Record a new job unless one for `task_id` is queued, submitted or succeeded.
+
+        The job is put in the due set `lease_s` seconds ahead, so that it is sent
+        again if its first message is lost; `queue` is where its messages go.
 
         Returns:
             (job id, created): the existing job's id and False, or `job_id` and True.
@@ -213,16 +220,18 @@ class JobStore:
         result = self._enqueue(
             keys=[keys.music(task_id), keys.DUE],
             args=[keys.job(""), job_id, task_id, callback_url, repr(now),
-                  int((now + lease_s) * 1000)],
+                  int((now + lease_s) * 1000), queue],
         )
         return str(result[0]), bool(int(result[1]))
 
-    def adopt(self, job_id: str, task_id: str, callback_url: str, lease_s: float) -> bool:
+    def adopt(self, job_id: str, task_id: str, callback_url: str, lease_s: float,
+              queue: str) -> bool:
         """Create the record of a job that arrived as a raw message; False if it exists."""
         now = _now()
         return bool(self._adopt(
             keys=[keys.job(job_id), keys.music(task_id), keys.DUE],
-            args=[job_id, task_id, callback_url, repr(now), int((now + lease_s) * 1000)],
+            args=[job_id, task_id, callback_url, repr(now), int((now + lease_s) * 1000),
+                  queue],
         ))
 
     # --- reading ------------------------------------------------------------------

@@ -21,22 +21,29 @@ from tasks.schemas import validate_cover_request
 from worker.connections import get_store
 
 
-def enqueue_cover(task_id: str, callback_url: str) -> str:
+def enqueue_cover(task_id: str, callback_url: str, *, queue: str | None = None) -> str:
     """Queue a cover job for music task `task_id`; returns its job id at once.
 
     Raises `tasks.errors.InvalidPayload` (naming each bad field) and queues
     nothing when the input is invalid. Idempotent per music task: while a job for
     `task_id` is queued, submitted or succeeded, its id is returned and nothing new
     is queued. After a failure, a new job is made.
+
+    Args:
+        task_id: the music task id Kie gave for the song.
+        callback_url: absolute http(s) URL of the calling app (at most 2048 chars).
+        queue: Celery queue for every run of this job (default: COVERS_QUEUE).
     """
     request = validate_cover_request({"taskId": task_id, "callBackUrl": callback_url})
     settings = get_settings()
+    queue = queue or settings.queue
     job_id, created = get_store().enqueue(
-        str(uuid.uuid4()), request["taskId"], request["callBackUrl"], settings.redispatch_after)
+        str(uuid.uuid4()), request["taskId"], request["callBackUrl"], settings.redispatch_after,
+        queue)
     if created:
         # Should this send fail (broker down), the job is already in the due set and a
         # worker's dispatcher sends it within COVERS_REDISPATCH_AFTER seconds.
-        send_job(job_id, request["taskId"], request["callBackUrl"])
+        send_job(job_id, request["taskId"], request["callBackUrl"], queue=queue)
     return job_id
 
 

@@ -23,11 +23,11 @@ DEMO_POLL_INTERVAL_S = "2"
 
 
 def _serve_web(port: int) -> threading.Thread:
-    import waitress
+    from waitress.server import create_server
 
     from worker.web import make_app
 
-    server = waitress.create_server(make_app(), host="127.0.0.1", port=port, threads=4)
+    server = create_server(make_app(), host="127.0.0.1", port=port, threads=4)
     thread = threading.Thread(target=server.run, name="demo-web", daemon=True)
     thread.start()
     return thread

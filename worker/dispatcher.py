@@ -55,7 +55,7 @@ class DueDispatcher:
                 if job is None or job.state.final:
                     store.forget_due(job_id)
                     continue
-                send_job(job.job_id, job.task_id, job.callback_url)
+                send_job(job.job_id, job.task_id, job.callback_url, job.queue or None)
                 sent += 1
             if len(ids) < CLAIM_BATCH:
                 return sent

@@ -1,0 +1,9 @@
+"""Loopback stand-in for Kie's Suno cover API: a real HTTP server that costs no credits.
+
+Start one in-process with ``KieStandin(StandinConfig(...)).start()`` (or as a
+context manager), or from a shell with ``python -m standin``.
+"""
+
+from .server import KieStandin, StandinConfig, main
+
+__all__ = ["KieStandin", "StandinConfig", "main"]

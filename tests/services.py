@@ -1,0 +1,124 @@
+"""Real services for the tests: worker processes and the callback endpoint.
+
+Nothing here is a mock: workers are ``celery -A worker worker`` processes on
+the suite's own Redis server, the endpoint is ``covers web`` under waitress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: object, timeout_s: float = 20.0, interval_s: float = 0.05,
+               message: str = "condition") -> None:
+    """Poll `predicate()` until true; fail the test after `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+
+
+class WorkerProcess:
+    """One real Celery worker process (prefork, `concurrency` children)."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path,
+                 concurrency: int = 2) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.env = env
+        self.concurrency = concurrency
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue this worker consumes."""
+        return self.env["COVERS_QUEUE"]
+
+    def start(self) -> WorkerProcess:
+        """Start and wait until the worker is ready to take tasks."""
+        self.log_path.write_text("")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "worker",
+             "-Q", self.env["COVERS_QUEUE"], "-c", str(self.concurrency), "-P", "prefork",
+             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "--loglevel", "INFO", "-f", str(self.log_path)],
+            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(lambda: "ready." in self.log() or self.process.poll() is not None,  # type: ignore[union-attr]
+                   30, 0.1, f"worker {self.name} to start")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited:\n{self.log()[-3000:]}")
+        return self
+
+    def log(self) -> str:
+        """Everything the worker logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the worker and all its pool children at once."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Warm shutdown; SIGKILL if it does not stop within 20 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class WebProcess:
+    """``covers web`` on a loopback port."""
+
+    def __init__(self, port: int, env: dict[str, str], log_dir: Path) -> None:
+        self.port = port
+        self.env = env
+        self.log_path = log_dir / f"web-{port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The callback URL."""
+        return f"http://127.0.0.1:{self.port}/kie/callback"
+
+    def start(self) -> WebProcess:
+        """Start and wait for /healthz."""
+        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "web", "--port", str(self.port)],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_until(healthy, 20, 0.1, "callback endpoint")
+        return self
+
+    def stop(self) -> None:
+        """Stop the process."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
