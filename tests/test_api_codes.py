@@ -111,8 +111,8 @@ def test_out_of_credits_holds_the_job_until_credits_return(
     standin.set_credits(0)
     task_id = music_id()
     job_id = enqueue_cover(task_id, APP_CALLBACK)
-    from tests.services import wait_until
     from tasks import get_cover
+    from tests.services import wait_until
 
     wait_until(lambda: get_cover(job_id)["waiting_for"] == "out_of_credits", 15,
                message="the job to wait for credits")

@@ -9,8 +9,7 @@ import pytest
 from celery.result import AsyncResult
 
 from standin import KieStandin
-from tasks import enqueue_cover, get_cover, wait_for_cover
-from tasks import errors
+from tasks import enqueue_cover, errors, get_cover, wait_for_cover
 from tests.services import WorkerProcess, wait_until
 from worker.app import app
 

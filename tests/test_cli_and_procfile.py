@@ -1,0 +1,158 @@
+"""The `covers` command, the demo on an unconfigured machine, and the Procfile lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import requests
+
+from standin import KieStandin
+from tests.conftest import process_env
+from tests.services import ROOT, WorkerProcess, wait_until
+from worker.redis_server import free_port
+
+
+def covers(*args: str, env: dict[str, str] | None = None, timeout: float = 60
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT,
+                          env=env or process_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_enqueue_wait_and_status(standin: KieStandin, worker: WorkerProcess) -> None:
+    task_id = uuid.uuid4().hex
+    done = covers("enqueue", task_id, "http://127.0.0.1:9/cb", "--wait", "--timeout", "30",
+                  "--json")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["state"] == "succeeded" and len(record["images"]) == 2
+    shown = covers("status", record["job_id"])
+    assert shown.returncode == 0
+    assert record["job_id"] in shown.stdout and "succeeded" in shown.stdout
+    missing = covers("status", str(uuid.uuid4()))
+    assert missing.returncode == 1 and "no cover job" in missing.stderr
+
+
+def test_the_demo_runs_on_a_machine_with_nothing_configured(tmp_path: Path) -> None:
+    # Given no REDIS_URL, no KIE_* and no COVERS_* settings at all
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("REDIS_", "KIE_", "COVERS_"))}
+    env["COVERS_STATE_DIR"] = str(tmp_path / "state")
+    try:
+        done = subprocess.run([sys.executable, "-m", "worker.cli", "demo", "--count", "3"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        # Then it starts its own Redis, the stand-in and a worker, and every cover is made
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "all covers made" in done.stdout
+        assert done.stdout.count("succeeded") >= 3
+        assert "/files/" in done.stdout
+        assert (tmp_path / "state" / "redis" / "port").exists()
+    finally:
+        pid_file = tmp_path / "state" / "redis" / "redis.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+def _procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(":", 1) for line in lines if line.strip())
+
+
+def _expand(command: str, env: dict[str, str]) -> list[str]:
+    expanded = subprocess.run(["bash", "-c", f"printf '%s\\0' {command}"], env=env,
+                              capture_output=True, text=True, check=True).stdout
+    return [part for part in expanded.split("\0") if part]
+
+
+def test_the_procfile_lines_run_as_written(standin: KieStandin, run_dir: Path) -> None:
+    procfile = _procfile()
+    assert set(procfile) == {"worker", "beat", "web"}
+    port = free_port()
+    queue = f"covers-procfile-{uuid.uuid4().hex[:6]}"
+    env = process_env(PORT=str(port), COVERS_QUEUE=queue, WORKER_CONCURRENCY="1",
+                      COVERS_STATE_DIR=str(run_dir / "procfile"),
+                      COVERS_CALLBACK_URL=f"http://127.0.0.1:{port}/kie/callback",
+                      PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    processes = {}
+    try:
+        for name, command in procfile.items():
+            argv = _expand(command.strip(), env)
+            assert argv[0] == "covers", f"{name}: {shlex.join(argv)}"
+            processes[name] = subprocess.Popen(
+                argv, cwd=ROOT, env=env,
+                stdout=open(run_dir / f"procfile-{name}.log", "wb"),  # noqa: SIM115
+                stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: _healthy(port), 20, 0.1, "web line")
+        task_id = uuid.uuid4().hex
+        from tasks import enqueue_cover, wait_for_cover
+
+        record = wait_for_cover(enqueue_cover(task_id, "http://127.0.0.1:9/cb", queue=queue),
+                                timeout_s=40)
+        assert record["state"] == "succeeded"
+        assert processes["beat"].poll() is None, (run_dir / "procfile-beat.log").read_text()
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def _all_redis_text(url: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    parts: list[bytes] = []
+    for key in client.scan_iter():
+        kind = client.type(key)
+        if kind == b"string":
+            parts.append(client.get(key) or b"")
+        elif kind == b"hash":
+            parts.extend(b"%s=%s" % kv for kv in client.hgetall(key).items())
+        elif kind == b"list":
+            parts.extend(client.lrange(key, 0, -1))
+        elif kind == b"zset":
+            parts.extend(client.zrange(key, 0, -1))
+        elif kind == b"set":
+            parts.extend(client.smembers(key))
+    return b"\n".join(parts).decode("utf-8", "replace")
+
+
+def test_no_secret_reaches_the_logs_or_the_stored_records(
+    standin: KieStandin, worker: WorkerProcess, run_dir: Path, redis_server: object
+) -> None:
+    from tasks import enqueue_cover, wait_for_cover
+    from tests.conftest import API_KEY, HMAC_KEY
+
+    standin.inject("generate", "401", times=1)
+    standin.inject("generate", "reset", times=1)
+    for _ in range(2):
+        wait_for_cover(enqueue_cover(uuid.uuid4().hex, "http://127.0.0.1:9/cb"), timeout_s=20)
+    record = wait_for_cover(enqueue_cover(uuid.uuid4().hex, "http://127.0.0.1:9/cb"),
+                            timeout_s=20)
+    assert record["state"] == "succeeded"
+    logs = "".join(p.read_text(errors="replace") for p in run_dir.glob("*.log"))
+    assert "401" in logs or "unauthorized" in logs  # the logs are really there
+    assert API_KEY not in logs
+    assert HMAC_KEY not in logs
+    stored = _all_redis_text(redis_server.url)  # type: ignore[attr-defined]
+    assert "unauthorized" in stored  # the failure record is there
+    assert API_KEY not in stored
+    assert HMAC_KEY not in stored
