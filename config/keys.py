@@ -36,3 +36,26 @@ def lock(job_id: str) -> str:
 def early_callback(cover_task_id: str) -> str:
     """String: a callback that arrived before its submit was recorded (JSON)."""
     return f"{PREFIX}early:{cover_task_id}"
+
+#: String with a PX expiry: while it exists nobody calls Kie; its value is the reason
+#: (``rate_limited`` after a 429, ``maintenance`` after a 455).
+PAUSE = PREFIX + "pause"
+#: String: set while the account is out of credits (402/433); no generate is sent.
+CREDITS_HOLD = PREFIX + "hold:credits"
+#: String with a PX expiry: the one worker allowed to check the credits right now.
+CREDITS_PROBE = PREFIX + "hold:credits:probe"
+
+
+def rate_sent(limiter: str) -> str:
+    """Sorted set: when each call that passed limiter `limiter` was let through (ms)."""
+    return f"{PREFIX}rate:{limiter}:sent"
+
+
+def rate_slots(limiter: str) -> str:
+    """Sorted set: the slot (ms) reserved for each waiting job, in reservation order."""
+    return f"{PREFIX}rate:{limiter}:slots"
+
+
+def rate_tickets(limiter: str) -> str:
+    """Hash: job id -> its reserved slot (ms), until the job uses it."""
+    return f"{PREFIX}rate:{limiter}:tickets"

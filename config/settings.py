@@ -156,6 +156,14 @@ SETTINGS: tuple[Spec, ...] = (
     Spec("KIE_WEBHOOK_MAX_AGE", "kie_webhook_max_age", "300", _positive_float,
          "Seconds a signed callback's X-Webhook-Timestamp may be old (or ahead) "
          "before it is refused."),
+    Spec("KIE_RATE_LIMIT", "rate_limit", "20/10s", parse_rate,
+         "New generations allowed per window for the whole cluster, as <count>/<seconds>s. "
+         "Shared by every worker on every host using the same Redis."),
+    Spec("KIE_STATUS_RATE_LIMIT", "status_rate_limit", "100/10s", parse_rate,
+         "Status polls and credit checks allowed per window for the whole cluster."),
+    Spec("COVERS_RATE_MARGIN", "rate_margin", "0.1", _positive_float,
+         "Seconds added to each rate window so network jitter never lets Kie count one "
+         "call too many."),
     Spec("KIE_POLL_INTERVAL", "kie_poll_interval", "30", _positive_float,
          "Seconds between record-info polls of a submitted cover."),
     Spec("KIE_POLL_TIMEOUT", "kie_poll_timeout", "900", _positive_float,
@@ -207,6 +215,9 @@ class Settings:
     kie_code_table: str
     kie_webhook_hmac_key: Secret | None
     kie_webhook_max_age: float
+    rate_limit: tuple[int, float]
+    status_rate_limit: tuple[int, float]
+    rate_margin: float
     kie_poll_interval: float
     kie_poll_timeout: float
     kie_http_timeout: float

@@ -25,12 +25,13 @@ from config import get_settings
 from tasks import errors
 from tasks.jobs import Job, JobStore
 from tasks.kie_client import get_client
-from tasks.pipeline import Done, advance
-from tasks.retry import decide, rule_for
+from tasks.limiter import hold_credits, pause_all
+from tasks.pipeline import Done, Throttled, advance
+from tasks.retry import Effect, decide, rule_for
 from tasks.schemas import validate_cover_request
 from tasks.states import CELERY_SUBMITTED, JobState
 from worker.app import app
-from worker.connections import get_store
+from worker.connections import get_limiters, get_store
 
 log = logging.getLogger("covers.task")
 
@@ -105,7 +106,9 @@ class CoverTask(Task):
     def _step(self, job: Job, store: JobStore) -> dict[str, Any]:
         settings = get_settings()
         try:
-            step = advance(job, store, get_client(), settings)
+            step = advance(job, store, get_client(), get_limiters(), settings)
+        except Throttled as throttled:
+            return self._wait(job, store, throttled)
         except errors.CoverError as error:
             return self._after_error(job, store, error)
         if isinstance(step, Done):
@@ -118,6 +121,14 @@ class CoverTask(Task):
         store.update(job.job_id, retries=0, faults=0, wait_reason=None)
         self._show(job.job_id, CELERY_SUBMITTED)
         log.info("job %s waits %.1fs for its %s", job.job_id, step.seconds, step.reason)
+        raise Ignore()
+
+    def _wait(self, job: Job, store: JobStore, throttled: Throttled) -> NoReturn:
+        """Back to the due set until the limiter's slot; no attempt is counted."""
+        store.update(job.job_id, wait_reason=throttled.reason)
+        store.schedule(job.job_id, throttled.wait_s)
+        log.debug("job %s waits %.3fs (%s)", job.job_id, throttled.wait_s, throttled.reason)
+        self._show(job.job_id, CELERY_WAITING)
         raise Ignore()
 
     def _after_error(self, job: Job, store: JobStore,
@@ -135,8 +146,14 @@ class CoverTask(Task):
             if fresh is None:
                 raise error
             return _replay(fresh)
+        rule = rule_for(error)
+        if rule.effect is Effect.PAUSE_ALL and pause_all(store.redis, decision.wait_s,
+                                                         error.kind):
+            log.warning("pausing every worker for %.1fs: %s", decision.wait_s, error)
+        if rule.effect is Effect.HOLD_CREDITS and hold_credits(store.redis, error.kind):
+            log.warning("holding every generate until credits return: %s", error)
         changes: dict[str, Any] = {"retries": job.retries + 1, "wait_reason": error.kind}
-        if rule_for(error).counted:
+        if rule.counted:
             changes["faults"] = job.faults + 1
         if isinstance(error, errors.OutOfCredits) and job.hold_since is None:
             changes["hold_since"] = repr(now)

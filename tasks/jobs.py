@@ -297,6 +297,13 @@ class JobStore:
         """Have a worker look at the job again in `delay_s` seconds."""
         self.redis.zadd(keys.DUE, {job_id: int((_now() + delay_s) * 1000)})
 
+    def next_due_in_s(self) -> float | None:
+        """Seconds until the earliest due job (negative if overdue), or None if none."""
+        first = self.redis.zrange(keys.DUE, 0, 0, withscores=True)
+        if not first:
+            return None
+        return float(first[0][1]) / 1000.0 - _now()
+
     def forget_due(self, job_id: str) -> None:
         """Take a job out of the due set (it ended, or its record is gone)."""
         self.redis.zrem(keys.DUE, job_id)

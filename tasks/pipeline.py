@@ -11,15 +11,29 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from config import Settings
 from tasks import errors
 from tasks.answers import interpret_callback
 from tasks.jobs import Job, JobStore
 from tasks.kie_client import FAILED, SUCCESS, KieClient
+from tasks.limiter import RateLimiter, release_credits
 from tasks.states import JobState
 
+if TYPE_CHECKING:
+    from worker.connections import Limiters
+
 log = logging.getLogger("covers.pipeline")
+
+
+class Throttled(Exception):
+    """The limiter says not now: wait `wait_s` seconds. Not a failure, not an attempt."""
+
+    def __init__(self, wait_s: float, reason: str) -> None:
+        super().__init__(f"{reason}: wait {wait_s:.3f}s")
+        self.wait_s = wait_s
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -40,24 +54,46 @@ class Later:
 Step = Done | Later
 
 
-def advance(job: Job, store: JobStore, client: KieClient, settings: Settings) -> Step:
-    """Do the job's next step: submit when queued, poll when submitted."""
+def advance(job: Job, store: JobStore, client: KieClient, limiters: Limiters,
+            settings: Settings) -> Step:
+    """Do the job's next step: submit when queued, poll when submitted.
+
+    Raises `Throttled` when the cluster-wide limiter says to wait.
+    """
     if job.state is JobState.QUEUED:
+        gate(limiters.generate, job, store, client)
         return submit(job, store, client, settings)
+    gate(limiters.status, job, store, client)
     return poll(job, store, client, settings)
+
+
+def gate(limiter: RateLimiter, job: Job, store: JobStore, client: KieClient) -> None:
+    """Pass the limiter, or raise `Throttled` / `OutOfCredits` saying how long to wait.
+
+    While the account is out of credits, one caller at a time is chosen to check
+    the credit endpoint; when credits are back it lifts the hold for everyone.
+    """
+    answer = limiter.acquire(job.job_id)
+    if answer.reason == "probe":
+        left = client.credits()
+        if left <= 0:
+            raise errors.OutOfCredits(f"still no credits ({left:g} left)", 402)
+        release_credits(store.redis)
+        log.warning("credits are back (%g left): generates resume for every worker", left)
+        answer = limiter.acquire(job.job_id)
+    if answer.reason == "out_of_credits":
+        raise errors.OutOfCredits("the account is out of credits; holding", 402,
+                                  answer.wait_s)
+    if not answer.go:
+        raise Throttled(answer.wait_s, answer.reason)
 
 
 def submit(job: Job, store: JobStore, client: KieClient, settings: Settings) -> Step:
     """Send the generate call once, and record the cover task id Kie gives.
 
-    A job that waits for credits checks the credit endpoint first, so no paid call
-    is made while the account is empty. A job re-run after a crash that follows an
-    accepted generate gets Kie's 400 naming the existing cover, and tracks that.
+    A job re-run after a crash that follows an accepted generate gets Kie's 400
+    naming the existing cover, and tracks that instead of paying again.
     """
-    if job.hold_since is not None:
-        left = client.credits()
-        if left <= 0:
-            raise errors.OutOfCredits(f"still no credits ({left:g} left)", 402)
     store.count(job.job_id, "attempts")
     answer = client.generate(job.task_id, settings.callback_url or job.callback_url)
     _, early = store.mark_submitted(job.job_id, answer.cover_task_id,

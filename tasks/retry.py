@@ -25,6 +25,14 @@ class Wait(StrEnum):
     NEVER = "never"  #: fail at once
 
 
+class Effect(StrEnum):
+    """What an error does to every other worker."""
+
+    NONE = "none"
+    PAUSE_ALL = "pause_all"  #: nobody calls Kie until the wait is over
+    HOLD_CREDITS = "hold_credits"  #: nobody generates until a credit check finds credits
+
+
 @dataclass(frozen=True)
 class RetryRule:
     """How to treat one branch of the error taxonomy.
@@ -32,17 +40,19 @@ class RetryRule:
     Attributes:
         wait: how the wait is computed.
         counted: whether the error counts toward COVERS_MAX_ATTEMPTS.
+        effect: what it does to the rest of the cluster.
     """
 
     wait: Wait
     counted: bool = False
+    effect: Effect = Effect.NONE
 
 
 RETRY_POLICY: tuple[tuple[type[errors.CoverError], RetryRule], ...] = (
-    (errors.RateLimited, RetryRule(Wait.RETRY_AFTER_OR_BACKOFF)),
-    (errors.Maintenance, RetryRule(Wait.RETRY_AFTER_OR_PAUSE)),
+    (errors.RateLimited, RetryRule(Wait.RETRY_AFTER_OR_BACKOFF, effect=Effect.PAUSE_ALL)),
+    (errors.Maintenance, RetryRule(Wait.RETRY_AFTER_OR_PAUSE, effect=Effect.PAUSE_ALL)),
     (errors.UpstreamError, RetryRule(Wait.BACKOFF, counted=True)),
-    (errors.OutOfCredits, RetryRule(Wait.CREDITS)),
+    (errors.OutOfCredits, RetryRule(Wait.CREDITS, effect=Effect.HOLD_CREDITS)),
     (errors.CoverError, RetryRule(Wait.NEVER)),
 )
 
@@ -108,5 +118,6 @@ def decide(
     if waited_for_credits_s >= settings.credits_max_wait:
         return Decision(None, f"{error.kind}: waited {waited_for_credits_s:.0f}s for credits")
     remaining = settings.credits_max_wait - waited_for_credits_s
-    return Decision(min(settings.maintenance_pause, remaining),
+    wait = error.retry_after if error.retry_after is not None else settings.maintenance_pause
+    return Decision(max(0.05, min(wait, remaining)),
                     f"{error.kind}: waiting for credits")

@@ -37,6 +37,8 @@ BASE_ENV = {
     "COVERS_MAINTENANCE_PAUSE": "0.5",
     "COVERS_MAX_ATTEMPTS": "4",
     "COVERS_CREDITS_MAX_WAIT": "60",
+    "KIE_RATE_LIMIT": "1000/1s",
+    "KIE_STATUS_RATE_LIMIT": "1000/1s",
 }
 
 _state: dict[str, object] = {}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import redis
 
 from config import get_settings
 from tasks.jobs import JobStore
+from tasks.limiter import RateLimiter
 from worker.redis_server import ensure_private_redis
 
 
@@ -37,6 +39,34 @@ def get_redis() -> redis.Redis:
             socket_timeout=10, socket_connect_timeout=5, retry_on_timeout=True,
         )
     return client
+
+
+@dataclass(frozen=True)
+class Limiters:
+    """The cluster-wide limiters of this process."""
+
+    generate: RateLimiter
+    status: RateLimiter
+
+
+_limiters: dict[int, Limiters] = {}
+
+
+def get_limiters() -> Limiters:
+    """The limiters (KIE_RATE_LIMIT for generates, KIE_STATUS_RATE_LIMIT for the rest)."""
+    pid = os.getpid()
+    found = _limiters.get(pid)
+    if found is None:
+        settings = get_settings()
+        client = get_redis()
+        found = _limiters[pid] = Limiters(
+            generate=RateLimiter(client, "generate", *settings.rate_limit,
+                                 margin_s=settings.rate_margin, gate_on_credits=True,
+                                 probe_every_s=settings.maintenance_pause),
+            status=RateLimiter(client, "status", *settings.status_rate_limit,
+                               margin_s=settings.rate_margin),
+        )
+    return found
 
 
 _stores: dict[int, JobStore] = {}

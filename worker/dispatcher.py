@@ -23,6 +23,8 @@ log = logging.getLogger("covers.dispatcher")
 
 #: Jobs claimed per Redis round trip.
 CLAIM_BATCH = 200
+#: Shortest pause between rounds, in seconds.
+MIN_PAUSE_S = 0.005
 
 
 class DueDispatcher:
@@ -61,11 +63,20 @@ class DueDispatcher:
                 return sent
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        from worker.connections import get_store
+
+        pause = self.interval_s
+        while not self._stop.wait(pause):
             try:
                 self.run_once()
+                # Wake for the next due job rather than a whole interval later, so a
+                # rate-limit slot or a poll is kept to within a few milliseconds.
+                next_in = get_store().next_due_in_s()
+                pause = self.interval_s if next_in is None else \
+                    min(self.interval_s, max(MIN_PAUSE_S, next_in))
             except Exception:  # keep dispatching through a Redis blip
                 log.exception("dispatch round failed; trying again in %.1fs", self.interval_s)
+                pause = self.interval_s
 
     def start(self) -> None:
         """Start the background thread."""
