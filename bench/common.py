@@ -1,0 +1,228 @@
+"""Shared pieces of the benchmarks: worker processes, clean environments, metrics.
+
+Everything runs on loopback: a private redis-server, the in-process Kie
+stand-in, and real ``celery worker`` processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+#: The project directory (workers run from here so ``-A worker`` / ``-A bench.…`` import).
+ROOT = Path(__file__).resolve().parent.parent
+#: Seconds a worker has to become ready.
+READY_TIMEOUT_S = 60.0
+#: Seconds between SIGTERM and SIGKILL when stopping a process.
+STOP_GRACE_S = 15.0
+#: Prefixes of environment variables the benchmark sets itself; inherited ones are dropped
+#: so a developer's shell (e.g. COVERS_CALLBACK_URL) cannot change what is measured.
+OWN_ENV_PREFIXES = ("REDIS_URL", "COVERS_", "KIE_", "PLAIN_")
+
+
+def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without project settings, plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_ENV_PREFIXES)}
+    env.update(overrides)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def parse_limit(text: str) -> tuple[int, float]:
+    """``'20/2s'`` -> ``(20, 2.0)``: calls per window of that many seconds.
+
+    Raises:
+        ValueError: when `text` is not ``<count>/<seconds>s`` with a positive count.
+    """
+    from config.settings import SettingsError, parse_rate
+
+    try:
+        return parse_rate("--limit", text)
+    except SettingsError as error:
+        raise ValueError(str(error)) from None
+
+
+def format_limit(limit: tuple[int, float]) -> str:
+    """``(20, 2.0)`` -> ``'20/2s'`` (the form KIE_RATE_LIMIT takes)."""
+    return f"{limit[0]}/{limit[1]:g}s"
+
+
+def terminate(process: subprocess.Popen[bytes], group: bool,
+              grace_s: float = STOP_GRACE_S) -> None:
+    """Stop `process`: SIGTERM, then SIGKILL if it is still running after `grace_s` seconds.
+
+    Args:
+        group: signal the process group (the process was started in a session of its
+            own, e.g. a Celery worker with its pool children).
+    """
+    if process.poll() is not None:
+        return
+
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+
+    send(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        process.wait(timeout=grace_s)
+    if group:
+        # Pool children left behind by a main process that died first.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+class Workers:
+    """N real ``celery worker`` processes, one pool slot each (``-c 1 -P prefork``).
+
+    Args:
+        app_module: what ``celery -A`` loads (``worker`` or ``bench.plain_app``).
+        queue: the Celery queue they consume.
+        count: how many processes.
+        env: their environment.
+        log_dir: where ``bench<i>.log`` goes (one file per worker, ``-f``).
+        loglevel: Celery's ``--loglevel``.
+    """
+
+    def __init__(self, app_module: str, queue: str, count: int, env: Mapping[str, str],
+                 log_dir: Path, loglevel: str = "WARNING") -> None:
+        self.app_module = app_module
+        self.queue = queue
+        self.count = count
+        self.env = dict(env)
+        self.log_dir = log_dir
+        self.loglevel = loglevel
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def log_path(self, index: int) -> Path:
+        """Log file of worker `index`."""
+        return self.log_dir / f"bench{index}.log"
+
+    def start(self, ping: Callable[[], Iterable[str]],
+              timeout_s: float = READY_TIMEOUT_S) -> Workers:
+        """Start every worker, then wait until each is ready to take tasks.
+
+        A worker is ready when it logged ``ready.`` (at ``--loglevel INFO`` or lower)
+        or answers `ping` (which returns the node names that replied, e.g.
+        ``bench0@host``): at WARNING Celery does not log ``ready.``, and a control
+        reply comes from the same consumer once its task queue is consumed.
+
+        Raises:
+            RuntimeError: when a worker exits, or is not ready after `timeout_s` seconds.
+        """
+        for index in range(self.count):
+            path = self.log_path(index)
+            path.write_text("")
+            self.processes.append(subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", self.app_module, "worker",
+                 "-Q", self.queue, "-c", "1", "-P", "prefork", "-n", f"bench{index}@%h",
+                 "--without-gossip", "--without-mingle", "--without-heartbeat",
+                 "--loglevel", self.loglevel, "-f", str(path)],
+                cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+            ))
+        waiting = set(range(self.count))
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            for index in list(waiting):
+                process = self.processes[index]
+                if process.poll() is not None:
+                    raise RuntimeError(f"worker bench{index} exited with {process.returncode}:"
+                                       f"\n{self.log_tail(index)}")
+                if "ready." in self.log_path(index).read_text(errors="replace"):
+                    waiting.discard(index)
+            if waiting:
+                replied = {name.partition("@")[0] for name in ping()}
+                waiting -= {i for i in waiting if f"bench{i}" in replied}
+            if waiting and time.monotonic() > deadline:
+                raise RuntimeError(f"workers {sorted(waiting)} not ready after {timeout_s:g}s")
+        return self
+
+    def log_tail(self, index: int, chars: int = 3000) -> str:
+        """The last `chars` characters of worker `index`'s log."""
+        path = self.log_path(index)
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop them all: SIGTERM to each process group, SIGKILL after STOP_GRACE_S seconds."""
+        for process in self.processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            terminate(process, group=True)
+
+
+def celery_ping(app: Any, timeout_s: float = 0.5) -> list[str]:
+    """Node names of the workers of Celery `app` that answer a control ping."""
+    try:
+        replies = app.control.ping(timeout=timeout_s) or []
+    except Exception:  # broker not ready yet; ask again next round
+        return []
+    return [name for reply in replies for name in reply]
+
+
+def wait_all(is_done: Callable[[str], bool], ids: Sequence[str], timeout_s: float,
+             interval_s: float = 0.1) -> tuple[float, list[str]]:
+    """Wait until ``is_done(id)`` holds for every id, checking in order.
+
+    Each round checks the ids still pending, oldest first, and stops at the first one
+    not done (jobs mostly end in the order they were sent, and an ended job stays
+    ended), so a round costs about one call per job that ended since the last, not
+    one per job: the benchmark must not load the Redis it measures.
+
+    Returns:
+        The monotonic time (s) at which all were seen done (or the timeout passed),
+        and the ids that never ended.
+    """
+    pending = list(ids)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        while pending and is_done(pending[0]):
+            pending.pop(0)
+        if pending:
+            time.sleep(interval_s)
+    return time.monotonic(), pending
+
+
+def accepted_per_s(times: Sequence[float]) -> float:
+    """Accepted generates per second: count / (last - first), times in seconds.
+
+    0 when fewer than two were accepted.
+    """
+    if len(times) < 2 or times[-1] <= times[0]:
+        return 0.0
+    return len(times) / (times[-1] - times[0])
+
+
+def window_violations(times: Sequence[float], limit: int, per_s: float) -> int:
+    """Accepted generates that were the (limit+1)-th in some window of `per_s` seconds.
+
+    Call i is one when ``times[i] - times[i - limit] < per_s``: the window ending at
+    it then holds limit+1 calls. `times` are sorted, in seconds.
+    """
+    ordered = sorted(times)
+    return sum(1 for i in range(limit, len(ordered))
+               if ordered[i] - ordered[i - limit] < per_s)
+
+
+def duplicates_paid(paid: Mapping[str, int]) -> int:
+    """Music tasks charged more than once (from the stand-in's ledger)."""
+    return sum(1 for count in paid.values() if count > 1)
+
+
+def stderr(message: str) -> None:
+    """A progress line on stderr (stdout carries the result)."""
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,173 @@
+"""The cluster-wide limiter: exact across processes, honoured by workers, pauses and holds."""
+
+from __future__ import annotations
+
+import email.utils
+import multiprocessing
+import time
+import uuid
+
+import pytest
+import redis
+
+from standin import KieStandin
+from tasks import enqueue_cover, get_cover, wait_for_cover
+from tasks.answers import parse_retry_after
+from tasks.limiter import RateLimiter
+from tests.services import wait_until
+
+APP_CALLBACK = "http://127.0.0.1:9/app-callback"
+LIMIT, PER_S, MARGIN_S = 5, 0.5, 0.0
+
+
+def _hammer(url: str, name: str, jobs: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """One process: get `jobs` calls through the limiter as fast as it allows."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    limiter = RateLimiter(client, "hammer", LIMIT, PER_S, margin_s=MARGIN_S)
+    passed: list[float] = []
+    for i in range(jobs):
+        job = f"{name}-{i}"
+        while True:
+            gate = limiter.acquire(job)
+            if gate.go:
+                seconds, micros = client.time()
+                passed.append(seconds + micros / 1e6)
+                break
+            time.sleep(gate.wait_s)
+    out.put(passed)
+
+
+def test_several_processes_sharing_one_limiter_never_exceed_it_in_any_window(
+    redis_server: object, standin: KieStandin
+) -> None:
+    # Given four processes that each want 10 calls through a 5-per-0.5 s limiter
+    url = redis_server.url  # type: ignore[attr-defined]
+    out: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    procs = [multiprocessing.Process(target=_hammer, args=(url, f"p{n}", 10, out))
+             for n in range(4)]
+    started = time.monotonic()
+    for p in procs:
+        p.start()
+    times = sorted(t for _ in procs for t in out.get(timeout=60))
+    for p in procs:
+        p.join(timeout=10)
+    elapsed = time.monotonic() - started
+    # Then no window of 0.5 s holds more than 5 (times read from Redis's clock just
+    # after each pass, so they are upper bounds of the pass time: allow 20 ms of slack)
+    assert len(times) == 40
+    for i in range(len(times) - LIMIT):
+        assert times[i + LIMIT] - times[i] >= PER_S - 0.02, (i, times[i:i + LIMIT + 1])
+    # And the limit was nearly all used: 40 calls need at least 7 further windows
+    assert elapsed < 7 * PER_S + 3.0
+
+
+def test_two_worker_processes_sharing_the_limit_get_no_429(
+    standin: KieStandin, start_worker: object
+) -> None:
+    # Given Kie allows 5 generates per second, and two separate workers know that
+    standin.set_rate_limit((5, 1.0))
+    first = start_worker(KIE_RATE_LIMIT="5/1s")  # type: ignore[operator]
+    start_worker(queue=first.queue, KIE_RATE_LIMIT="5/1s")  # type: ignore[operator]
+    # When 25 jobs arrive at once
+    job_ids = [enqueue_cover(uuid.uuid4().hex, APP_CALLBACK, queue=first.queue)
+               for _ in range(25)]
+    records = [wait_for_cover(j, timeout_s=60) for j in job_ids]
+    # Then all succeed, and Kie never had to refuse one
+    assert [r["state"] for r in records] == ["succeeded"] * 25
+    assert all(r["attempts"] == 1 for r in records)  # waiting is not an attempt
+    assert standin.answers().get("generate:429", 0) == 0
+    assert standin.answers().get("generate:200") == 25
+    accepted = sorted(standin.generate_times())
+    assert all(accepted[i + 5] - accepted[i] >= 1.0 for i in range(len(accepted) - 5))
+    # And the limit was used: 25 at 5/s take a little over 4 s, not much more
+    assert accepted[-1] - accepted[0] < 4.0 + 2.0
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_retry_after_in_both_forms_is_honoured(
+    standin: KieStandin, worker: object, form: str
+) -> None:
+    wait_s = 2
+    value = str(wait_s) if form == "seconds" else email.utils.formatdate(
+        time.time() + wait_s + 1, usegmt=True)
+    standin.inject("generate", "429", times=1, retry_after=value)
+    started = time.monotonic()
+    record = wait_for_cover(enqueue_cover(uuid.uuid4().hex, APP_CALLBACK), timeout_s=30)
+    assert record["state"] == "succeeded"
+    accepted = standin.generate_times()
+    assert len(accepted) == 1
+    # the HTTP date has whole-second precision: at least wait_s - 1 s after the refusal
+    assert accepted[0] - started >= wait_s - (1.05 if form == "http-date" else 0.05)
+
+
+def test_parse_retry_after_reads_both_forms() -> None:
+    assert parse_retry_after("7") == 7.0
+    now = time.time()
+    in_30 = email.utils.formatdate(now + 30, usegmt=True)
+    assert 28.0 <= (parse_retry_after(in_30, now=now) or 0) <= 30.0
+    assert parse_retry_after("yesterday-ish") is None
+    assert parse_retry_after("-5") == 0.0
+
+
+def test_maintenance_pauses_every_worker_and_they_resume_by_themselves(
+    standin: KieStandin, start_worker: object
+) -> None:
+    # Given two workers and a 1.5 s maintenance pause
+    first = start_worker(COVERS_MAINTENANCE_PAUSE="1.5")  # type: ignore[operator]
+    start_worker(queue=first.queue, COVERS_MAINTENANCE_PAUSE="1.5")  # type: ignore[operator]
+    standin.inject("generate", "455", times=1)
+    # When one job meets maintenance...
+    job_ids = [enqueue_cover(uuid.uuid4().hex, APP_CALLBACK, queue=first.queue)]
+    wait_until(lambda: standin.answers().get("generate:455") == 1, 10, 0.01, "the 455")
+    refused_at = time.monotonic()
+    # ...and five more arrive during the pause
+    job_ids += [enqueue_cover(uuid.uuid4().hex, APP_CALLBACK, queue=first.queue)
+                for _ in range(5)]
+    records = [wait_for_cover(j, timeout_s=30) for j in job_ids]
+    # Then all complete with no command, and no generate was sent during the pause
+    assert [r["state"] for r in records] == ["succeeded"] * 6
+    assert standin.answers().get("generate:455") == 1
+    assert min(standin.generate_times()) >= refused_at + 1.5 - 0.1
+    assert standin.counts()["generate"] == 7
+
+
+def test_out_of_credits_stops_everyone_and_resumes_when_topped_up(
+    standin: KieStandin, start_worker: object
+) -> None:
+    # Given an empty account and two workers (credit re-check every 0.5 s)
+    standin.set_credits(0)
+    first = start_worker()  # type: ignore[operator]
+    start_worker(queue=first.queue)  # type: ignore[operator]
+    job_ids = [enqueue_cover(uuid.uuid4().hex, APP_CALLBACK, queue=first.queue)
+               for _ in range(5)]
+    # When they have waited a while
+    wait_until(lambda: all(get_cover(j)["waiting_for"] == "out_of_credits" for j in job_ids),
+               20, message="every job to wait for credits")
+    time.sleep(1.5)
+    # Then only one generate was refused: the others never tried while credits were out
+    assert standin.answers().get("generate:402") == 1
+    assert standin.counts()["generate"] == 1
+    assert standin.counts()["credit"] >= 1
+    assert all(get_cover(j)["state"] == "queued" for j in job_ids)
+    # And the waiting jobs sit in Redis, not as countdown tasks in a worker's memory
+    from worker.app import app
+
+    replies = app.control.inspect(timeout=1.0).scheduled() or {}
+    assert replies and all(tasks == [] for tasks in replies.values())
+    # And once credits are topped up, every job completes, each paid once
+    standin.set_credits(100)
+    records = [wait_for_cover(j, timeout_s=30) for j in job_ids]
+    assert [r["state"] for r in records] == ["succeeded"] * 5
+    assert sorted(standin.paid().values()) == [1] * 5
+
+
+def test_jobs_waiting_for_credits_fail_as_retryable_after_the_maximum_wait(
+    standin: KieStandin, start_worker: object
+) -> None:
+    standin.set_credits(0)
+    w = start_worker(COVERS_CREDITS_MAX_WAIT="2")  # type: ignore[operator]
+    record = wait_for_cover(enqueue_cover(uuid.uuid4().hex, APP_CALLBACK, queue=w.queue),
+                            timeout_s=30)
+    assert record["state"] == "failed"
+    assert record["error"]["kind"] == "out_of_credits"
+    assert record["error"]["retryable"] is True
