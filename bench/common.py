@@ -54,34 +54,27 @@ def format_limit(limit: tuple[int, float]) -> str:
     return f"{limit[0]}/{limit[1]:g}s"
 
 
-def terminate(process: subprocess.Popen[bytes], group: bool,
-              grace_s: float = STOP_GRACE_S) -> None:
-    """Stop `process`: SIGTERM, then SIGKILL if it is still running after `grace_s` seconds.
+def stop_all(processes: Sequence[subprocess.Popen[bytes]],
+             grace_s: float = STOP_GRACE_S) -> None:
+    """Stop processes started with ``start_new_session=True`` (with their children).
 
-    Args:
-        group: signal the process group (the process was started in a session of its
-            own, e.g. a Celery worker with its pool children).
+    SIGTERM to each process group at once, then SIGKILL to every group still there
+    after `grace_s` seconds (and to leftovers, such as pool children whose main
+    process is gone).
     """
-    if process.poll() is not None:
-        return
-
-    def send(sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            if group:
-                os.killpg(process.pid, sig)
-            else:
-                process.send_signal(sig)
-
-    send(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        send(signal.SIGKILL)
-        process.wait(timeout=grace_s)
-    if group:
-        # Pool children left behind by a main process that died first.
-        with contextlib.suppress(ProcessLookupError):
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace_s)
 
 
 class Workers:
@@ -157,12 +150,7 @@ class Workers:
 
     def stop(self) -> None:
         """Stop them all: SIGTERM to each process group, SIGKILL after STOP_GRACE_S seconds."""
-        for process in self.processes:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            terminate(process, group=True)
+        stop_all(self.processes)
 
 
 def celery_ping(app: Any, timeout_s: float = 0.5) -> list[str]:

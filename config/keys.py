@@ -59,3 +59,27 @@ def rate_slots(limiter: str) -> str:
 def rate_tickets(limiter: str) -> str:
     """Hash: job id -> its reserved slot (ms), until the job uses it."""
     return f"{PREFIX}rate:{limiter}:tickets"
+
+#: Sorted set: every failed job id, scored by its last failure time (ms).
+FAILURES = PREFIX + "failures"
+#: Sorted set: retryable failed job ids, scored by when the next scheduled retry is due (ms).
+RETRY_DUE = PREFIX + "failures:retry-due"
+#: String with a PX expiry: held by the beat task running a retry round.
+RETRY_ROUND_LOCK = PREFIX + "failures:round-lock"
+#: Sorted set: job ids whose outcome is still to be delivered to the app, by due time (ms).
+NOTIFY_DUE = PREFIX + "notify:due"
+
+
+def failures_by_kind(kind: str) -> str:
+    """Sorted set: failed job ids of one error kind, by last failure time (ms)."""
+    return f"{PREFIX}failures:kind:{kind}"
+
+
+def failures_by_code(code: object) -> str:
+    """Sorted set: failed job ids of one API code (``none`` when there was none)."""
+    return f"{PREFIX}failures:code:{'none' if code is None else code}"
+
+
+def notify_lock(job_id: str) -> str:
+    """String: held while one process delivers a job's outcome to the app."""
+    return f"{PREFIX}notify-lock:{job_id}"

@@ -192,6 +192,20 @@ SETTINGS: tuple[Spec, ...] = (
          "Seconds a succeeded job's record and result are kept (default 7 days)."),
     Spec("COVERS_FAILURE_TTL", "failure_ttl", "2592000", _positive_float,
          "Seconds a failed job's record and result are kept (default 30 days)."),
+    Spec("COVERS_RETRY_INTERVAL", "retry_interval", "60", _positive_float,
+         "Seconds between the beat's rounds of scheduled retries of failed covers."),
+    Spec("COVERS_RETRY_BASE", "retry_base", "300", _positive_float,
+         "Seconds from a retryable failure to its first scheduled retry; doubles each round."),
+    Spec("COVERS_RETRY_MAX_DELAY", "retry_max_delay", "21600", _positive_float,
+         "Seconds: the longest wait between two scheduled retries of one job (6 hours)."),
+    Spec("COVERS_RETRY_MAX_AGE", "retry_max_age", "86400", _positive_float,
+         "Seconds after its first failure when a job is no longer retried on schedule."),
+    Spec("COVERS_APP_WEBHOOK_KEY", "app_webhook_key", None, _secret,
+         "Secret to sign outcome notices to the app's callBackUrl (as Kie signs); never logged."),
+    Spec("COVERS_NOTIFY_MAX_AGE", "notify_max_age", "3600", _positive_float,
+         "Seconds to keep retrying an outcome notice while the app is down, then give up."),
+    Spec("COVERS_NOTIFY_TIMEOUT", "notify_timeout", "10", _positive_float,
+         "Seconds to wait for the app to answer an outcome notice."),
     Spec("COVERS_MAX_CALLBACK_BYTES", "max_callback_bytes", "65536", _positive_int,
          "Largest callback body the web endpoint accepts, in bytes."),
     Spec("COVERS_QUEUE", "queue", "covers", _text,
@@ -231,6 +245,13 @@ class Settings:
     dispatch_interval: float
     result_ttl: float
     failure_ttl: float
+    retry_interval: float
+    retry_base: float
+    retry_max_delay: float
+    retry_max_age: float
+    app_webhook_key: Secret | None
+    notify_max_age: float
+    notify_timeout: float
     max_callback_bytes: int
     queue: str
     state_dir: str

@@ -17,6 +17,7 @@ from celery import states
 
 from tasks import errors
 from tasks.answers import interpret_callback
+from tasks.endings import job_ended
 from tasks.jobs import JobStore
 from worker.app import app
 
@@ -62,6 +63,7 @@ def apply_callback(store: JobStore, body: Any, early_ttl_s: float) -> CallbackRe
         log.info("duplicate callback for job %s (cover %s)", job_id, outcome.cover_task_id)
         return CallbackResult.DUPLICATE
     record_result(store, job_id)
+    job_ended(store, job_id)
     log.info("job %s %s by callback (cover %s)", job_id,
              "failed" if outcome.error else "succeeded", outcome.cover_task_id)
     return CallbackResult.COMPLETED

@@ -23,6 +23,7 @@ from celery.exceptions import Ignore
 
 from config import get_settings
 from tasks import errors
+from tasks.endings import job_ended
 from tasks.jobs import Job, JobStore
 from tasks.kie_client import get_client
 from tasks.limiter import hold_credits, pause_all
@@ -77,7 +78,8 @@ class CoverTask(Task):
         try:
             request = validate_cover_request(payload)
         except errors.InvalidPayload as error:
-            store.record_rejected(job_id, error)
+            if store.record_rejected(job_id, error):
+                job_ended(store, job_id)
             log.warning("job %s refused: %s", job_id, error)
             raise
         queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue
@@ -115,6 +117,7 @@ class CoverTask(Task):
             if store.finish(job.job_id, images=step.images):
                 log.info("job %s (music %s) succeeded with %d images", job.job_id,
                          job.task_id, len(step.images))
+                job_ended(store, job.job_id)
             fresh = store.get(job.job_id)
             return _replay(fresh) if fresh else self._gone(job.job_id)
         store.schedule(job.job_id, step.seconds)
@@ -142,6 +145,7 @@ class CoverTask(Task):
             if store.finish(job.job_id, error=error):
                 log.warning("job %s (music %s) failed: %s [%s]", job.job_id, job.task_id,
                             error, decision.reason)
+                job_ended(store, job.job_id)
             fresh = store.get(job.job_id)
             if fresh is None:
                 raise error

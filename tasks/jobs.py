@@ -69,8 +69,10 @@ return {1, early}
 """
 
 _FINISH = """
--- KEYS[1] job, KEYS[2] due, KEYS[3] music key, KEYS[4] lock
--- ARGV job id, state, images json, error json, now, ttl seconds
+-- KEYS 1 job, 2 due, 3 music key, 4 lock, 5 failures, 6 kind index, 7 code index,
+--      8 retry-due
+-- ARGV 1 job id, 2 state, 3 images json, 4 error json, 5 now (s), 6 ttl s, 7 cover prefix,
+--      8 retryable (1/0), 9 first retry delay ms, 10 longest retry delay ms
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'succeeded' or state == 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'images', ARGV[3], 'error', ARGV[4],
@@ -81,6 +83,19 @@ redis.call('DEL', KEYS[4])
 if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('EXPIRE', KEYS[3], ARGV[6]) end
 local cover = redis.call('HGET', KEYS[1], 'cover_task_id')
 if cover then redis.call('EXPIRE', ARGV[7] .. cover, ARGV[6]) end
+if ARGV[2] == 'failed' then
+  local now_ms = math.floor(tonumber(ARGV[5]) * 1000)
+  redis.call('HSETNX', KEYS[1], 'first_failed_at', ARGV[5])
+  redis.call('HSET', KEYS[1], 'last_failed_at', ARGV[5])
+  redis.call('ZADD', KEYS[5], now_ms, ARGV[1])
+  redis.call('ZADD', KEYS[6], now_ms, ARGV[1])
+  redis.call('ZADD', KEYS[7], now_ms, ARGV[1])
+  if ARGV[8] == '1' then
+    local rounds = tonumber(redis.call('HGET', KEYS[1], 'retry_rounds') or '0')
+    local delay = math.min(tonumber(ARGV[10]), tonumber(ARGV[9]) * (2 ^ math.min(rounds, 30)))
+    redis.call('ZADD', KEYS[8], now_ms + delay, ARGV[1])
+  end
+end
 return 1
 """
 
@@ -132,6 +147,10 @@ class Job:
     submitted_at: float | None = None
     finished_at: float | None = None
     hold_since: float | None = None
+    first_failed_at: float | None = None
+    last_failed_at: float | None = None
+    retry_rounds: int = 0
+    notified_at: float | None = None
     raw: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -161,6 +180,10 @@ class Job:
             submitted_at=num("submitted_at"),
             finished_at=num("finished_at"),
             hold_since=num("hold_since"),
+            first_failed_at=num("first_failed_at"),
+            last_failed_at=num("last_failed_at"),
+            retry_rounds=int(raw.get("retry_rounds") or 0),
+            notified_at=num("notified_at"),
             raw=raw,
         )
 
@@ -181,6 +204,11 @@ class Job:
             "updated_at": _iso(self.raw.get("updated_at")),
             "submitted_at": _iso(self.raw.get("submitted_at")),
             "finished_at": _iso(self.raw.get("finished_at")),
+            "first_failed_at": _iso(self.raw.get("first_failed_at")),
+            "last_failed_at": _iso(self.raw.get("last_failed_at")),
+            "retry_rounds": self.retry_rounds,
+            "notified_at": _iso(self.raw.get("notified_at")),
+            "notice_error": self.raw.get("notice_error") or None,
         }
 
 
@@ -191,12 +219,18 @@ class JobStore:
         client: a `redis.Redis` with ``decode_responses=True``.
         result_ttl_s: seconds a succeeded job is kept.
         failure_ttl_s: seconds a failed job is kept.
+        retry_base_s: seconds from a retryable failure to its first scheduled retry;
+            doubles with each round (default 300).
+        retry_max_delay_s: the longest wait between scheduled retries (default 21600).
     """
 
-    def __init__(self, client: redis.Redis, result_ttl_s: float, failure_ttl_s: float) -> None:
+    def __init__(self, client: redis.Redis, result_ttl_s: float, failure_ttl_s: float,
+                 retry_base_s: float = 300.0, retry_max_delay_s: float = 21600.0) -> None:
         self.redis = client
         self.result_ttl_s = int(result_ttl_s)
         self.failure_ttl_s = int(failure_ttl_s)
+        self.retry_base_s = retry_base_s
+        self.retry_max_delay_s = retry_max_delay_s
         self._enqueue = client.register_script(_ENQUEUE)
         self._adopt = client.register_script(_ADOPT)
         self._submitted = client.register_script(_SUBMITTED)
@@ -286,11 +320,17 @@ class JobStore:
         state = JobState.FAILED if error is not None else JobState.SUCCEEDED
         ttl = self.failure_ttl_s if error is not None else self.result_ttl_s
         job = self.redis.hget(keys.job(job_id), "task_id")
+        kind = error.kind if error is not None else ""
+        code = error.code if error is not None else None
         return bool(self._finish(
-            keys=[keys.job(job_id), keys.DUE, keys.music(str(job or "")), keys.lock(job_id)],
+            keys=[keys.job(job_id), keys.DUE, keys.music(str(job or "")), keys.lock(job_id),
+                  keys.FAILURES, keys.failures_by_kind(kind), keys.failures_by_code(code),
+                  keys.RETRY_DUE],
             args=[job_id, state.value, json.dumps(images or []),
                   json.dumps(error.to_dict()) if error is not None else "",
-                  repr(_now()), ttl, keys.cover("")],
+                  repr(_now()), ttl, keys.cover(""),
+                  "1" if error is not None and error.retryable else "0",
+                  int(self.retry_base_s * 1000), int(self.retry_max_delay_s * 1000)],
         ))
 
     def schedule(self, job_id: str, delay_s: float) -> None:
@@ -308,27 +348,31 @@ class JobStore:
         """Take a job out of the due set (it ended, or its record is gone)."""
         self.redis.zrem(keys.DUE, job_id)
 
-    def claim_due(self, lease_s: float, limit: int = 100) -> list[str]:
-        """Job ids whose time has come; each gets a new lease of `lease_s` seconds."""
+    def claim_due(self, lease_s: float, limit: int = 100, due_set: str = keys.DUE
+                  ) -> list[str]:
+        """Job ids whose time has come in `due_set`; each gets a new lease of `lease_s` s."""
         now_ms = int(_now() * 1000)
-        ids = self._claim(keys=[keys.DUE], args=[now_ms, int(lease_s * 1000), limit])
+        ids = self._claim(keys=[due_set], args=[now_ms, int(lease_s * 1000), limit])
         return [str(i) for i in ids]
 
-    def record_rejected(self, job_id: str, error: CoverError) -> None:
+    def record_rejected(self, job_id: str, error: CoverError) -> bool:
         """Keep a failed record for a raw message that failed validation.
 
         Its music task id and URL are not trusted, so no music mapping is made.
+
+        Returns:
+            True if this call recorded the failure (False if the job was known).
         """
         now = repr(_now())
         key = keys.job(job_id)
-        if self.redis.exists(key):
-            return
+        created = self.redis.hsetnx(key, "job_id", job_id)
+        if not created:
+            return False
         self.redis.hset(key, mapping={
-            "job_id": job_id, "task_id": "", "callback_url": "", "state": JobState.FAILED.value,
-            "error": json.dumps(error.to_dict()), "created_at": now, "updated_at": now,
-            "finished_at": now, "attempts": 0, "polls": 0,
+            "task_id": "", "callback_url": "", "state": JobState.QUEUED.value,
+            "created_at": now, "updated_at": now, "attempts": 0, "polls": 0,
         })
-        self.redis.expire(key, self.failure_ttl_s)
+        return self.finish(job_id, error=error)
 
     def save_early_callback(self, cover_task_id: str, body: str, ttl_s: float) -> None:
         """Keep a callback whose cover task id no job owns yet (maybe not recorded yet)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from standin import KieStandin, StandinConfig
-from tests.services import WebProcess, WorkerProcess
+from tests.services import BeatProcess, WebProcess, WorkerProcess
 from worker.redis_server import RedisServer, free_port
 
 API_KEY = "test-key-" + secrets.token_hex(8)
@@ -37,6 +37,7 @@ BASE_ENV = {
     "COVERS_MAINTENANCE_PAUSE": "0.5",
     "COVERS_MAX_ATTEMPTS": "4",
     "COVERS_CREDITS_MAX_WAIT": "60",
+    "COVERS_NOTIFY_MAX_AGE": "3",
     "KIE_RATE_LIMIT": "1000/1s",
     "KIE_STATUS_RATE_LIMIT": "1000/1s",
 }
@@ -148,6 +149,22 @@ def start_worker(run_dir: Path) -> Iterator[object]:
         # A queue of its own (unless told), so the session worker takes none of its jobs.
         queue = queue or f"covers-{name}"
         process = WorkerProcess(name, process_env(COVERS_QUEUE=queue, **overrides), run_dir)
+        started.append(process.start())
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_beat(run_dir: Path) -> Iterator[object]:
+    """Factory: start a real beat process with setting overrides; stopped after the test."""
+    started: list[BeatProcess] = []
+
+    def start(**overrides: str) -> BeatProcess:
+        name = f"beat{os.getpid()}-{len(started)}-{secrets.token_hex(3)}"
+        process = BeatProcess(name, process_env(**overrides), run_dir)
         started.append(process.start())
         return process
 

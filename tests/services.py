@@ -122,3 +122,37 @@ class WebProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+
+class BeatProcess:
+    """A real ``celery beat`` process (its schedule file in the run directory)."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.schedule = log_dir / f"{name}-schedule"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BeatProcess:
+        """Start and wait until it has begun its schedule."""
+        self.log_path.write_text("")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "beat", "--schedule",
+             str(self.schedule), "--loglevel", "INFO", "-f", str(self.log_path)],
+            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(lambda: "beat: Starting" in self.log_path.read_text(errors="replace"),
+                   30, 0.1, f"beat {self.name}")
+        return self
+
+    def stop(self) -> None:
+        """Stop it."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)

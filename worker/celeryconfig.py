@@ -27,7 +27,15 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 task_default_queue = _settings.queue
-task_routes = {"covers.*": {"queue": _settings.queue}}
+task_routes: dict[str, dict[str, str]] = {"covers.*": {"queue": _settings.queue}}
+
+beat_schedule = {
+    "retry-failed-covers": {
+        "task": "covers.retry_failures",
+        "schedule": _settings.retry_interval,
+        "options": {"expires": _settings.retry_interval},
+    },
+}
 
 result_expires = int(_settings.result_ttl)
 result_extended = True

@@ -6,6 +6,9 @@
     covers standin [--port P] ...           run the Kie stand-in (no credits spent)
     covers enqueue TASK_ID CALLBACK_URL [--wait] [--timeout S] [--json]
     covers status JOB_ID [JOB_ID ...] [--json]
+    covers failures [--kind K] [--code C] [--limit N] [--json]
+    covers retry JOB_ID... | --kind K | --code C | --all-retryable
+    covers forget JOB_ID...
     covers demo [--count N]                 everything, on a private Redis and the stand-in
 
 Exit codes: 0 ok, 1 a job failed or did not finish, 2 bad input or settings.
@@ -123,6 +126,58 @@ def cmd_status(job_ids: Sequence[str], as_json: bool) -> int:
     return code
 
 
+def cmd_failures(kind: str | None, code: str | None, limit: int, as_json: bool) -> int:
+    """List recorded failures, newest first."""
+    from tasks.failures import count_failures, list_failures
+    from worker.table import render
+
+    records = list_failures(kind, code, limit=limit)
+    if as_json:
+        print(json.dumps(records, indent=2))
+        return EXIT_OK
+    total = count_failures(kind, code)
+    rows = [[r["job_id"], r["task_id"] or "-", (r["error"] or {}).get("kind", ""),
+             (r["error"] or {}).get("code") or "-",
+             "yes" if (r["error"] or {}).get("retryable") else "no", r["attempts"],
+             r["last_failed_at"] or "", (r["error"] or {}).get("message", "")[:60]]
+            for r in records]
+    print(render(["job", "music task", "kind", "code", "retry helps", "attempts",
+                  "last failed", "message"], rows))
+    print(f"{len(records)} shown of {total}")
+    return EXIT_OK
+
+
+def cmd_retry(job_ids: Sequence[str], kind: str | None, code: str | None,
+              all_retryable: bool) -> int:
+    """Queue failed jobs again; exit 1 if any named job could not be retried."""
+    from tasks.failures import retry_jobs, retry_where
+
+    if job_ids:
+        outcomes = retry_jobs(list(job_ids))
+    elif kind or code or all_retryable:
+        # Naming a kind or code is a person's explicit choice (say, every `unauthorized`
+        # failure after fixing the key), so it retries them whether or not retryable.
+        outcomes = retry_where(kind, code, retryable_only=all_retryable)
+    else:
+        print("covers retry: name JOB_IDs, or --kind, --code or --all-retryable",
+              file=sys.stderr)
+        return EXIT_USAGE
+    for outcome in outcomes:
+        print(f"{outcome.job_id}  {outcome.result}")
+    retried = sum(o.result == "ok" for o in outcomes)
+    print(f"{retried} queued again")
+    return EXIT_OK if retried == len(outcomes) else EXIT_FAILED
+
+
+def cmd_forget(job_ids: Sequence[str]) -> int:
+    """Remove failure records."""
+    from tasks.failures import forget_jobs
+
+    removed = forget_jobs(list(job_ids))
+    print(f"{removed} forgotten")
+    return EXIT_OK if removed == len(job_ids) else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``covers``."""
     parser = argparse.ArgumentParser(prog="covers", description=__doc__.split("\n")[0])
@@ -144,6 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show jobs")
     status.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     status.add_argument("--json", action="store_true")
+    failures = sub.add_parser("failures", help="list failed jobs, newest first")
+    failures.add_argument("--kind", help="only this error kind, e.g. upstream")
+    failures.add_argument("--code", help="only this API code, e.g. 500")
+    failures.add_argument("--limit", type=int, default=50)
+    failures.add_argument("--json", action="store_true")
+    retry = sub.add_parser("retry", help="queue failed jobs again (same job ids)")
+    retry.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    retry.add_argument("--kind", help="every failure of this kind")
+    retry.add_argument("--code", help="every failure with this API code")
+    retry.add_argument("--all-retryable", action="store_true",
+                       help="every failure a retry can help")
+    forget = sub.add_parser("forget", help="remove failure records")
+    forget.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     demo = sub.add_parser("demo", help="run everything locally on the stand-in")
     demo.add_argument("--count", type=int, default=5, help="covers to make (default 5)")
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
@@ -172,6 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                args.json)
         if args.command == "status":
             return cmd_status(args.job_ids, args.json)
+        if args.command == "failures":
+            return cmd_failures(args.kind, args.code, args.limit, args.json)
+        if args.command == "retry":
+            return cmd_retry(args.job_ids, args.kind, args.code, args.all_retryable)
+        if args.command == "forget":
+            return cmd_forget(args.job_ids)
         if args.command == "demo":
             from worker.demo import run_demo
 

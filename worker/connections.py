@@ -78,5 +78,6 @@ def get_store() -> JobStore:
     store = _stores.get(pid)
     if store is None:
         settings = get_settings()
-        store = _stores[pid] = JobStore(get_redis(), settings.result_ttl, settings.failure_ttl)
+        store = _stores[pid] = JobStore(get_redis(), settings.result_ttl, settings.failure_ttl,
+                                        settings.retry_base, settings.retry_max_delay)
     return store

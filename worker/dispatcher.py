@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
 
-from config import get_settings
+from config import get_settings, keys
 
 log = logging.getLogger("covers.dispatcher")
 
@@ -46,6 +46,7 @@ class DueDispatcher:
     def run_once(self) -> int:
         """One round: returns how many messages were sent."""
         from tasks.cover import send_job
+        from tasks.notify import send_notice
         from worker.connections import get_store
 
         store = get_store()
@@ -59,7 +60,12 @@ class DueDispatcher:
                     continue
                 send_job(job.job_id, job.task_id, job.callback_url, job.queue or None)
                 sent += 1
-            if len(ids) < CLAIM_BATCH:
+            notices = store.claim_due(self.lease_s, CLAIM_BATCH, keys.NOTIFY_DUE)
+            for job_id in notices:
+                queue = store.redis.hget(keys.job(job_id), "queue")
+                send_notice(job_id, str(queue) if queue else None)
+                sent += 1
+            if len(ids) < CLAIM_BATCH and len(notices) < CLAIM_BATCH:
                 return sent
 
     def _loop(self) -> None:
