@@ -78,7 +78,7 @@ def stop_all(processes: Sequence[subprocess.Popen[bytes]],
 
 
 class Workers:
-    """N real ``celery worker`` processes, one pool slot each (``-c 1 -P prefork``).
+    """N real ``celery worker`` processes, each a prefork pool of `concurrency` slots.
 
     Args:
         app_module: what ``celery -A`` loads (``worker`` or ``bench.plain_app``).
@@ -87,10 +87,12 @@ class Workers:
         env: their environment.
         log_dir: where ``bench<i>.log`` goes (one file per worker, ``-f``).
         loglevel: Celery's ``--loglevel``.
+        concurrency: pool slots per process (default 1).
     """
 
     def __init__(self, app_module: str, queue: str, count: int, env: Mapping[str, str],
-                 log_dir: Path, loglevel: str = "WARNING") -> None:
+                 log_dir: Path, loglevel: str = "WARNING", concurrency: int = 1) -> None:
+        self.concurrency = concurrency
         self.app_module = app_module
         self.queue = queue
         self.count = count
@@ -120,7 +122,8 @@ class Workers:
             path.write_text("")
             self.processes.append(subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", self.app_module, "worker",
-                 "-Q", self.queue, "-c", "1", "-P", "prefork", "-n", f"bench{index}@%h",
+                 "-Q", self.queue, "-c", str(self.concurrency), "-P", "prefork",
+                 "-n", f"bench{index}@%h",
                  "--without-gossip", "--without-mingle", "--without-heartbeat",
                  "--loglevel", self.loglevel, "-f", str(path)],
                 cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
@@ -193,6 +196,20 @@ def accepted_per_s(times: Sequence[float]) -> float:
     if len(times) < 2 or times[-1] <= times[0]:
         return 0.0
     return len(times) / (times[-1] - times[0])
+
+
+def full_window_share(times: Sequence[float], limit: int, per_s: float) -> float:
+    """How much of the allowed rate was used once the limit binds: ``per_s`` over the
+    mean time between call i and call i+limit (1.0 = every window exactly full).
+
+    Unlike count / (last - first), this does not credit the free first burst nor
+    blame the time jobs took to arrive. 0 when there are at most `limit` calls.
+    """
+    if len(times) <= limit:
+        return 0.0
+    gaps = [times[i] - times[i - limit] for i in range(limit, len(times))]
+    mean_gap = sum(gaps) / len(gaps)
+    return per_s / mean_gap if mean_gap > 0 else 0.0
 
 
 def window_violations(times: Sequence[float], limit: int, per_s: float) -> int:

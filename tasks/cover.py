@@ -18,8 +18,9 @@ import logging
 import time
 from typing import Any, NoReturn
 
+import redis
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 from config import get_settings
 from tasks import errors
@@ -38,6 +39,8 @@ log = logging.getLogger("covers.task")
 
 #: The stable, documented task name.
 TASK_NAME = "covers.generate_cover"
+#: Redis errors that mean "not reachable right now", not "a bug".
+REDIS_OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
 #: Celery state while a job waits to retry (rate limit, maintenance, credits, fault).
 CELERY_WAITING = "WAITING"
 
@@ -71,6 +74,19 @@ class CoverTask(Task):
     typing = False
 
     def run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Run one step; if Redis is out of reach, hand the message back to the broker.
+
+        The job is still in the due set, so even a message that cannot be handed back
+        is sent again within COVERS_REDISPATCH_AFTER seconds.
+        """
+        try:
+            return self._run_job(payload)
+        except REDIS_OUTAGES as outage:
+            log.warning("job %s: Redis out of reach (%s); message goes back to the queue",
+                        self.request.id, type(outage).__name__)
+            raise Reject(str(type(outage).__name__), requeue=True) from None
+
+    def _run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Validate the payload, take the job's lock, do one step, and record it."""
         settings = get_settings()
         store = get_store()

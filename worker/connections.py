@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from config import get_settings
 from tasks.jobs import JobStore
@@ -36,7 +38,12 @@ def get_redis() -> redis.Redis:
     if client is None:
         client = _clients[pid] = redis.Redis.from_url(
             redis_url(), decode_responses=True, health_check_interval=30,
-            socket_timeout=10, socket_connect_timeout=5, retry_on_timeout=True,
+            socket_timeout=10, socket_connect_timeout=5,
+            # Ride out a dropped connection or a Redis restart (about 6 s in all)
+            # instead of failing the step that was running.
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 8),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError,
+                            redis.exceptions.BusyLoadingError],
         )
     return client
 
