@@ -143,6 +143,8 @@ def test_no_secret_reaches_the_logs_or_the_stored_records(
 
     standin.inject("generate", "401", times=1)
     standin.inject("generate", "reset", times=1)
+    for fault in ("429", "455", "500", "html", "malformed"):
+        standin.inject("any", fault, times=1)
     for _ in range(2):
         wait_for_cover(enqueue_cover(uuid.uuid4().hex, "http://127.0.0.1:9/cb"), timeout_s=20)
     record = wait_for_cover(enqueue_cover(uuid.uuid4().hex, "http://127.0.0.1:9/cb"),

@@ -39,7 +39,7 @@ def get_redis() -> redis.Redis:
         client = _clients[pid] = redis.Redis.from_url(
             redis_url(), decode_responses=True, health_check_interval=30,
             socket_timeout=10, socket_connect_timeout=5,
-            # Ride out a dropped connection or a Redis restart (about 6 s in all)
+            # Ride out a dropped connection or a Redis restart (about 10 s in all)
             # instead of failing the step that was running.
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 8),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError,

@@ -1,0 +1,176 @@
+"""Bad input everywhere, generated with hypothesis: refused with a clear error or
+handled; no crash, no API call for invalid input, no worker left stuck."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+import requests
+from celery.result import AsyncResult
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kombu import Connection, Exchange, Producer
+
+from standin import KieStandin
+from tasks import enqueue_cover, wait_for_cover
+from tasks.answers import interpret, interpret_callback
+from tasks.cover import TASK_NAME
+from tasks.errors import CoverError, InvalidPayload
+from tasks.schemas import validate_cover_request
+from tests.conftest import QUEUE
+from tests.services import WebProcess, WorkerProcess
+from worker.app import app
+
+json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+    st.text(max_size=50), st.text(alphabet=st.characters(codec="utf-8"), min_size=3000,
+                                  max_size=5000),
+    st.just("http://127.0.0.1:9/cb"), st.just("73d6128b3523a0079df10da9471017c8"),
+)
+json_value = st.recursive(json_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12)
+fuzz = settings(max_examples=60, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow])
+
+
+@fuzz
+@given(task_id=json_value, url=json_value)
+def test_the_producer_api_refuses_or_accepts_exactly_what_validation_says(
+    redis_server: Any, task_id: Any, url: Any
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    before = client.llen(QUEUE)
+    try:
+        validate_cover_request({"taskId": task_id, "callBackUrl": url})
+        valid = True
+    except InvalidPayload:
+        valid = False
+    if valid:
+        assert enqueue_cover(task_id, url)
+        return
+    with pytest.raises(InvalidPayload) as caught:
+        enqueue_cover(task_id, url)
+    assert caught.value.fields  # names at least one field
+    assert client.llen(QUEUE) == before
+
+
+@fuzz
+@given(kwargs=st.dictionaries(
+    st.sampled_from(["taskId", "callBackUrl", "extra", "task_id", ""]), json_value,
+    max_size=3))
+def test_raw_messages_with_junk_are_refused_without_calling_kie(
+    standin_server: KieStandin, worker: WorkerProcess, kwargs: dict[str, Any]
+) -> None:
+    try:
+        validate_cover_request(kwargs)
+        return  # valid ones are the pipeline tests' business
+    except InvalidPayload:
+        pass
+    generates = standin_server.counts()["generate"]
+    job_id = str(uuid.uuid4())
+    app.send_task(TASK_NAME, kwargs=kwargs, task_id=job_id, queue=QUEUE)
+    with pytest.raises(InvalidPayload):
+        AsyncResult(job_id, app=app).get(timeout=20)
+    assert standin_server.counts()["generate"] == generates
+    assert worker.process is not None and worker.process.poll() is None
+
+
+def test_an_undecodable_message_does_not_stick_the_worker(
+    standin: KieStandin, worker: WorkerProcess, redis_server: Any
+) -> None:
+    # Given raw bytes that are neither UTF-8 nor JSON, published as a cover task
+    with Connection(redis_server.url) as conn:
+        producer = Producer(conn, exchange=Exchange(QUEUE, type="direct"), routing_key=QUEUE)
+        for body in (b"\xff\xfe\x00junk", b"{not json", b"[1, 2, 3]"):
+            producer.publish(body, content_type="application/json",
+                             content_encoding="binary",
+                             headers={"task": TASK_NAME, "id": str(uuid.uuid4()),
+                                      "lang": "py"})
+    # Then a good job queued after them still completes
+    record = wait_for_cover(enqueue_cover(uuid.uuid4().hex, "http://127.0.0.1:9/cb"),
+                            timeout_s=30)
+    assert record["state"] == "succeeded"
+    assert worker.process is not None and worker.process.poll() is None
+
+
+header_value = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
+                       max_size=60)
+
+
+@fuzz
+@given(body=json_value, stamp=header_value, signature=header_value,
+       raw=st.one_of(st.none(), st.binary(max_size=300)))
+def test_junk_callbacks_are_refused_with_a_4xx_and_never_a_crash(
+    web: WebProcess, body: Any, stamp: str, signature: str, raw: bytes | None
+) -> None:
+    data = raw if raw is not None else json.dumps(body).encode()
+    answer = requests.post(web.url, data=data, timeout=10, headers={
+        "X-Webhook-Timestamp": stamp, "X-Webhook-Signature": signature,
+        "Content-Type": "application/json"})
+    assert answer.status_code in (400, 401, 413), answer.text
+    assert "error" in answer.json()
+
+
+@settings(max_examples=400, deadline=None)
+@given(status=st.integers(min_value=100, max_value=599),
+       headers=st.dictionaries(st.sampled_from(["Retry-After", "Content-Type", "X"]),
+                               header_value, max_size=2),
+       body=st.one_of(st.binary(max_size=200), json_value.map(
+           lambda v: json.dumps(v).encode()),
+           st.builds(lambda c, m, d: json.dumps({"code": c, "msg": m, "data": d}).encode(),
+                     st.one_of(st.integers(), st.text(max_size=5), st.none()),
+                     json_value, json_value)))
+def test_any_api_answer_becomes_data_or_a_typed_error(
+    status: int, headers: dict[str, str], body: bytes
+) -> None:
+    try:
+        interpret(status, headers, body)
+    except CoverError as error:
+        assert error.kind and isinstance(error.message, str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=json_value)
+def test_any_callback_body_is_read_or_refused_as_invalid(body: Any) -> None:
+    try:
+        outcome = interpret_callback(body)
+    except InvalidPayload as bad:
+        assert bad.fields
+    else:
+        assert outcome.cover_task_id
+
+
+def test_a_flood_of_bad_callbacks_leaves_the_endpoint_answering_and_jobs_correct(
+    standin: KieStandin, worker: WorkerProcess, web: WebProcess
+) -> None:
+    import concurrent.futures
+
+    junk = [
+        (b'{"code": 200, "data": {"taskId": "x", "images": []}}', {}),  # unsigned
+        (b'{"code": 200, "data": {"taskId": "x"}}',
+         {"X-Webhook-Timestamp": str(int(time.time())), "X-Webhook-Signature": "AAAA"}),
+        (b'{"code": 200, "data": {"taskId": "x"}}',
+         {"X-Webhook-Timestamp": "1", "X-Webhook-Signature": "AAAA"}),  # replayed
+        (b"x" * 70_000, {}),  # oversized
+        (b"\xff\xfe", {}),
+    ]
+    job_ids = [enqueue_cover(uuid.uuid4().hex, "http://127.0.0.1:9/cb") for _ in range(20)]
+
+    def attack(i: int) -> int:
+        body, headers = junk[i % len(junk)]
+        return requests.post(web.url, data=body, headers=headers, timeout=10).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(attack, range(1500)))
+    assert set(codes) <= {400, 401, 413}
+    assert requests.get(web.url.replace("/kie/callback", "/healthz"), timeout=5).ok
+    records = [wait_for_cover(j, timeout_s=30) for j in job_ids]
+    assert [r["state"] for r in records] == ["succeeded"] * 20
+    assert sorted(standin.paid().values()) == [1] * 20
