@@ -143,10 +143,13 @@ def test_out_of_credits_stops_everyone_and_resumes_when_topped_up(
     # When they have waited a while
     wait_until(lambda: all(get_cover(j)["waiting_for"] == "out_of_credits" for j in job_ids),
                20, message="every job to wait for credits")
+    refused = standin.counts()["generate"]
     time.sleep(1.5)
-    # Then only one generate was refused: the others never tried while credits were out
-    assert standin.answers().get("generate:402") == 1
-    assert standin.counts()["generate"] == 1
+    # Then only the calls already in flight when the first 402 came were refused (at most
+    # one per pool slot: 2 workers x 2), and no generate was sent while credits were out
+    assert 1 <= refused <= 4
+    assert standin.answers().get("generate:402") == refused
+    assert standin.counts()["generate"] == refused
     assert standin.counts()["credit"] >= 1
     assert all(get_cover(j)["state"] == "queued" for j in job_ids)
     # And the waiting jobs sit in Redis, not as countdown tasks in a worker's memory
