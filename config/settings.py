@@ -206,6 +206,16 @@ SETTINGS: tuple[Spec, ...] = (
          "Seconds to keep retrying an outcome notice while the app is down, then give up."),
     Spec("COVERS_NOTIFY_TIMEOUT", "notify_timeout", "10", _positive_float,
          "Seconds to wait for the app to answer an outcome notice."),
+    Spec("COVERS_IMAGE_STORE", "image_store", None, _text,
+         "Where to keep copies of each succeeded cover's images (Kie deletes them after 14 "
+         "days): a local directory, or an fsspec URL such as s3://bucket/covers. Unset: off."),
+    Spec("COVERS_IMAGE_MAX_BYTES", "image_max_bytes", "20000000", _positive_int,
+         "Largest image copied to the image store, in bytes."),
+    Spec("COVERS_METRICS_PORT", "metrics_port", None, _positive_int,
+         "Port for the Prometheus endpoint (`covers metrics`, path /metrics). Unset: "
+         "metrics are not collected."),
+    Spec("COVERS_LOG_FORMAT", "log_format", "text", _choice("text", "json"),
+         "Log lines as readable text, or one JSON object per line."),
     Spec("COVERS_MAX_CALLBACK_BYTES", "max_callback_bytes", "65536", _positive_int,
          "Largest callback body the web endpoint accepts, in bytes."),
     Spec("COVERS_QUEUE", "queue", "covers", _text,
@@ -252,6 +262,10 @@ class Settings:
     app_webhook_key: Secret | None
     notify_max_age: float
     notify_timeout: float
+    image_store: str | None
+    image_max_bytes: int
+    metrics_port: int | None
+    log_format: str
     max_callback_bytes: int
     queue: str
     state_dir: str
