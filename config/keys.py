@@ -83,3 +83,11 @@ def failures_by_code(code: object) -> str:
 def notify_lock(job_id: str) -> str:
     """String: held while one process delivers a job's outcome to the app."""
     return f"{PREFIX}notify-lock:{job_id}"
+
+#: Hash: every metric counter, field ``name|label=value,...`` -> count.
+METRIC_COUNTERS = PREFIX + "metrics:counters"
+
+
+def metric_histogram(name: str) -> str:
+    """Hash: one histogram's cumulative buckets (``le=...``), ``sum`` and ``count``."""
+    return f"{PREFIX}metrics:hist:{name}"

@@ -23,11 +23,12 @@ from celery import Task
 from celery.exceptions import Ignore, Reject
 
 from config import get_settings
-from tasks import errors
+from tasks import errors, metrics
 from tasks.endings import job_ended
 from tasks.jobs import Job, JobStore
 from tasks.kie_client import get_client
 from tasks.limiter import hold_credits, pause_all
+from tasks.logfields import job_fields
 from tasks.pipeline import Done, Throttled, advance
 from tasks.retry import Effect, decide, rule_for
 from tasks.schemas import validate_cover_request
@@ -132,21 +133,26 @@ class CoverTask(Task):
         if isinstance(step, Done):
             if store.finish(job.job_id, images=step.images):
                 log.info("job %s (music %s) succeeded with %d images", job.job_id,
-                         job.task_id, len(step.images))
+                         job.task_id, len(step.images), extra=job_fields(job, "succeeded"))
                 job_ended(store, job.job_id)
             fresh = store.get(job.job_id)
             return _replay(fresh) if fresh else self._gone(job.job_id)
         store.schedule(job.job_id, step.seconds)
         store.update(job.job_id, retries=0, faults=0, wait_reason=None)
         self._show(job.job_id, CELERY_SUBMITTED)
-        log.info("job %s waits %.1fs for its %s", job.job_id, step.seconds, step.reason)
+        log.info("job %s waits %.1fs for its %s", job.job_id, step.seconds, step.reason,
+                 extra=job_fields(job, "wait"))
         raise Ignore()
 
     def _wait(self, job: Job, store: JobStore, throttled: Throttled) -> NoReturn:
         """Back to the due set until the limiter's slot; no attempt is counted."""
+        metrics.inc("limiter_waits_total", reason=throttled.reason)
+        metrics.inc("limiter_wait_seconds_total", round(throttled.wait_s, 3),
+                    reason=throttled.reason)
         store.update(job.job_id, wait_reason=throttled.reason)
         store.schedule(job.job_id, throttled.wait_s)
-        log.debug("job %s waits %.3fs (%s)", job.job_id, throttled.wait_s, throttled.reason)
+        log.debug("job %s waits %.3fs (%s)", job.job_id, throttled.wait_s, throttled.reason,
+                  extra=job_fields(job, "throttled"))
         self._show(job.job_id, CELERY_WAITING)
         raise Ignore()
 
@@ -160,7 +166,7 @@ class CoverTask(Task):
         if decision.wait_s is None:
             if store.finish(job.job_id, error=error):
                 log.warning("job %s (music %s) failed: %s [%s]", job.job_id, job.task_id,
-                            error, decision.reason)
+                            error, decision.reason, extra=job_fields(job, "failed"))
                 job_ended(store, job.job_id)
             fresh = store.get(job.job_id)
             if fresh is None:
@@ -170,8 +176,10 @@ class CoverTask(Task):
         if rule.effect is Effect.PAUSE_ALL and pause_all(store.redis, decision.wait_s,
                                                          error.kind):
             log.warning("pausing every worker for %.1fs: %s", decision.wait_s, error)
+            metrics.inc("pauses_total", reason=error.kind)
         if rule.effect is Effect.HOLD_CREDITS and hold_credits(store.redis, error.kind):
             log.warning("holding every generate until credits return: %s", error)
+            metrics.inc("pauses_total", reason=error.kind)
         changes: dict[str, Any] = {"retries": job.retries + 1, "wait_reason": error.kind}
         if rule.counted:
             changes["faults"] = job.faults + 1
@@ -180,7 +188,7 @@ class CoverTask(Task):
         store.update(job.job_id, **changes)
         store.schedule(job.job_id, decision.wait_s)
         log.warning("job %s (music %s) retries in %.1fs: %s [%s]", job.job_id, job.task_id,
-                    decision.wait_s, error, decision.reason)
+                    decision.wait_s, error, decision.reason, extra=job_fields(job, "retry"))
         self._show(job.job_id, CELERY_WAITING)
         raise Ignore()
 

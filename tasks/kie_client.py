@@ -15,13 +15,16 @@ from typing import Any
 import requests
 
 from config import Secret, Settings, get_settings
-from tasks import errors
+from tasks import errors, metrics
 from tasks.answers import ExistingCover, interpret
 from tasks.schemas import GenerateDataSchema, RecordInfoDataSchema, validate_with
 
 GENERATE_PATH = "/api/v1/suno/cover/generate"
 RECORD_INFO_PATH = "/api/v1/suno/cover/record-info"
 CREDIT_PATH = "/api/v1/chat/credit"
+#: Short endpoint names for logs and metrics.
+ENDPOINT_NAMES = {GENERATE_PATH: "generate", RECORD_INFO_PATH: "record-info",
+                  CREDIT_PATH: "credit"}
 
 #: successFlag values of record-info (0 and 2 are both "not yet").
 PENDING, SUCCESS, GENERATING, FAILED = 0, 1, 2, 3
@@ -89,6 +92,7 @@ class KieClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         url = self.base_url + path
+        endpoint = ENDPOINT_NAMES[path]
         try:
             response = self._session.request(
                 method, url, headers=self._headers, timeout=self.timeout_s,
@@ -96,15 +100,25 @@ class KieClient:
             )
             body = response.content
         except requests.Timeout:
+            metrics.inc("api_answers_total", endpoint=endpoint, code="timeout")
             raise errors.UpstreamError(
                 f"no answer from Kie within {self.timeout_s:g}s ({method} {path})"
             ) from None
         except requests.RequestException as exc:
+            metrics.inc("api_answers_total", endpoint=endpoint, code="network")
             # The exception's own text can quote the request; keep only its class.
             raise errors.UpstreamError(
                 f"network error talking to Kie ({method} {path}): {type(exc).__name__}"
             ) from None
-        return interpret(response.status_code, response.headers, body, self.code_table)
+        try:
+            data = interpret(response.status_code, response.headers, body, self.code_table)
+        except errors.CoverError as error:
+            metrics.inc("api_answers_total", endpoint=endpoint,
+                        code=error.code if error.code is not None else "malformed")
+            raise
+        code = data.code if isinstance(data, ExistingCover) else 200
+        metrics.inc("api_answers_total", endpoint=endpoint, code=code)
+        return data
 
     def generate(self, task_id: str, callback_url: str) -> Submitted:
         """Ask for a cover of music task `task_id`; Kie will POST to `callback_url`."""

@@ -19,6 +19,7 @@ from tasks.answers import interpret_callback
 from tasks.jobs import Job, JobStore
 from tasks.kie_client import FAILED, SUCCESS, KieClient
 from tasks.limiter import RateLimiter, release_credits
+from tasks.logfields import job_fields
 from tasks.states import JobState
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ def submit(job: Job, store: JobStore, client: KieClient, settings: Settings) -> 
     _, early = store.mark_submitted(job.job_id, answer.cover_task_id,
                                           settings.kie_poll_interval)
     log.info("job %s (music %s) submitted: cover task %s%s", job.job_id, job.task_id,
-             answer.cover_task_id, " (already existed)" if answer.existing else "")
+             answer.cover_task_id, " (already existed)" if answer.existing else "",
+             extra=job_fields(job, "submitted"))
     if early is not None:
         return from_callback(json.loads(early))
     return Later(settings.kie_poll_interval, "cover")

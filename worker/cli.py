@@ -3,6 +3,7 @@
     covers worker [CELERY WORKER OPTIONS]   start a worker (same as celery -A worker worker)
     covers beat                             start the beat scheduler
     covers web [--host H] [--port P]        serve the callback endpoint under waitress
+    covers metrics [--host H] [--port P]    serve Prometheus metrics (/metrics)
     covers standin [--port P] ...           run the Kie stand-in (no credits spent)
     covers enqueue TASK_ID CALLBACK_URL [--wait] [--timeout S] [--json]
     covers status JOB_ID [JOB_ID ...] [--json]
@@ -70,6 +71,26 @@ def cmd_web(host: str, port: int, threads: int) -> int:
     logs.configure()
     print(f"callback endpoint on http://{host}:{port}/kie/callback", flush=True)
     waitress.serve(make_app(), host=host, port=port, threads=threads, ident="kie-covers")
+    return EXIT_OK
+
+
+def cmd_metrics(host: str, port: int | None) -> int:
+    """Serve the Prometheus endpoint (/metrics) for the whole cluster, from Redis."""
+    from waitress import serve
+
+    from config import get_settings
+    from worker import logs
+    from worker.metrics_server import make_app
+
+    settings = get_settings()
+    port = port or settings.metrics_port
+    if port is None:
+        print("covers metrics: set COVERS_METRICS_PORT (workers collect only then)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure()
+    print(f"metrics on http://{host}:{port}/metrics", flush=True)
+    serve(make_app(), host=host, port=port, threads=2, ident="kie-covers-metrics")
     return EXIT_OK
 
 
@@ -190,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     web.add_argument("--threads", type=int, default=8)
     sub.add_parser("standin", help="run the Kie stand-in", add_help=False)
+    metrics = sub.add_parser("metrics", help="serve the Prometheus endpoint")
+    metrics.add_argument("--host", default="127.0.0.1")
+    metrics.add_argument("--port", type=int, default=None,
+                         help="default: COVERS_METRICS_PORT")
     enqueue = sub.add_parser("enqueue", help="queue a cover job")
     enqueue.add_argument("task_id", help="the music task id")
     enqueue.add_argument("callback_url", help="absolute http(s) URL for the app's callback")
@@ -233,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return standin_main(extra)
         args = build_parser().parse_args(args_in)
+        if args.command == "metrics":
+            return cmd_metrics(args.host, args.port)
         if args.command == "web":
             return cmd_web(args.host, args.port, args.threads)
         if args.command == "enqueue":

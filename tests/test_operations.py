@@ -1,0 +1,126 @@
+"""What operators run: other brokers, Prometheus metrics, JSON logs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+import requests
+
+from standin import KieStandin
+from tasks import enqueue_cover, wait_for_cover
+from tests.conftest import process_env
+from tests.services import ROOT, wait_until
+from worker.redis_server import free_port
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# The end-to-end path runs on every broker that is reachable here: Redis always (the
+# suite starts its own), RabbitMQ when a server listens on 127.0.0.1:5672.
+BROKERS = ["redis"] + (["rabbitmq"] if _reachable("127.0.0.1", 5672) else [])
+
+
+def pytest_report_header() -> str:  # pragma: no cover - shown by pytest
+    return f"brokers under test: {', '.join(BROKERS)}"
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_the_pipeline_runs_on_each_broker(
+    standin: KieStandin, start_worker: Any, broker: str
+) -> None:
+    extra = {"COVERS_BROKER_URL": RABBITMQ_URL} if broker == "rabbitmq" else {}
+    worker = start_worker(**extra)
+    # A producer process on the same broker (this test process speaks Redis only).
+    task_ids = [uuid.uuid4().hex for _ in range(5)]
+    script = (
+        "import json, sys\n"
+        "from tasks import enqueue_cover, wait_for_cover\n"
+        "ids = [enqueue_cover(t, 'http://127.0.0.1:9/cb') for t in sys.argv[1:]]\n"
+        "print(json.dumps([wait_for_cover(j, timeout_s=40) for j in ids]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *task_ids], cwd=ROOT, capture_output=True, text=True,
+        env=process_env(COVERS_QUEUE=worker.queue, **extra), timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = json.loads(done.stdout)
+    assert [r["state"] for r in records] == ["succeeded"] * 5
+    assert standin.paid() == {t: 1 for t in task_ids}
+    if broker == "rabbitmq":
+        assert "amqp://" in worker.log()  # really on RabbitMQ
+
+
+def _scrape(port: int) -> dict[str, float]:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_the_metrics_endpoint_counts_a_runs_known_outcomes(
+    standin: KieStandin, start_worker: Any, run_dir: Any
+) -> None:
+    port = free_port()
+    env = {"COVERS_METRICS_PORT": str(port)}
+    worker = start_worker(**env)
+    exporter = subprocess.Popen([sys.executable, "-m", "worker.cli", "metrics"], cwd=ROOT,
+                                env=process_env(**env), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        standin.inject("generate", "500", times=1)
+        ok = [enqueue_cover(uuid.uuid4().hex, "http://127.0.0.1:9/cb", queue=worker.queue)
+              for _ in range(3)]
+        bad = enqueue_cover("notfound" + uuid.uuid4().hex, "http://127.0.0.1:9/cb",
+                            queue=worker.queue)
+        for job_id in [*ok, bad]:
+            wait_for_cover(job_id, timeout_s=30)
+        wait_until(lambda: _up(port), 20, 0.1, "the exporter")
+        samples = _scrape(port)
+        assert samples['covers_api_answers_total{code="200",endpoint="generate"}'] == 3
+        assert samples['covers_api_answers_total{code="404",endpoint="generate"}'] == 1
+        assert samples['covers_api_answers_total{code="500",endpoint="generate"}'] == 1
+        assert samples['covers_jobs_ended_total{kind="",state="succeeded"}'] == 3
+        assert samples['covers_jobs_ended_total{kind="not_found",state="failed"}'] == 1
+        assert samples["covers_job_duration_seconds_count"] == 4
+        assert samples['covers_job_duration_seconds_bucket{le="+Inf"}'] == 4
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=10)
+
+
+def _up(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def test_json_logs_have_one_line_per_job_step_with_the_ids(
+    standin: KieStandin, start_worker: Any
+) -> None:
+    worker = start_worker(COVERS_LOG_FORMAT="json")
+    task_id = uuid.uuid4().hex
+    job_id = enqueue_cover(task_id, "http://127.0.0.1:9/cb", queue=worker.queue)
+    assert wait_for_cover(job_id, timeout_s=20)["state"] == "succeeded"
+    wait_until(lambda: '"step": "succeeded"' in worker.log(), 10, message="the last step")
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.strip()]
+    steps = [line for line in lines if line.get("job_id") == job_id]
+    assert {"submitted", "succeeded"} <= {line["step"] for line in steps}
+    assert all(line["music_task_id"] == task_id for line in steps)
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)

@@ -1,0 +1,73 @@
+"""The Prometheus endpoint: one exporter for the whole cluster, reading Redis.
+
+Workers on every host add to counters in Redis (`tasks.metrics`); this
+collector turns them into Prometheus metrics on each scrape. Run it with
+``covers metrics`` (port ``COVERS_METRICS_PORT``, path ``/metrics``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from config import keys
+from tasks.metrics import DURATION_BUCKETS_S, HELP
+
+PREFIX = "covers_"
+
+
+def _labels(field: str) -> tuple[str, dict[str, str]]:
+    name, _, inner = field.partition("|")
+    labels = dict(part.split("=", 1) for part in inner.split(",") if "=" in part)
+    return name, labels
+
+
+class RedisCollector(Collector):
+    """Prometheus collector over the counters and histograms kept in Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def collect(self) -> Iterator[Any]:
+        raw: dict[str, str] = self.redis.hgetall(keys.METRIC_COUNTERS)  # type: ignore[assignment]
+        families: dict[str, CounterMetricFamily] = {}
+        for field, value in sorted(raw.items()):
+            name, labels = _labels(field)
+            base = name.removesuffix("_total")
+            family = families.get(name)
+            if family is None:
+                family = families[name] = CounterMetricFamily(
+                    PREFIX + base, HELP.get(name, name), labels=sorted(labels))
+            family.add_metric([labels[k] for k in sorted(labels)], float(value))
+        for name in sorted(HELP):
+            if name.endswith("_total") and name not in families:
+                # Always expose the known counters, so dashboards see zeros, not gaps.
+                families[name] = CounterMetricFamily(PREFIX + name.removesuffix("_total"),
+                                                     HELP[name])
+                if name in ("images_stored_total", "image_bytes_stored_total"):
+                    families[name].add_metric([], 0.0)
+        yield from families.values()
+        hist: dict[str, str] = self.redis.hgetall(  # type: ignore[assignment]
+            keys.metric_histogram("job_duration_seconds"))
+        buckets = [(f"{b:g}", float(hist.get(f"le={b:g}", 0))) for b in DURATION_BUCKETS_S]
+        count = float(hist.get("count", 0))
+        buckets.append(("+Inf", count))
+        histogram = HistogramMetricFamily(PREFIX + "job_duration_seconds",
+                                          HELP["job_duration_seconds"])
+        histogram.add_metric([], buckets, sum_value=float(hist.get("sum", 0)))
+        yield histogram
+
+
+def make_app() -> Any:
+    """A WSGI app serving /metrics from this cluster's Redis."""
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+
+    from worker.connections import get_redis
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(get_redis()))
+    return make_wsgi_app(registry)
