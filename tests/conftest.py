@@ -64,6 +64,12 @@ def pytest_configure(config: pytest.Config) -> None:
     _state.update(redis=redis_server, standin=standin, run_dir=run_dir, web_port=web_port)
 
 
+def pytest_report_header() -> str:
+    from tests.services import BROKERS
+
+    return f"kie-covers: brokers under test: {', '.join(BROKERS)}"
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     standin = _state.get("standin")
     if isinstance(standin, KieStandin):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,21 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def reachable(host: str, port: int) -> bool:
+    """True if a TCP server answers on host:port within half a second."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+#: Brokers the end-to-end path runs on: Redis always (the suite starts its own),
+#: RabbitMQ when a server listens on 127.0.0.1:5672 (pytest's header says which).
+BROKERS = ["redis"] + (["rabbitmq"] if reachable("127.0.0.1", 5672) else [])
 
 
 def wait_until(predicate: object, timeout_s: float = 20.0, interval_s: float = 0.05,

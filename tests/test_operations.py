@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import uuid
@@ -15,27 +14,8 @@ import requests
 from standin import KieStandin
 from tasks import enqueue_cover, wait_for_cover
 from tests.conftest import process_env
-from tests.services import ROOT, wait_until
+from tests.services import BROKERS, RABBITMQ_URL, ROOT, wait_until
 from worker.redis_server import free_port
-
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-# The end-to-end path runs on every broker that is reachable here: Redis always (the
-# suite starts its own), RabbitMQ when a server listens on 127.0.0.1:5672.
-BROKERS = ["redis"] + (["rabbitmq"] if _reachable("127.0.0.1", 5672) else [])
-
-
-def pytest_report_header() -> str:  # pragma: no cover - shown by pytest
-    return f"brokers under test: {', '.join(BROKERS)}"
 
 
 @pytest.mark.parametrize("broker", BROKERS)
