@@ -188,23 +188,27 @@ class Memory:
         rss_kb: sum of their VmRSS, kB (pages shared by a pool's processes count in each).
         pss_kb: sum of their Pss, kB (shared pages split among the sharers).
         processes: how many processes were measured.
+        main_rss_kb: the part of rss_kb of the processes given (worker main processes),
+            the rest being their descendants (pool children).
     """
 
     rss_kb: int = 0
     pss_kb: int = 0
     processes: int = 0
+    main_rss_kb: int = 0
 
     def describe(self) -> str:
-        """``'487.1 MB RSS (PSS 210.3 MB), 9 processes'``."""
-        return (f"{_mb(self.rss_kb, 1000)} MB RSS (PSS {_mb(self.pss_kb, 1000)} MB), "
-                f"{self.processes} processes")
+        """``'487.1 MB RSS (mains 190.2 MB, PSS 210.3 MB), 9 processes'``."""
+        return (f"{_mb(self.rss_kb, 1000)} MB RSS (mains {_mb(self.main_rss_kb, 1000)} MB, "
+                f"PSS {_mb(self.pss_kb, 1000)} MB), {self.processes} processes")
 
 
 def tree_memory(pids: Iterable[int]) -> Memory:
     """Memory of the processes `pids` and all their descendants (pool children)."""
     parents = None if list(Path("/proc/self/task").glob("*/children")) else _parent_map()
     seen: set[int] = set()
-    stack = list(pids)
+    roots = set(pids)
+    stack = list(roots)
     total = Memory()
     while stack:
         pid = stack.pop()
@@ -215,6 +219,8 @@ def tree_memory(pids: Iterable[int]) -> Memory:
             continue
         seen.add(pid)
         total.rss_kb += rss
+        if pid in roots:
+            total.main_rss_kb += rss
         total.pss_kb += pss
         total.processes += 1
         stack.extend(_children(pid, parents))
@@ -605,14 +611,18 @@ class Soak:
             return f"callbacks {mode}", mode
         return "", None
 
-    def _replace_dead(self, totals: Totals) -> None:
+    def _replace_dead(self, number: int, totals: Totals) -> None:
         """Replace workers that exited on their own (counted as unexpected exits)."""
         assert self.workers is not None
         for index, process in enumerate(self.workers.processes):
             if index not in self.workers.killed and process.poll() is not None:
                 totals.unexpected_exits += 1
-                totals.problems.append(f"worker bench{index} exited by itself with "
-                                       f"{process.returncode}")
+                log = self.workers.log_path(index).read_text(errors="replace")
+                fatal = [line for line in log.splitlines() if "CRITICAL/" in line]
+                totals.problems.append(
+                    f"worker bench{index} exited by itself with {process.returncode} "
+                    f"(seen after round {number}); its last CRITICAL line: "
+                    f"{fatal[-1] if fatal else 'none'}")
                 stderr(f"!! worker bench{index} exited with {process.returncode}; replacing")
                 self.workers.killed.add(index)
                 self.workers.add()
@@ -643,12 +653,13 @@ class Soak:
         totals.round_seconds.append(drained_s)
         if mode is not None:
             totals.callback_modes[mode] += 1
-        self._replace_dead(totals)
+        self._replace_dead(number, totals)
         memory = self.worker_memory()
         if number == 1:
             totals.memory_warm = memory
         flag = "  !! PROMISE BROKEN" if tally.broken() else ""
-        stderr(f"round {number:3d} {scenario:15s} {tally.jobs} jobs: {tally.succeeded} ok, "
+        stderr(f"{time.strftime('%H:%M:%S')} round {number:3d} {scenario:15s} "
+               f"{tally.jobs} jobs: {tally.succeeded} ok, "
                f"{tally.failed} failed, {tally.lost} lost, {tally.stuck} stuck, "
                f"{tally.paid_twice} paid twice; {drained_s:.1f} s; {detail}; workers "
                f"{memory.describe()}{flag}")
@@ -743,9 +754,13 @@ def report(totals: Totals, args: argparse.Namespace, argv: list[str], seed: int,
         + (f"min {min(rounds):.1f}, mean {sum(rounds) / len(rounds):.1f}, "
            f"max {max(rounds):.1f}" if rounds else "none"),
         f"worker RSS total (main + pool children): start {_mb(m0.rss_kb, 1000)} MB, "
-        f"end {_mb(m2.rss_kb, 1000)} MB (after round 1: {_mb(m1.rss_kb, 1000)} MB; "
-        f"{m0.processes}/{m1.processes}/{m2.processes} processes; PSS "
-        f"{_mb(m0.pss_kb, 1000)}/{_mb(m1.pss_kb, 1000)}/{_mb(m2.pss_kb, 1000)} MB)",
+        f"end {_mb(m2.rss_kb, 1000)} MB",
+        f"  start / after round 1 / end: processes {m0.processes} / {m1.processes} / "
+        f"{m2.processes}; RSS of main processes {_mb(m0.main_rss_kb, 1000)} / "
+        f"{_mb(m1.main_rss_kb, 1000)} / {_mb(m2.main_rss_kb, 1000)} MB, of pool children "
+        f"{_mb(m0.rss_kb - m0.main_rss_kb, 1000)} / {_mb(m1.rss_kb - m1.main_rss_kb, 1000)}"
+        f" / {_mb(m2.rss_kb - m2.main_rss_kb, 1000)} MB; PSS {_mb(m0.pss_kb, 1000)} / "
+        f"{_mb(m1.pss_kb, 1000)} / {_mb(m2.pss_kb, 1000)} MB",
         f"Redis used_memory: start {_mb(totals.redis_start_b, 1)} MB, "
         f"end {_mb(totals.redis_end_b, 1)} MB",
         f"workers that exited by themselves: {totals.unexpected_exits}",
@@ -843,8 +858,11 @@ def main(argv: list[str] | None = None) -> int:
     ok = totals.ok()
     if totals.problems:
         (log_dir / "problems.log").write_text("\n".join(totals.problems) + "\n")
-    print(report(totals, args, argv, seed, log_dir, kept=not ok), flush=True)
-    if ok:
+    # Logs are kept when the exit is not 0, and when something odd happened all the same
+    # (a worker that exited by itself, a job that ended twice).
+    keep = not ok or bool(totals.problems)
+    print(report(totals, args, argv, seed, log_dir, kept=keep), flush=True)
+    if not keep:
         shutil.rmtree(log_dir, ignore_errors=True)
     return 0 if ok else 1
 
