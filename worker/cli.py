@@ -6,6 +6,7 @@
     covers metrics [--host H] [--port P]    serve Prometheus metrics (/metrics)
     covers standin [--port P] ...           run the Kie stand-in (no credits spent)
     covers enqueue TASK_ID CALLBACK_URL [--wait] [--timeout S] [--json]
+    covers enqueue --from FILE [--callback-url URL] [--skip-bad] [--wait] [--json]
     covers status JOB_ID [JOB_ID ...] [--json]
     covers failures [--kind K] [--code C] [--limit N] [--json]
     covers retry JOB_ID... | --kind K | --code C | --all-retryable
@@ -216,11 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--port", type=int, default=None,
                          help="default: COVERS_METRICS_PORT")
     enqueue = sub.add_parser("enqueue", help="queue a cover job")
-    enqueue.add_argument("task_id", help="the music task id")
-    enqueue.add_argument("callback_url", help="absolute http(s) URL for the app's callback")
+    enqueue.add_argument("task_id", nargs="?", help="the music task id")
+    enqueue.add_argument("callback_url", nargs="?",
+                         help="absolute http(s) URL for the app's callback")
     enqueue.add_argument("--wait", action="store_true", help="wait until the job ends")
     enqueue.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     enqueue.add_argument("--json", action="store_true")
+    from worker.batch_cli import add_enqueue_from_arguments
+
+    add_enqueue_from_arguments(enqueue)
     status = sub.add_parser("status", help="show jobs")
     status.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     status.add_argument("--json", action="store_true")
@@ -263,6 +268,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "web":
             return cmd_web(args.host, args.port, args.threads)
         if args.command == "enqueue":
+            if args.from_file is not None:
+                from worker.batch_cli import run_enqueue_from
+
+                return run_enqueue_from(args)
+            if args.task_id is None or args.callback_url is None:
+                print("covers enqueue: give TASK_ID CALLBACK_URL, or --from FILE",
+                      file=sys.stderr)
+                return EXIT_USAGE
             return cmd_enqueue(args.task_id, args.callback_url, args.wait, args.timeout,
                                args.json)
         if args.command == "status":

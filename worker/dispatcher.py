@@ -6,7 +6,9 @@ set (`config.keys.DUE`) has come (a poll, the end of a retry wait, or a run
 that never reported back) and sends their task message again, under the same
 job id. The claim is one Lua script and renews the job's lease, so many
 workers can run this at once without sending a job twice per lease, and a
-worker that dies after claiming loses nothing.
+worker that dies after claiming loses nothing. Outcome notices
+(`config.keys.NOTIFY_DUE`) and image copies (`config.keys.IMAGES_DUE`) are
+claimed and sent the same way.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class DueDispatcher:
     def run_once(self) -> int:
         """One round: returns how many messages were sent."""
         from tasks.cover import send_job
+        from tasks.images import send_images
         from tasks.notify import send_notice
         from worker.connections import get_store
 
@@ -65,7 +68,12 @@ class DueDispatcher:
                 queue = store.redis.hget(keys.job(job_id), "queue")
                 send_notice(job_id, str(queue) if queue else None)
                 sent += 1
-            if len(ids) < CLAIM_BATCH and len(notices) < CLAIM_BATCH:
+            copies = store.claim_due(self.lease_s, CLAIM_BATCH, keys.IMAGES_DUE)
+            for job_id in copies:
+                queue = store.redis.hget(keys.job(job_id), "queue")
+                send_images(job_id, str(queue) if queue else None)
+                sent += 1
+            if max(len(ids), len(notices), len(copies)) < CLAIM_BATCH:
                 return sent
 
     def _loop(self) -> None:
@@ -96,6 +104,27 @@ class DueDispatcher:
             self._thread.join(timeout=10)
 
 
+def _preload_then_freeze() -> None:
+    """Import what every task run needs, then freeze the heap, before the pool forks.
+
+    Prefork children share the parent's memory copy-on-write. Modules imported in
+    each child, and the garbage collector walking (and so writing to) every object,
+    turn shared pages into private copies: each child then grows by tens of MB.
+    """
+    import gc
+
+    import marshmallow  # noqa: F401
+    import requests  # noqa: F401
+
+    import tasks.answers
+    import tasks.cover
+    import tasks.failures
+    import tasks.notify  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
 class DispatcherStep(bootsteps.StartStopStep):
     """Worker bootstep that checks the settings and runs a `DueDispatcher`."""
 
@@ -105,6 +134,7 @@ class DispatcherStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         settings = get_settings()
         settings.require_api_key()
+        _preload_then_freeze()
         self.dispatcher = DueDispatcher(parent.app, settings.dispatch_interval,
                                         settings.redispatch_after)
 

@@ -1,0 +1,270 @@
+"""Batch enqueueing (`tasks.batch`, ``covers enqueue --from``) against the real services.
+
+The command runs as a real process (``covers enqueue --from``, i.e.
+``python -m worker.cli enqueue --from``) on the suite's Redis,
+with the session worker and the Kie stand-in doing the covers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from standin import KieStandin
+from tasks import get_cover
+from tasks.batch import (
+    WAIT_REASONS,
+    BadLine,
+    BatchRefused,
+    batch_progress,
+    enqueue_batch,
+    read_batch,
+)
+from tests.conftest import process_env
+from tests.services import ROOT, WorkerProcess, wait_until
+from worker.batch_cli import add_enqueue_from_arguments, wait_for_batch
+
+CALLBACK = "http://127.0.0.1:9/cb"
+OTHER_CALLBACK = "http://127.0.0.1:9/other-cb"
+
+
+def music_id() -> str:
+    return uuid.uuid4().hex
+
+
+def batch_cli(*args: str, stdin: str | None = None, timeout: float = 60
+              ) -> subprocess.CompletedProcess[str]:
+    """Run the batch command as a real process with the suite's settings."""
+    return subprocess.run([sys.executable, "-m", "worker.cli", "enqueue", *args], cwd=ROOT,
+                          env=process_env(), input=stdin, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def paid(standin: KieStandin, task_ids: list[str]) -> dict[str, int]:
+    """The stand-in's ledger for these music tasks (0 = never paid)."""
+    ledger = standin.paid()
+    return {t: ledger.get(t, 0) for t in task_ids}
+
+
+def stored_jobs() -> list[str]:
+    """Keys a single enqueue would have written: job records, music mappings, the due set."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+    with client:
+        return sorted([*client.scan_iter("covers:job:*"), *client.scan_iter("covers:music:*"),
+                       *client.scan_iter("covers:due")])
+
+
+def test_a_csv_with_a_bad_line_is_refused_with_its_line_number_and_nothing_is_enqueued(
+    standin: KieStandin, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    # Given a CSV with a header, good lines and two bad ones (lines 3 and 5)
+    good = [music_id(), music_id()]
+    path = tmp_path / "songs.csv"
+    path.write_text(f"taskId,callBackUrl\n{good[0]},{CALLBACK}\nbad id!,{CALLBACK}\n"
+                    f"{good[1]},{CALLBACK}\n{music_id()},not-a-url\n")
+    # When it is enqueued without --skip-bad
+    done = batch_cli("--from", str(path))
+    # Then it exits 2 naming each bad line and field, and enqueues nothing
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"^line 3: taskId: must hold only", done.stderr, re.M), done.stderr
+    assert re.search(r"^line 5: callBackUrl: Not a valid URL", done.stderr, re.M)
+    assert "nothing enqueued" in done.stderr and "--skip-bad" in done.stderr
+    assert done.stdout == ""
+    assert stored_jobs() == []
+    # And through the Python API too: BatchRefused lists the lines, Redis stays empty
+    plan = read_batch(path)
+    assert [row.line_no for row in plan.rows] == [2, 4]
+    with pytest.raises(BatchRefused) as refused:
+        enqueue_batch(plan)
+    assert [b.line_no for b in refused.value.bad_lines] == [3, 5]
+    assert set(refused.value.fields) == {"line 3: taskId", "line 5: callBackUrl"}
+    assert stored_jobs() == []
+    # And the stand-in was never called (the worker had nothing to take)
+    assert standin.counts()["generate"] == 0
+
+
+def test_json_lines_from_stdin_with_skip_bad_enqueue_the_good_ones(
+    standin: KieStandin, worker: WorkerProcess
+) -> None:
+    first, second, third = music_id(), music_id(), music_id()
+    lines = [
+        json.dumps({"taskId": first, "callBackUrl": CALLBACK}),   # 1 good
+        "",                                                        # 2 blank: ignored
+        json.dumps({"taskId": second}),                            # 3 good: default URL
+        json.dumps({"taskId": "has space", "callBackUrl": CALLBACK}),  # 4 bad taskId
+        "{oops",                                                   # 5 not JSON
+        "[1, 2]",                                                  # 6 not an object
+        json.dumps({"taskId": first, "callBackUrl": CALLBACK}),   # 7 duplicate of 1
+        json.dumps({"taskId": third, "callBackUrl": OTHER_CALLBACK}),  # 8 good
+    ]
+    stdin = "\n".join(lines) + "\n"
+    # Given the batch without skip_bad: refused as a whole, nothing stored
+    plan = read_batch(stdin.splitlines(), default_callback_url=CALLBACK)
+    assert plan.format == "jsonl" and [row.line_no for row in plan.rows] == [1, 3, 8]
+    with pytest.raises(BatchRefused) as refused:
+        enqueue_batch(plan)
+    assert [b.line_no for b in refused.value.bad_lines] == [4, 5, 6, 7]
+    assert stored_jobs() == []
+    # When --skip-bad is given
+    done = batch_cli("--from", "-", "--callback-url", CALLBACK, "--skip-bad", "--json",
+                     stdin=stdin)
+    # Then the three good lines are enqueued, the four bad ones reported by line
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert [s["line"] for s in out["skipped"]] == [4, 5, 6, 7]
+    assert "enqueued 3 jobs (4 skipped)" in done.stderr
+    assert "line 5: json: not valid JSON" in done.stderr
+    assert "line 6: json: expected one object per line" in done.stderr
+    assert "line 7: taskId: duplicate of line 1" in done.stderr
+    records = [get_cover(job_id) for job_id in out["job_ids"]]
+    assert [(r["task_id"], r["callback_url"]) for r in records] == [
+        (first, CALLBACK), (second, CALLBACK), (third, OTHER_CALLBACK)]
+    # And they are real jobs: the worker ends them (so none is still in flight, and
+    # paid, after the next test has reset the stand-in)
+    wait_until(lambda: batch_progress(out["job_ids"]).done == 3, 20, 0.1, "the jobs to end")
+
+
+def test_wait_ends_with_every_job_succeeded_paid_once_and_a_summary(
+    standin: KieStandin, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    # Given a header-less CSV of six music tasks
+    task_ids = [music_id() for _ in range(6)]
+    path = tmp_path / "batch.csv"
+    path.write_text("".join(f"{t},{CALLBACK}\n" for t in task_ids))
+    # When it is enqueued with --wait
+    done = batch_cli("--from", str(path), "--wait", "--timeout", "30", timeout=60)
+    # Then every job succeeded, the summary table says so, and the exit code is 0
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "enqueued 6 jobs (0 skipped)" in done.stderr
+    assert re.search(r"^\[#+\] 6/6  done 6  failed 0", done.stderr, re.M), done.stderr
+    assert re.search(r"^succeeded\s+6$", done.stdout, re.M), done.stdout
+    assert re.search(r"^total\s+6$", done.stdout, re.M)
+    assert "failed jobs" not in done.stdout
+    # And Kie was paid exactly once per music task
+    assert paid(standin, task_ids) == {t: 1 for t in task_ids}
+    # When the same batch runs again: the same jobs come back, nothing is paid again
+    again = batch_cli("--from", str(path), "--wait", "--timeout", "30", "--json")
+    assert again.returncode == 0, again.stderr
+    out = json.loads(again.stdout)
+    assert out["progress"]["done"] == 6 and out["timed_out"] is False
+    assert [r["state"] for r in out["records"]] == ["succeeded"] * 6
+    assert [r["task_id"] for r in out["records"]] == task_ids
+    assert paid(standin, task_ids) == {t: 1 for t in task_ids}
+    # And on a terminal the line is redrawn in place with \r and ended with a newline
+    terminal = _Terminal()
+    progress, timed_out = wait_for_batch(out["job_ids"], 5, terminal)
+    assert progress.done == 6 and not timed_out
+    assert terminal.getvalue().startswith("\r[") and terminal.getvalue().endswith("\n")
+
+
+def test_wait_lists_the_failed_jobs_and_exits_1(
+    standin: KieStandin, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    # Given a batch with a music task Kie does not know
+    good, unknown = music_id(), "notfound-" + music_id()
+    path = tmp_path / "batch.jsonl"
+    path.write_text(json.dumps({"taskId": good}) + "\n" + json.dumps({"taskId": unknown}))
+    # When it is enqueued with --wait
+    done = batch_cli("--from", str(path), "--callback-url", CALLBACK, "--wait",
+                     "--timeout", "30")
+    # Then it exits 1 and lists the failed job with its music task, kind and message
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r"^succeeded\s+1$", done.stdout, re.M), done.stdout
+    assert re.search(r"^failed\s+1$", done.stdout, re.M)
+    failed_row = next(line for line in done.stdout.splitlines() if unknown in line)
+    assert "not_found" in failed_row and "music task not found" in failed_row
+
+
+def test_batch_progress_counts_match_get_cover(
+    standin: KieStandin, worker: WorkerProcess
+) -> None:
+    # Given jobs that ended (two succeeded, one failed)...
+    ended = enqueue_batch(read_batch(
+        [f"{music_id()},{CALLBACK}", f"{music_id()},{CALLBACK}", f"notfound-{music_id()}"],
+        default_callback_url=CALLBACK))
+    wait_until(lambda: batch_progress(ended).finished, 20, 0.1, "the first jobs to end")
+    # ...and four held back because the account ran out of credits
+    standin.set_credits(0)
+    held = enqueue_batch(read_batch([f"{music_id()}\n" for _ in range(4)], CALLBACK))
+    wait_until(lambda: all(get_cover(j)["waiting_for"] == "out_of_credits" for j in held),
+               20, 0.1, "the jobs to wait for credits")
+    unknown = str(uuid.uuid4())
+    job_ids = [*ended, *held, unknown]
+
+    # When batch_progress counts them (read twice around the get_cover reads, so
+    # the comparison is made on a moment when nothing changed in between)
+    def stable() -> bool:
+        before = batch_progress(job_ids)
+        records = [get_cover(j) for j in job_ids if j != unknown]
+        after = batch_progress(job_ids)
+        if before != after:
+            return False
+        states = [r["state"] for r in records]
+        waiting = [r for r in records
+                   if r["state"] == "queued" and r["waiting_for"] in WAIT_REASONS]
+        # Then every count is what get_cover shows, job by job
+        assert after.total == len(job_ids) and after.missing == 1
+        assert after.done == states.count("succeeded") == 2
+        assert after.failed == states.count("failed") == 1
+        assert after.waiting == len(waiting) == 4
+        assert after.in_progress == len(records) - 3 - len(waiting) == 0
+        assert after.waiting_for == {"out_of_credits": 4}
+        assert after.failed_ids == tuple(r["job_id"] for r in records
+                                         if r["state"] == "failed")
+        return True
+
+    wait_until(stable, 10, 0.1, "a stable read")
+    # And once credits return, the waiting jobs end succeeded, each paid once
+    standin.set_credits(1000)
+    wait_until(lambda: batch_progress(held).done == 4, 20, 0.1, "the held jobs to succeed")
+    assert all(standin.paid()[get_cover(j)["task_id"]] == 1 for j in held)
+
+
+def test_duplicate_task_ids_in_a_file_are_reported(tmp_path: Path) -> None:
+    # Given a CSV (header in snake case) naming one music task twice
+    task_id = music_id()
+    path = tmp_path / "dups.csv"
+    path.write_text(f"task_id,callback_url\n{task_id},{CALLBACK}\n\n{task_id},{CALLBACK}\n")
+    plan = read_batch(path)
+    # Then the later line is a bad line pointing at the first
+    assert [row.line_no for row in plan.rows] == [2]
+    assert plan.bad == [BadLine(4, {"taskId": ["duplicate of line 2"]},
+                                "taskId: duplicate of line 2")]
+
+
+def test_the_options_fit_the_enqueue_subparser_of_covers() -> None:
+    # Given the enqueue subparser as worker/cli.py builds it, positionals made optional
+    parser = argparse.ArgumentParser(prog="covers")
+    enqueue = parser.add_subparsers(dest="command").add_parser("enqueue")
+    enqueue.add_argument("task_id", nargs="?")
+    enqueue.add_argument("callback_url", nargs="?")
+    enqueue.add_argument("--wait", action="store_true")
+    enqueue.add_argument("--timeout", type=float, default=600.0)
+    enqueue.add_argument("--json", action="store_true")
+    # When the batch options are added (no clash with --wait, --timeout, --json)
+    add_enqueue_from_arguments(enqueue)
+    # Then both forms parse, and --callback-url never lands in the positional's slot
+    batch = parser.parse_args(["enqueue", "--from", "f.csv", "--callback-url", CALLBACK,
+                               "--skip-bad", "--wait", "--timeout", "5"])
+    assert (batch.from_file, batch.default_callback_url, batch.callback_url) == (
+        "f.csv", CALLBACK, None)
+    assert batch.skip_bad and batch.wait and batch.timeout == 5.0 and batch.task_id is None
+    single = parser.parse_args(["enqueue", "abc", CALLBACK])
+    assert (single.task_id, single.callback_url, single.from_file) == ("abc", CALLBACK, None)
+
+
+class _Terminal(io.StringIO):
+    """A text stream that says it is a terminal, to see the in-place redraw."""
+
+    def isatty(self) -> bool:
+        return True
