@@ -91,3 +91,12 @@ METRIC_COUNTERS = PREFIX + "metrics:counters"
 def metric_histogram(name: str) -> str:
     """Hash: one histogram's cumulative buckets (``le=...``), ``sum`` and ``count``."""
     return f"{PREFIX}metrics:hist:{name}"
+
+#: Sorted set: job ids whose images are still to be copied to COVERS_IMAGE_STORE, by
+#: due time (ms): the next retry, or the end of the lease of a copy in progress.
+IMAGES_DUE = PREFIX + "images:due"
+
+
+def images_lock(job_id: str) -> str:
+    """String: held while one run copies a job's images to the image store."""
+    return f"{PREFIX}images-lock:{job_id}"

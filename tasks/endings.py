@@ -6,15 +6,18 @@ import logging
 
 from config import get_settings
 from tasks import metrics
+from tasks.images import schedule_images
 from tasks.jobs import JobStore
 from tasks.notify import schedule_notice
 from tasks.signals import cover_finished
+from tasks.states import JobState
 
 log = logging.getLogger("covers.endings")
 
 
 def job_ended(store: JobStore, job_id: str) -> None:
-    """Run once per ended job: the ``cover_finished`` signal and the app's notice."""
+    """Run once per ended job: the ``cover_finished`` signal, the app's notice and,
+    for a succeeded job when COVERS_IMAGE_STORE is set, the copy of its images."""
     job = store.get(job_id)
     if job is None:
         return
@@ -29,3 +32,7 @@ def job_ended(store: JobStore, job_id: str) -> None:
         log.exception("a cover_finished receiver failed for job %s", job_id)
     if get_settings().callback_url and job.callback_url:
         schedule_notice(store, job)
+    # Its own task: the job has already succeeded, and a slow or failing copy must
+    # never hold up or undo that.
+    if job.state is JobState.SUCCEEDED and job.images and get_settings().image_store:
+        schedule_images(store, job)

@@ -151,6 +151,10 @@ class Job:
     last_failed_at: float | None = None
     retry_rounds: int = 0
     notified_at: float | None = None
+    #: Copies kept in COVERS_IMAGE_STORE, in image order (written by `tasks.images`).
+    stored_images: list[dict[str, Any]] = field(default_factory=list)
+    #: Why copying to the image store gave up or refused images; None if it did not.
+    images_error: str | None = None
     raw: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -184,6 +188,8 @@ class Job:
             last_failed_at=num("last_failed_at"),
             retry_rounds=int(raw.get("retry_rounds") or 0),
             notified_at=num("notified_at"),
+            stored_images=json.loads(raw["stored_images"]) if raw.get("stored_images") else [],
+            images_error=raw.get("images_error") or None,
             raw=raw,
         )
 
@@ -209,6 +215,8 @@ class Job:
             "retry_rounds": self.retry_rounds,
             "notified_at": _iso(self.raw.get("notified_at")),
             "notice_error": self.raw.get("notice_error") or None,
+            "stored_images": [dict(entry) for entry in self.stored_images],
+            "images_error": self.images_error,
         }
 
 

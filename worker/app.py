@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-app = Celery("kie-covers", include=["tasks.cover", "tasks.failures", "tasks.notify"])
+app = Celery("kie-covers", include=["tasks.cover", "tasks.failures", "tasks.notify",
+                                      "tasks.images"])
 # A string path: the settings (and a private Redis, if REDIS_URL is unset) are read
 # when the app is first used, not when this module is imported.
 app.config_from_object("worker.celeryconfig")

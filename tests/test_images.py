@@ -1,0 +1,171 @@
+"""Keeping the images: succeeded covers are copied into COVERS_IMAGE_STORE.
+
+Real worker processes, the real callback endpoint, the stand-in's real PNGs, a
+real directory on disk. Jobs end either by Kie's callback (in ``covers web``)
+or by a poll (in the worker); both must schedule the copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from standin import KieStandin
+from tasks import enqueue_cover, get_cover, wait_for_cover
+from tasks.images import ImageRefused, LocalStore, copy_one, retry_images, send_images
+from tests.conftest import process_env
+from tests.services import WebProcess, WorkerProcess, wait_until
+from worker.redis_server import free_port
+
+APP_CALLBACK = "http://127.0.0.1:9/app-callback"
+
+
+def music_id() -> str:
+    return uuid.uuid4().hex
+
+
+def files_in(root: Path) -> list[Path]:
+    """Every file under `root`, hidden temporary ones included."""
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def dead_callback_url() -> str:
+    """A callback URL nobody listens on, so jobs end by the worker's own poll."""
+    return f"http://127.0.0.1:{free_port()}/kie/callback"
+
+
+@pytest.fixture
+def image_web(run_dir: Path, tmp_path: Path) -> Iterator[tuple[WebProcess, Path]]:
+    """A ``covers web`` of its own whose COVERS_IMAGE_STORE is set, and that store."""
+    store = tmp_path / "store"
+    process = WebProcess(free_port(), process_env(COVERS_IMAGE_STORE=str(store)),
+                         run_dir).start()
+    yield process, store
+    process.stop()
+
+
+def stored_record(job_id: str, count: int, timeout_s: float = 15) -> dict[str, Any]:
+    """The record once `count` images are stored (or copying reported an error)."""
+    def done() -> bool:
+        record = get_cover(job_id)
+        return len(record["stored_images"]) == count or bool(record["images_error"])
+
+    wait_until(done, timeout_s, 0.05, f"stored images of job {job_id}")
+    return get_cover(job_id)
+
+
+def assert_copies_match_kie(record: dict[str, Any], location_of: Any) -> None:
+    """Each stored copy is byte-identical to what the stand-in serves for its URL."""
+    assert record["state"] == "succeeded" and record["images_error"] is None
+    assert [entry["url"] for entry in record["stored_images"]] == record["images"]
+    for n, entry in enumerate(record["stored_images"]):
+        served = requests.get(entry["url"], timeout=5).content
+        kept = Path(location_of(entry["location"])).read_bytes()
+        assert kept == served
+        assert entry["sha256"] == hashlib.sha256(served).hexdigest()
+        assert entry["bytes"] == len(served)
+        assert entry["content_type"] == "image/png"
+        assert entry["location"].endswith(f"/{record['task_id']}/{record['job_id']}-{n}.png")
+
+
+def test_succeeded_covers_are_copied_once_to_a_local_directory(
+    standin: KieStandin, start_worker: Any, image_web: tuple[WebProcess, Path]
+) -> None:
+    # Given a worker and a callback endpoint, both with a local image store
+    web, store = image_web
+    worker: WorkerProcess = start_worker(COVERS_IMAGE_STORE=str(store),
+                                         COVERS_CALLBACK_URL=web.url)
+    # When covers are made (mostly ended by Kie's callback, in the web process, which
+    # must then schedule the copy itself)
+    job_ids = [enqueue_cover(music_id(), APP_CALLBACK, queue=worker.queue) for _ in range(3)]
+    assert all(wait_for_cover(j, timeout_s=20)["state"] == "succeeded" for j in job_ids)
+    # Then every image is kept, byte for byte, under <music task>/<job>-<n>.png
+    records = [stored_record(j, 2) for j in job_ids]
+    for record in records:
+        assert_copies_match_kie(record, lambda location: location)
+        assert all(e["location"].startswith(str(store) + "/") for e in record["stored_images"])
+    # And nothing else is in the store (no temporary files left)
+    assert len(files_in(store)) == 6
+    # When the copy of a job runs again
+    first = records[0]
+    before = {p: p.stat().st_ino for p in files_in(store)}
+    send_images(first["job_id"], worker.queue)
+    wait_until(lambda: f"job {first['job_id']}: all 2 images already handled" in worker.log(),
+               10, 0.05, "the second copy run")
+    # Then it downloaded nothing again: same files (a rename would change the inode)
+    assert {p: p.stat().st_ino for p in files_in(store)} == before
+    assert get_cover(first["job_id"])["stored_images"] == first["stored_images"]
+
+
+def test_an_image_over_the_size_limit_is_refused_and_the_job_stays_succeeded(
+    standin: KieStandin, start_worker: Any, tmp_path: Path
+) -> None:
+    # Given a store that takes nothing over 100 bytes (the stand-in's PNGs are larger)
+    store = tmp_path / "small-store"
+    worker: WorkerProcess = start_worker(COVERS_IMAGE_STORE=str(store),
+                                         COVERS_IMAGE_MAX_BYTES="100",
+                                         COVERS_CALLBACK_URL=dead_callback_url())
+    job_id = enqueue_cover(music_id(), APP_CALLBACK, queue=worker.queue)
+    assert wait_for_cover(job_id, timeout_s=20)["state"] == "succeeded"
+    # Then copying ends with a reason for each image, at once (no retries for this)
+    record = stored_record(job_id, 2)
+    assert record["state"] == "succeeded"
+    assert record["stored_images"] == []
+    assert "image 0:" in record["images_error"] and "image 1:" in record["images_error"]
+    assert "COVERS_IMAGE_MAX_BYTES (100)" in record["images_error"]
+    assert f"job {job_id}: image copy ended: not stored" in worker.log()
+    assert "to try again" not in worker.log()
+    # And no file, whole or partial, is left in the store
+    assert files_in(store) == []
+
+
+def test_an_fsspec_store_fault_is_retried_then_given_up_and_a_rerun_recovers(
+    standin: KieStandin, start_worker: Any, tmp_path: Path
+) -> None:
+    # Given a store given as a file:// URL, so fsspec is used (a memory:// store would
+    # live and die inside the worker process), whose path is a file for now: no
+    # directory can be made in it. Jobs end by the worker's own poll.
+    store = tmp_path / "fs-store"
+    store.write_bytes(b"not a directory")
+    worker: WorkerProcess = start_worker(COVERS_IMAGE_STORE=f"file://{store}",
+                                         COVERS_CALLBACK_URL=dead_callback_url())
+    job_ids = [enqueue_cover(music_id(), APP_CALLBACK, queue=worker.queue) for _ in range(2)]
+    assert all(wait_for_cover(j, timeout_s=20)["state"] == "succeeded" for j in job_ids)
+    # Then each copy is tried COVERS_MAX_ATTEMPTS (4) times from the due set, then given up
+    for job_id in job_ids:
+        record = stored_record(job_id, 2)
+        assert record["images_error"].startswith(
+            "gave up after 4 attempts: image 0: store error")
+        assert worker.log().count(f"job {job_id}: 2 image(s) to try again in") == 3
+        assert record["state"] == "succeeded" and record["stored_images"] == []
+    # When the store is fixed and the copies are asked for again
+    store.unlink()
+    assert all(retry_images(j) for j in job_ids)
+    # Then the images are kept through fsspec, named by the store URL, the error gone
+    for job_id in job_ids:
+        wait_until(lambda j=job_id: len(get_cover(j)["stored_images"]) == 2, 10, 0.05,
+                   f"re-run of {job_id}")
+        record = get_cover(job_id)
+        assert record["images_error"] is None
+        assert all(e["location"].startswith(f"file://{store}/")
+                   for e in record["stored_images"])
+        assert_copies_match_kie(record, lambda location: location.removeprefix("file://"))
+    assert len(files_in(store)) == 4
+
+
+def test_a_missing_image_or_a_wrong_content_type_is_refused_without_a_file(
+    standin: KieStandin, tmp_path: Path
+) -> None:
+    store = LocalStore(str(tmp_path / "store"))
+    for url, reason in [(f"{standin.base_url}/files/no-such-cover/0.png", "HTTP 404"),
+                        (f"{standin.base_url}/_standin/state", "content type")]:
+        with pytest.raises(ImageRefused, match=reason):
+            copy_one(url, store, "music", "job-0", max_bytes=10_000_000, timeout_s=2,
+                     deadline=float("inf"))
+    assert files_in(tmp_path) == []
