@@ -50,16 +50,11 @@ class Secret:
 
 
 def _text(name: str, raw: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise SettingsError(f"{name} is set but empty")
-    return value
+    return raw.strip()
 
 
 def _secret(name: str, raw: str) -> Secret:
     value = raw.strip()
-    if not value:
-        raise SettingsError(f"{name} is set but empty")
     if any(ch.isspace() for ch in value):
         raise SettingsError(f"{name} must not contain whitespace")
     return Secret(value)
@@ -287,7 +282,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values: dict[str, Any] = {}
     for spec in SETTINGS:
         raw = env.get(spec.env)
-        if raw is None or (raw.strip() == "" and spec.default is not None):
+        if raw is None or raw.strip() == "":
+            # Set but empty means unset: what `KEY=` in a .env file or Procfile says.
             raw = spec.default
         values[spec.attr] = None if raw is None else spec.parse(spec.env, raw)
     settings = Settings(**values)

@@ -19,6 +19,7 @@ from tasks import errors
 from tasks.answers import interpret_callback
 from tasks.endings import job_ended
 from tasks.jobs import JobStore
+from tasks.logfields import job_fields
 from worker.app import app
 
 log = logging.getLogger("covers.callbacks")
@@ -64,6 +65,8 @@ def apply_callback(store: JobStore, body: Any, early_ttl_s: float) -> CallbackRe
         return CallbackResult.DUPLICATE
     record_result(store, job_id)
     job_ended(store, job_id)
-    log.info("job %s %s by callback (cover %s)", job_id,
-             "failed" if outcome.error else "succeeded", outcome.cover_task_id)
+    state = "failed" if outcome.error else "succeeded"
+    job = store.get(job_id)
+    log.info("job %s %s by callback (cover %s)", job_id, state, outcome.cover_task_id,
+             extra=job_fields(job, state) if job else None)
     return CallbackResult.COMPLETED

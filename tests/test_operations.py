@@ -57,7 +57,9 @@ def test_the_metrics_endpoint_counts_a_runs_known_outcomes(
     standin: KieStandin, start_worker: Any, run_dir: Any
 ) -> None:
     port = free_port()
-    env = {"COVERS_METRICS_PORT": str(port)}
+    # No COVERS_CALLBACK_URL: jobs end in the worker (by polling), where this test's
+    # settings are; the session's callback endpoint has metrics off.
+    env = {"COVERS_METRICS_PORT": str(port), "COVERS_CALLBACK_URL": ""}
     worker = start_worker(**env)
     exporter = subprocess.Popen([sys.executable, "-m", "worker.cli", "metrics"], cwd=ROOT,
                                 env=process_env(**env), stdout=subprocess.DEVNULL,
@@ -94,7 +96,8 @@ def _up(port: int) -> bool:
 def test_json_logs_have_one_line_per_job_step_with_the_ids(
     standin: KieStandin, start_worker: Any
 ) -> None:
-    worker = start_worker(COVERS_LOG_FORMAT="json")
+    # No COVERS_CALLBACK_URL: the job ends in this worker, whose log the test reads.
+    worker = start_worker(COVERS_LOG_FORMAT="json", COVERS_CALLBACK_URL="")
     task_id = uuid.uuid4().hex
     job_id = enqueue_cover(task_id, "http://127.0.0.1:9/cb", queue=worker.queue)
     assert wait_for_cover(job_id, timeout_s=20)["state"] == "succeeded"
