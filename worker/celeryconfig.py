@@ -39,7 +39,10 @@ beat_schedule = {
 
 result_expires = int(_settings.result_ttl)
 result_extended = True
-task_send_sent_event = True
-worker_send_task_events = True
+# Task events cost ~10% of worker CPU and ~17% of each enqueue (bench/perf.py), so
+# they are off until a monitor asks: Flower turns them on when it starts (or run
+# `celery -A worker control enable_events`).
+task_send_sent_event = False
+worker_send_task_events = False
 worker_hijack_root_logger = True
 enable_utc = True

@@ -150,6 +150,13 @@ class CallbackApp:
 
 def make_app() -> CallbackApp:
     """The endpoint with the process's settings and job store."""
+    from worker.app import app
     from worker.connections import get_store
 
+    # Connect before the first callback: otherwise the first few callbacks wait
+    # while Redis, the result backend and the broker producer are set up.
+    get_store().redis.ping()
+    _ = app.backend
+    with app.producer_or_acquire():
+        pass
     return CallbackApp(get_settings(), get_store)
