@@ -231,3 +231,64 @@ def duplicates_paid(paid: Mapping[str, int]) -> int:
 def stderr(message: str) -> None:
     """A progress line on stderr (stdout carries the result)."""
     print(message, file=sys.stderr, flush=True)
+
+
+#: Seconds `start_web` waits for /healthz.
+WEB_READY_S = 30.0
+
+
+def start_web(port: int, env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m worker.cli web`` on 127.0.0.1:`port` (own process group).
+
+    Returns once /healthz answers.
+
+    Raises:
+        RuntimeError: when it exits or does not answer within WEB_READY_S seconds.
+    """
+    import urllib.request
+
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "web", "--host", "127.0.0.1",
+             "--port", str(port)],
+            cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + WEB_READY_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_all([process])
+            raise RuntimeError("covers web did not start: "
+                               + log_path.read_text(errors="replace")[-2000:])
+        time.sleep(0.1)
+
+
+def required_env(name: str, who: str) -> str:
+    """The environment variable `name`, or a RuntimeError saying `who` needs it."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise RuntimeError(f"{who} needs {name} in the environment")
+    return value
+
+
+def plain_celery_app(name: str, redis_url: str, queue: str) -> Any:
+    """A Celery app set up the way a typical app is: Redis broker and backend, JSON,
+    late acks. The baseline the benchmarks compare against."""
+    from celery import Celery
+
+    app = Celery(name, broker=redis_url, backend=redis_url)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_default_queue=queue,
+        broker_connection_retry_on_startup=True,
+    )
+    return app

@@ -79,7 +79,6 @@ import tempfile
 import threading
 import time
 import traceback
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -89,7 +88,16 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from bench.common import ROOT, Workers, celery_ping, clean_env, stderr, stop_all, wait_all
+from bench.common import (
+    ROOT,
+    Workers,
+    celery_ping,
+    clean_env,
+    start_web,
+    stderr,
+    stop_all,
+    wait_all,
+)
 
 if TYPE_CHECKING:
     from standin import KieStandin
@@ -150,8 +158,6 @@ PROFILE_MAX_S = 60.0
 WAIT_TIMEOUT_S = 600.0
 #: Seconds the parent gives a child run.
 CHILD_TIMEOUT_S = 1500.0
-#: Seconds ``covers web`` has to answer /healthz.
-WEB_READY_S = 30.0
 #: Redis commands listed per pipeline in the throughput part.
 REDIS_TOP = 8
 #: Targets.
@@ -352,32 +358,6 @@ def set_environ(settings: dict[str, str]) -> dict[str, str]:
     os.environ.update(env)
     return env
 
-
-def start_web(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """``python -m worker.cli web`` on 127.0.0.1:`port`; returns once /healthz answers.
-
-    Raises:
-        RuntimeError: when it exits or does not answer within WEB_READY_S seconds.
-    """
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "web", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + WEB_READY_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return process
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_all([process])
-            raise RuntimeError("covers web did not start: "
-                               + log_path.read_text(errors="replace")[-2000:])
-        time.sleep(0.1)
 
 
 @contextlib.contextmanager

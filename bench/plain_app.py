@@ -25,7 +25,8 @@ import time
 from typing import Any
 
 import requests
-from celery import Celery
+
+from bench.common import plain_celery_app, required_env
 
 #: The task's registered name.
 TASK_NAME = "plain.generate_cover"
@@ -37,30 +38,13 @@ POLL_TIMEOUT_S = 300.0
 HTTP_TIMEOUT_S = 20.0
 
 
-def _required(name: str) -> str:
-    """The environment variable `name`, or a RuntimeError naming it."""
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise RuntimeError(f"bench.plain_app needs {name} in the environment")
-    return value
-
-
-REDIS_URL = _required("REDIS_URL")
-KIE_BASE_URL = _required("KIE_BASE_URL").rstrip("/")
-KIE_API_KEY = _required("KIE_API_KEY")
+REDIS_URL = required_env("REDIS_URL", "bench.plain_app")
+KIE_BASE_URL = required_env("KIE_BASE_URL", "bench.plain_app").rstrip("/")
+KIE_API_KEY = required_env("KIE_API_KEY", "bench.plain_app")
 QUEUE = os.environ.get("PLAIN_QUEUE", "plain")
 RATE_LIMIT = os.environ.get("PLAIN_RATE_LIMIT", "10/s")
 
-app = Celery("plain", broker=REDIS_URL, backend=REDIS_URL)
-app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-    task_acks_late=True,
-    task_default_queue=QUEUE,
-    broker_connection_retry_on_startup=True,
-)
+app = plain_celery_app("plain", REDIS_URL, QUEUE)
 
 
 def _headers() -> dict[str, str]:

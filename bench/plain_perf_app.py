@@ -29,7 +29,8 @@ import os
 from typing import Any
 
 import requests
-from celery import Celery
+
+from bench.common import plain_celery_app, required_env
 
 #: The cover task's registered name.
 TASK_NAME = "plain.cover"
@@ -39,29 +40,12 @@ NOOP_NAME = "plain.noop"
 HTTP_TIMEOUT_S = 20.0
 
 
-def _required(name: str) -> str:
-    """The environment variable `name`, or a RuntimeError naming it."""
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise RuntimeError(f"bench.plain_perf_app needs {name} in the environment")
-    return value
-
-
-REDIS_URL = _required("REDIS_URL")
-KIE_BASE_URL = _required("KIE_BASE_URL").rstrip("/")
-KIE_API_KEY = _required("KIE_API_KEY")
+REDIS_URL = required_env("REDIS_URL", "bench.plain_perf_app")
+KIE_BASE_URL = required_env("KIE_BASE_URL", "bench.plain_perf_app").rstrip("/")
+KIE_API_KEY = required_env("KIE_API_KEY", "bench.plain_perf_app")
 QUEUE = os.environ.get("PLAIN_QUEUE", "plain-perf")
 
-app = Celery("plain-perf", broker=REDIS_URL, backend=REDIS_URL)
-app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-    task_acks_late=True,
-    task_default_queue=QUEUE,
-    broker_connection_retry_on_startup=True,
-)
+app = plain_celery_app("plain-perf", REDIS_URL, QUEUE)
 
 _sessions: dict[int, requests.Session] = {}
 

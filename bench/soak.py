@@ -47,7 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -62,6 +61,7 @@ from bench.common import (
     Workers,
     celery_ping,
     clean_env,
+    start_web,
     stderr,
     stop_all,
     wait_all,
@@ -100,8 +100,6 @@ LATE_CALLBACK_S = 0.5
 DISRUPT_AFTER_S = (0.2, 3.0)
 #: Seconds to keep retrying a read of the job store while Redis is unreachable.
 READ_RETRY_S = 30.0
-#: Seconds the callback endpoint has to answer /healthz after its start.
-WEB_READY_S = 30.0
 
 #: Settings of every process (as BASE_ENV in tests/conftest.py, with 8 attempts).
 BASE_SETTINGS = {
@@ -378,32 +376,6 @@ class SoakWorkers(Workers):
         stop_all([p for i, p in enumerate(self.processes) if i not in self.killed])
 
 
-def _start_web(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """``python -m worker.cli web --port PORT`` (own process group); waits for /healthz.
-
-    Raises:
-        RuntimeError: when it exits or does not answer within WEB_READY_S seconds.
-    """
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "web", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + WEB_READY_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return process
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_all([process])
-            raise RuntimeError("callback endpoint did not start: "
-                               + log_path.read_text(errors="replace")[-2000:])
-        time.sleep(0.1)
-
 
 def _retrying(call: Callable[[], T], what: str, within_s: float = READ_RETRY_S) -> T:
     """``call()``, tried again on Redis connection errors for up to `within_s` seconds."""
@@ -484,7 +456,7 @@ class Soak:
         os.environ.clear()
         os.environ.update(env)
         stderr(f"starting the callback endpoint on 127.0.0.1:{web_port}")
-        self.web = _start_web(web_port, env, self.log_dir / "web.log")
+        self.web = start_web(web_port, env, self.log_dir / "web.log")
 
         from worker.app import app  # only now: settings are read once per process
 
