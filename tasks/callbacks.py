@@ -18,7 +18,7 @@ from celery import states
 from tasks import errors
 from tasks.answers import interpret_callback
 from tasks.endings import job_ended
-from tasks.jobs import JobStore
+from tasks.jobs import Job, JobStore
 from tasks.logfields import job_fields
 from worker.app import app
 
@@ -33,15 +33,12 @@ class CallbackResult(StrEnum):
     UNKNOWN = "unknown"  #: no job owns that cover task id (kept briefly, then ignored)
 
 
-def record_result(store: JobStore, job_id: str) -> None:
-    """Write the ended job's outcome to Celery's result backend."""
-    job = store.get(job_id)
-    if job is None:
-        return
+def record_result(job: Job) -> None:
+    """Write an ended job's outcome to Celery's result backend."""
     if job.error is not None:
-        app.backend.mark_as_failure(job_id, errors.from_dict(job.error))
+        app.backend.mark_as_failure(job.job_id, errors.from_dict(job.error))
     else:
-        app.backend.store_result(job_id, job.to_dict(), states.SUCCESS)
+        app.backend.store_result(job.job_id, job.to_dict(), states.SUCCESS)
 
 
 def apply_callback(store: JobStore, body: Any, early_ttl_s: float) -> CallbackResult:
@@ -63,10 +60,11 @@ def apply_callback(store: JobStore, body: Any, early_ttl_s: float) -> CallbackRe
     if not store.finish(job_id, images=outcome.images, error=outcome.error):
         log.info("duplicate callback for job %s (cover %s)", job_id, outcome.cover_task_id)
         return CallbackResult.DUPLICATE
-    record_result(store, job_id)
-    job_ended(store, job_id)
     state = "failed" if outcome.error else "succeeded"
-    job = store.get(job_id)
+    job = store.get(job_id)  # once, as it ended, for Celery, the endings and the log
+    if job is not None:
+        record_result(job)
+    job_ended(store, job)
     log.info("job %s %s by callback (cover %s)", job_id, state, outcome.cover_task_id,
              extra=job_fields(job, state) if job else None)
     return CallbackResult.COMPLETED

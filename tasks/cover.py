@@ -96,7 +96,7 @@ class CoverTask(Task):
             request = validate_cover_request(payload)
         except errors.InvalidPayload as error:
             if store.record_rejected(job_id, error):
-                job_ended(store, job_id)
+                job_ended(store, store.get(job_id))
             log.warning("job %s refused: %s", job_id, error)
             raise
         queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue
@@ -134,8 +134,10 @@ class CoverTask(Task):
             if store.finish(job.job_id, images=step.images):
                 log.info("job %s (music %s) succeeded with %d images", job.job_id,
                          job.task_id, len(step.images), extra=job_fields(job, "succeeded"))
-                job_ended(store, job.job_id)
-            fresh = store.get(job.job_id)
+                fresh = store.get(job.job_id)
+                job_ended(store, fresh)
+            else:
+                fresh = store.get(job.job_id)
             return _replay(fresh) if fresh else self._gone(job.job_id)
         store.schedule(job.job_id, step.seconds)
         store.update(job.job_id, retries=0, faults=0, wait_reason=None)
@@ -167,8 +169,10 @@ class CoverTask(Task):
             if store.finish(job.job_id, error=error):
                 log.warning("job %s (music %s) failed: %s [%s]", job.job_id, job.task_id,
                             error, decision.reason, extra=job_fields(job, "failed"))
-                job_ended(store, job.job_id)
-            fresh = store.get(job.job_id)
+                fresh = store.get(job.job_id)
+                job_ended(store, fresh)
+            else:
+                fresh = store.get(job.job_id)
             if fresh is None:
                 raise error
             return _replay(fresh)

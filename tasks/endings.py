@@ -7,7 +7,7 @@ import logging
 from config import get_settings
 from tasks import metrics
 from tasks.images import schedule_images
-from tasks.jobs import JobStore
+from tasks.jobs import Job, JobStore
 from tasks.notify import schedule_notice
 from tasks.signals import cover_finished
 from tasks.states import JobState
@@ -15,12 +15,13 @@ from tasks.states import JobState
 log = logging.getLogger("covers.endings")
 
 
-def job_ended(store: JobStore, job_id: str) -> None:
-    """Run once per ended job: the ``cover_finished`` signal, the app's notice and,
-    for a succeeded job when COVERS_IMAGE_STORE is set, the copy of its images."""
-    job = store.get(job_id)
+def job_ended(store: JobStore, job: Job | None) -> None:
+    """Run once per ended job (as read just after it ended): the ``cover_finished``
+    signal, the app's notice and, for a succeeded job when COVERS_IMAGE_STORE is set,
+    the copy of its images."""
     if job is None:
         return
+    job_id = job.job_id
     record = job.to_dict()
     metrics.inc("jobs_ended_total", state=job.state.value,
                 kind=(job.error or {}).get("kind", ""))

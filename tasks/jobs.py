@@ -69,31 +69,32 @@ return {1, early}
 """
 
 _FINISH = """
--- KEYS 1 job, 2 due, 3 music key, 4 lock, 5 failures, 6 kind index, 7 code index,
---      8 retry-due
+-- KEYS 1 job, 2 due, 3 lock, 4 failures, 5 kind index, 6 code index, 7 retry-due
 -- ARGV 1 job id, 2 state, 3 images json, 4 error json, 5 now (s), 6 ttl s, 7 cover prefix,
---      8 retryable (1/0), 9 first retry delay ms, 10 longest retry delay ms
+--      8 retryable (1/0), 9 first retry delay ms, 10 longest retry delay ms,
+--      11 music prefix (the music key is read from the record, saving a round trip)
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'succeeded' or state == 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'images', ARGV[3], 'error', ARGV[4],
            'finished_at', ARGV[5], 'updated_at', ARGV[5], 'wait_reason', '')
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[4])
-if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('EXPIRE', KEYS[3], ARGV[6]) end
+redis.call('DEL', KEYS[3])
+local music = ARGV[11] .. (redis.call('HGET', KEYS[1], 'task_id') or '')
+if redis.call('GET', music) == ARGV[1] then redis.call('EXPIRE', music, ARGV[6]) end
 local cover = redis.call('HGET', KEYS[1], 'cover_task_id')
 if cover then redis.call('EXPIRE', ARGV[7] .. cover, ARGV[6]) end
 if ARGV[2] == 'failed' then
   local now_ms = math.floor(tonumber(ARGV[5]) * 1000)
   redis.call('HSETNX', KEYS[1], 'first_failed_at', ARGV[5])
   redis.call('HSET', KEYS[1], 'last_failed_at', ARGV[5])
+  redis.call('ZADD', KEYS[4], now_ms, ARGV[1])
   redis.call('ZADD', KEYS[5], now_ms, ARGV[1])
   redis.call('ZADD', KEYS[6], now_ms, ARGV[1])
-  redis.call('ZADD', KEYS[7], now_ms, ARGV[1])
   if ARGV[8] == '1' then
     local rounds = tonumber(redis.call('HGET', KEYS[1], 'retry_rounds') or '0')
     local delay = math.min(tonumber(ARGV[10]), tonumber(ARGV[9]) * (2 ^ math.min(rounds, 30)))
-    redis.call('ZADD', KEYS[8], now_ms + delay, ARGV[1])
+    redis.call('ZADD', KEYS[7], now_ms + delay, ARGV[1])
   end
 end
 return 1
@@ -327,18 +328,18 @@ class JobStore:
         """
         state = JobState.FAILED if error is not None else JobState.SUCCEEDED
         ttl = self.failure_ttl_s if error is not None else self.result_ttl_s
-        job = self.redis.hget(keys.job(job_id), "task_id")
         kind = error.kind if error is not None else ""
         code = error.code if error is not None else None
         return bool(self._finish(
-            keys=[keys.job(job_id), keys.DUE, keys.music(str(job or "")), keys.lock(job_id),
+            keys=[keys.job(job_id), keys.DUE, keys.lock(job_id),
                   keys.FAILURES, keys.failures_by_kind(kind), keys.failures_by_code(code),
                   keys.RETRY_DUE],
             args=[job_id, state.value, json.dumps(images or []),
                   json.dumps(error.to_dict()) if error is not None else "",
                   repr(_now()), ttl, keys.cover(""),
                   "1" if error is not None and error.retryable else "0",
-                  int(self.retry_base_s * 1000), int(self.retry_max_delay_s * 1000)],
+                  int(self.retry_base_s * 1000), int(self.retry_max_delay_s * 1000),
+                  keys.music("")],
         ))
 
     def schedule(self, job_id: str, delay_s: float) -> None:
