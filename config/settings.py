@@ -275,6 +275,14 @@ class Settings:
             )
         return self.kie_api_key
 
+    @property
+    def notice_lease(self) -> float:
+        """Seconds from a job's end until its app notice is sent from the due set, if
+        the process that ended the job has not delivered it by then: 3 x
+        COVERS_NOTIFY_TIMEOUT + 5. 0 when the app is not sent notices (no
+        COVERS_CALLBACK_URL)."""
+        return 3 * self.notify_timeout + 5 if self.callback_url else 0.0
+
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting from `environ` (default: `os.environ`)."""

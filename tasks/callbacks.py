@@ -2,8 +2,8 @@
 
 Used by the web endpoint (`worker.web`). The job record's end is one Lua
 compare-and-set (`JobStore.finish`); only the caller that wins writes the
-Celery result, so a duplicated callback, or a callback racing a poll, ends the
-job once.
+Celery result (`tasks.endings.job_ended`), so a duplicated callback, or a
+callback racing a poll, ends the job once.
 """
 
 from __future__ import annotations
@@ -13,14 +13,10 @@ import logging
 from enum import StrEnum
 from typing import Any
 
-from celery import states
-
-from tasks import errors
 from tasks.answers import interpret_callback
 from tasks.endings import job_ended
-from tasks.jobs import Job, JobStore
+from tasks.jobs import JobStore
 from tasks.logfields import job_fields
-from worker.app import app
 
 log = logging.getLogger("covers.callbacks")
 
@@ -31,14 +27,6 @@ class CallbackResult(StrEnum):
     COMPLETED = "completed"  #: it ended its job
     DUPLICATE = "duplicate"  #: its job had already ended
     UNKNOWN = "unknown"  #: no job owns that cover task id (kept briefly, then ignored)
-
-
-def record_result(job: Job) -> None:
-    """Write an ended job's outcome to Celery's result backend."""
-    if job.error is not None:
-        app.backend.mark_as_failure(job.job_id, errors.from_dict(job.error))
-    else:
-        app.backend.store_result(job.job_id, job.to_dict(), states.SUCCESS)
 
 
 def apply_callback(store: JobStore, body: Any, early_ttl_s: float) -> CallbackResult:
@@ -57,14 +45,12 @@ def apply_callback(store: JobStore, body: Any, early_ttl_s: float) -> CallbackRe
         log.info("callback for unknown cover task %s kept for %.0fs",
                  outcome.cover_task_id, early_ttl_s)
         return CallbackResult.UNKNOWN
-    if not store.finish(job_id, images=outcome.images, error=outcome.error):
+    job = store.finish(job_id, images=outcome.images, error=outcome.error)
+    if job is None:
         log.info("duplicate callback for job %s (cover %s)", job_id, outcome.cover_task_id)
         return CallbackResult.DUPLICATE
-    state = "failed" if outcome.error else "succeeded"
-    job = store.get(job_id)  # once, as it ended, for Celery, the endings and the log
-    if job is not None:
-        record_result(job)
+    state = job.state.value
     job_ended(store, job)
     log.info("job %s %s by callback (cover %s)", job_id, state, outcome.cover_task_id,
-             extra=job_fields(job, state) if job else None)
+             extra=job_fields(job, state))
     return CallbackResult.COMPLETED

@@ -9,7 +9,9 @@ and ``callBackUrl``. A producer in any language can send it by name::
 The Celery task id is the job id. Each run does one step (submit or poll) and
 then either ends the job or puts it back in the due set; `AsyncResult(job_id)`
 shows ``SUBMITTED``/``WAITING`` meanwhile, then the outcome of `get_cover`, or
-raises the job's typed error.
+raises the job's typed error. A run costs few Redis round trips: one to start
+(`JobStore.begin`), the limiter, a counter, and one to end (`mark_submitted`,
+`release` or `finish`).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def send_job(job_id: str, task_id: str, callback_url: str, queue: str | None = N
 
 
 def _replay(job: Job) -> dict[str, Any]:
-    """The outcome of a job that already ended (stored again for Celery)."""
+    """The outcome of a job that already ended: its record, or its error raised."""
     if job.state is JobState.FAILED:
         raise errors.from_dict(job.error or {"kind": "error", "message": "failed"})
     return job.to_dict()
@@ -74,7 +76,7 @@ class CoverTask(Task):
     #: Let malformed messages reach our own validation instead of Celery's TypeError.
     typing = False
 
-    def run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def run_job(self, payload: dict[str, Any]) -> dict[str, Any] | str:
         """Run one step; if Redis is out of reach, hand the message back to the broker.
 
         The job is still in the due set, so even a message that cannot be handed back
@@ -87,8 +89,8 @@ class CoverTask(Task):
                         self.request.id, type(outage).__name__)
             raise Reject(str(type(outage).__name__), requeue=True) from None
 
-    def _run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Validate the payload, take the job's lock, do one step, and record it."""
+    def _run_job(self, payload: dict[str, Any]) -> dict[str, Any] | str:
+        """Validate the payload, start the run (one round trip), do one step."""
         settings = get_settings()
         store = get_store()
         job_id: str = self.request.id
@@ -100,77 +102,82 @@ class CoverTask(Task):
             log.warning("job %s refused: %s", job_id, error)
             raise
         queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue
-        store.adopt(job_id, request["taskId"], request["callBackUrl"], settings.redispatch_after,
-                    queue)
-        job = store.get(job_id)
-        if job is None or job.state.final:
-            return _replay(job) if job else self._gone(job_id)
-        token = store.lock(job_id, settings.redispatch_after)
-        if token is None:
+        begun = store.begin(job_id, request["taskId"], request["callBackUrl"],
+                            settings.redispatch_after, queue)
+        if begun.status == "busy":
             log.info("job %s is being worked on elsewhere; this copy stops", job_id)
             raise Ignore()
+        if begun.job is None:
+            self._gone(job_id)
+        if begun.token is None:
+            return _replay(begun.job)
         try:
-            job = store.get(job_id)
-            if job is None or job.state.final:
-                return _replay(job) if job else self._gone(job_id)
-            store.schedule(job_id, settings.redispatch_after)  # lease for this run
-            return self._step(job, store)
-        finally:
-            store.unlock(job_id, token)
+            return self._step(begun.job, store, begun.token)
+        except BaseException:
+            # A step that ended or released the job already let go of its lock: then
+            # this is a no-op. Otherwise the next run need not wait for the lock's TTL.
+            store.unlock(job_id, begun.token)
+            raise
 
     def _gone(self, job_id: str) -> NoReturn:
         log.warning("job %s has no record (expired?); dropping the message", job_id)
         raise Ignore()
 
-    def _step(self, job: Job, store: JobStore) -> dict[str, Any]:
+    def _step(self, job: Job, store: JobStore, token: str) -> dict[str, Any] | str:
+        """One step; every way out ends the job or releases its run lock."""
         settings = get_settings()
         try:
-            step = advance(job, store, get_client(), get_limiters(), settings)
+            step = advance(job, store, get_client(), get_limiters(), settings, token)
         except Throttled as throttled:
-            return self._wait(job, store, throttled)
+            return self._wait(job, store, token, throttled)
         except errors.CoverError as error:
-            return self._after_error(job, store, error)
+            return self._after_error(job, store, token, error)
         if isinstance(step, Done):
-            if store.finish(job.job_id, images=step.images):
+            ended = store.finish(job.job_id, images=step.images)
+            if ended is not None:
                 log.info("job %s (music %s) succeeded with %d images", job.job_id,
                          job.task_id, len(step.images), extra=job_fields(job, "succeeded"))
-                fresh = store.get(job.job_id)
-                job_ended(store, fresh)
-            else:
-                fresh = store.get(job.job_id)
+                job_ended(store, ended)
+                return ended.to_dict()
+            fresh = store.get(job.job_id)
             return _replay(fresh) if fresh else self._gone(job.job_id)
-        store.schedule(job.job_id, step.seconds)
-        store.update(job.job_id, retries=0, faults=0, wait_reason=None)
-        self._show(job.job_id, CELERY_SUBMITTED)
+        record = step.record
+        if record is None:  # a poll: back to the due set, lock released, one round trip
+            record = store.release(job.job_id, token, step.seconds, retries=0, faults=0,
+                                   wait_reason=None)
+        if record is not None and (job.state is JobState.QUEUED or job.wait_reason):
+            self._show(record, CELERY_SUBMITTED)
         log.info("job %s waits %.1fs for its %s", job.job_id, step.seconds, step.reason,
                  extra=job_fields(job, "wait"))
-        raise Ignore()
+        return f"{record.state.value if record else 'ended'}; next look in {step.seconds:g}s"
 
-    def _wait(self, job: Job, store: JobStore, throttled: Throttled) -> NoReturn:
+    def _wait(self, job: Job, store: JobStore, token: str, throttled: Throttled) -> str:
         """Back to the due set until the limiter's slot; no attempt is counted."""
         metrics.inc("limiter_waits_total", reason=throttled.reason)
         metrics.inc("limiter_wait_seconds_total", round(throttled.wait_s, 3),
                     reason=throttled.reason)
-        store.update(job.job_id, wait_reason=throttled.reason)
-        store.schedule(job.job_id, throttled.wait_s)
+        record = store.release(job.job_id, token, throttled.wait_s,
+                               wait_reason=throttled.reason)
         log.debug("job %s waits %.3fs (%s)", job.job_id, throttled.wait_s, throttled.reason,
                   extra=job_fields(job, "throttled"))
-        self._show(job.job_id, CELERY_WAITING)
-        raise Ignore()
+        if record is not None and job.wait_reason != throttled.reason:
+            self._show(record, CELERY_WAITING)
+        return f"throttled ({throttled.reason}); next look in {throttled.wait_s:.3f}s"
 
-    def _after_error(self, job: Job, store: JobStore,
-                     error: errors.CoverError) -> dict[str, Any]:
+    def _after_error(self, job: Job, store: JobStore, token: str,
+                     error: errors.CoverError) -> dict[str, Any] | str:
         settings = get_settings()
         now = time.time()
         held = now - job.hold_since if job.hold_since is not None else 0.0
         decision = decide(error, retries=job.retries, faults=job.faults,
                           waited_for_credits_s=held, settings=settings)
         if decision.wait_s is None:
-            if store.finish(job.job_id, error=error):
+            ended = store.finish(job.job_id, error=error)
+            if ended is not None:
                 log.warning("job %s (music %s) failed: %s [%s]", job.job_id, job.task_id,
                             error, decision.reason, extra=job_fields(job, "failed"))
-                fresh = store.get(job.job_id)
-                job_ended(store, fresh)
+                job_ended(store, ended)
+                fresh: Job | None = ended
             else:
                 fresh = store.get(job.job_id)
             if fresh is None:
@@ -189,20 +196,23 @@ class CoverTask(Task):
             changes["faults"] = job.faults + 1
         if isinstance(error, errors.OutOfCredits) and job.hold_since is None:
             changes["hold_since"] = repr(now)
-        store.update(job.job_id, **changes)
-        store.schedule(job.job_id, decision.wait_s)
+        record = store.release(job.job_id, token, decision.wait_s, **changes)
         log.warning("job %s (music %s) retries in %.1fs: %s [%s]", job.job_id, job.task_id,
                     decision.wait_s, error, decision.reason, extra=job_fields(job, "retry"))
-        self._show(job.job_id, CELERY_WAITING)
-        raise Ignore()
+        if record is not None and job.wait_reason != error.kind:
+            self._show(record, CELERY_WAITING)
+        return f"retry ({error.kind}); next look in {decision.wait_s:.1f}s"
 
-    def _show(self, job_id: str, state: str) -> None:
-        job = get_store().get(job_id)
-        self.update_state(task_id=job_id, state=state, meta=job.to_dict() if job else {})
+    def _show(self, record: Job, state: str) -> None:
+        """Let Celery's result backend show a waiting job's state (`AsyncResult.state`)."""
+        self.update_state(task_id=record.job_id, state=state, meta=record.to_dict())
 
 
-@app.task(bind=True, base=CoverTask, name=TASK_NAME)
-def generate_cover(self: CoverTask, *args: Any, **payload: Any) -> dict[str, Any]:
+# ignore_result: a run's return value is not the job's outcome (most runs leave the job
+# waiting); the outcome is written to the result backend once, by whoever ends the job
+# (`tasks.endings.job_ended`).
+@app.task(bind=True, base=CoverTask, name=TASK_NAME, ignore_result=True)
+def generate_cover(self: CoverTask, *args: Any, **payload: Any) -> dict[str, Any] | str:
     """Get the cover for music task ``taskId``; see the module docstring."""
     if args:
         payload = {"_positional": list(args), **payload}

@@ -4,24 +4,37 @@ from __future__ import annotations
 
 import logging
 
+from celery import states
+
 from config import get_settings
-from tasks import metrics
+from tasks import errors, metrics
 from tasks.images import schedule_images
 from tasks.jobs import Job, JobStore
-from tasks.notify import schedule_notice
+from tasks.notify import deliver_soon
 from tasks.signals import cover_finished
 from tasks.states import JobState
+from worker.app import app
 
 log = logging.getLogger("covers.endings")
+
+
+def record_result(job: Job) -> None:
+    """Write an ended job's outcome to Celery's result backend."""
+    if job.error is not None:
+        app.backend.mark_as_failure(job.job_id, errors.from_dict(job.error))
+    else:
+        app.backend.store_result(job.job_id, job.to_dict(), states.SUCCESS)
 
 
 def job_ended(store: JobStore, job: Job | None) -> None:
     """Run once per ended job (as read just after it ended): the ``cover_finished``
     signal, the app's notice and, for a succeeded job when COVERS_IMAGE_STORE is set,
-    the copy of its images."""
+    the copy of its images. First of all, the outcome is written to Celery's result
+    backend (`AsyncResult(job_id).get()` returns or raises it)."""
     if job is None:
         return
     job_id = job.job_id
+    record_result(job)
     record = job.to_dict()
     metrics.inc("jobs_ended_total", state=job.state.value,
                 kind=(job.error or {}).get("kind", ""))
@@ -31,8 +44,8 @@ def job_ended(store: JobStore, job: Job | None) -> None:
         cover_finished.send(sender=job_ended, job_id=job_id, record=record)
     except Exception:  # an app's receiver must not stop the notice
         log.exception("a cover_finished receiver failed for job %s", job_id)
-    if get_settings().callback_url and job.callback_url:
-        schedule_notice(store, job)
+    if store.notice_lease_s > 0 and job.callback_url:
+        deliver_soon(job_id)  # already in the due set (JobStore.finish) in case we die
     # Its own task: the job has already succeeded, and a slow or failing copy must
     # never hold up or undo that.
     if job.state is JobState.SUCCEEDED and job.images and get_settings().image_store:

@@ -15,7 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import redis
 
@@ -40,23 +40,32 @@ redis.call('ZADD', KEYS[2], ARGV[6], ARGV[2])
 return {ARGV[2], 1}
 """
 
-_ADOPT = """
--- A raw message for a job id we have no record of: create the record.
--- KEYS[1] job key, KEYS[2] music key, KEYS[3] due
--- ARGV job id, task id, url, now, due_ms, queue
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'task_id', ARGV[2], 'callback_url', ARGV[3],
-           'state', 'queued', 'created_at', ARGV[4], 'updated_at', ARGV[4],
-           'attempts', 0, 'polls', 0, 'faults', 0, 'queue', ARGV[6])
-redis.call('SET', KEYS[2], ARGV[1], 'NX')
+_BEGIN = """
+-- The start of one task run, in one round trip: adopt a raw message's job if it has
+-- no record, stop if the job has ended, take its run lock, renew its lease, read it.
+-- KEYS 1 job, 2 music, 3 due, 4 lock
+-- ARGV 1 job id, 2 task id, 3 url, 4 now, 5 lease due_ms, 6 queue, 7 token, 8 lock ms
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'task_id', ARGV[2], 'callback_url', ARGV[3],
+             'state', 'queued', 'created_at', ARGV[4], 'updated_at', ARGV[4],
+             'attempts', 0, 'polls', 0, 'faults', 0, 'queue', ARGV[6])
+  redis.call('SET', KEYS[2], ARGV[1], 'NX')
+end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'succeeded' or state == 'failed' then
+  return {'ended', redis.call('HGETALL', KEYS[1])}
+end
+if not redis.call('SET', KEYS[4], ARGV[7], 'NX', 'PX', ARGV[8]) then return {'busy', {}} end
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-return 1
+return {'go', redis.call('HGETALL', KEYS[1])}
 """
 
 _SUBMITTED = """
--- KEYS[1] job, KEYS[2] cover key, KEYS[3] due, KEYS[4] early-callback key
--- ARGV job id, cover id, now, due_ms
-if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return {0, false} end
+-- KEYS 1 job, 2 cover key, 3 due, 4 early-callback key, 5 lock
+-- ARGV 1 job id, 2 cover id, 3 now, 4 due_ms, 5 lock token ('' keeps the lock)
+-- Returns {changed, early callback or false, the record}. Without an early callback
+-- the run is over, so the lock is released here too.
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return {0, false, {}} end
 redis.call('HSET', KEYS[1], 'state', 'submitted', 'cover_task_id', ARGV[2],
            'submitted_at', ARGV[3], 'updated_at', ARGV[3], 'faults', 0, 'retries', 0,
            'wait_reason', '')
@@ -64,17 +73,39 @@ redis.call('HDEL', KEYS[1], 'hold_since')
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 local early = redis.call('GET', KEYS[4])
-if early then redis.call('DEL', KEYS[4]) end
-return {1, early}
+if early then
+  redis.call('DEL', KEYS[4])
+elseif ARGV[5] ~= '' and redis.call('GET', KEYS[5]) == ARGV[5] then
+  redis.call('DEL', KEYS[5])
+end
+return {1, early, redis.call('HGETALL', KEYS[1])}
+"""
+
+_RELEASE = """
+-- The end of a run that leaves the job waiting: set fields, look again at due_ms,
+-- release the run lock. A job that ended meanwhile (a callback) is left as it is.
+-- KEYS 1 job, 2 due, 3 lock; ARGV 1 job id, 2 due_ms, 3 token, 4 now, 5.. field, value
+local state = redis.call('HGET', KEYS[1], 'state')
+local record = {}
+if state and state ~= 'succeeded' and state ~= 'failed' then
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4], unpack(ARGV, 5))
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+  record = redis.call('HGETALL', KEYS[1])
+end
+if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+return record
 """
 
 _FINISH = """
--- KEYS 1 job, 2 due, 3 lock, 4 failures, 5 kind index, 6 code index, 7 retry-due
+-- KEYS 1 job, 2 due, 3 lock, 4 failures, 5 kind index, 6 code index, 7 retry-due,
+--      8 notify-due
 -- ARGV 1 job id, 2 state, 3 images json, 4 error json, 5 now (s), 6 ttl s, 7 cover prefix,
 --      8 retryable (1/0), 9 first retry delay ms, 10 longest retry delay ms,
---      11 music prefix (the music key is read from the record, saving a round trip)
+--      11 music prefix (the music key is read from the record, saving a round trip),
+--      12 notice lease ms (0: the app is not sent notices)
+-- Returns the ended record, or false if the job had already ended (or is unknown).
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'succeeded' or state == 'failed' then return 0 end
+if not state or state == 'succeeded' or state == 'failed' then return false end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'images', ARGV[3], 'error', ARGV[4],
            'finished_at', ARGV[5], 'updated_at', ARGV[5], 'wait_reason', '')
 redis.call('EXPIRE', KEYS[1], ARGV[6])
@@ -97,17 +128,51 @@ if ARGV[2] == 'failed' then
     redis.call('ZADD', KEYS[7], now_ms + delay, ARGV[1])
   end
 end
-return 1
+-- The app's notice is due from the moment the job ends, so no crash can lose it; the
+-- process that ended the job delivers it at once and takes it out again.
+local lease = tonumber(ARGV[12])
+if lease > 0 and (redis.call('HGET', KEYS[1], 'callback_url') or '') ~= '' then
+  redis.call('ZADD', KEYS[8], math.floor(tonumber(ARGV[5]) * 1000) + lease, ARGV[1])
+end
+return redis.call('HGETALL', KEYS[1])
 """
 
-_CLAIM_DUE = """
--- KEYS[1] due; ARGV now_ms, lease_ms, limit. Due jobs get a new lease (not removed),
--- so a dispatcher that dies after claiming loses nothing.
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, id in ipairs(ids) do
-  redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[2], id)
+_CLAIM = """
+-- One dispatcher round. Due entries of the job, notice and image-copy sets get a new
+-- lease (they are not removed), so a dispatcher that dies after claiming loses nothing.
+-- KEYS 1 due, 2 notify-due, 3 images-due; ARGV 1 now_ms, 2 lease_ms, 3 limit, 4 job prefix
+-- Returns {jobs, notices, copies, earliest due_ms or -1}: jobs as flat
+-- {id, task id, callback url, queue, ...}, notices and copies as {id, queue, ...};
+-- an ended or vanished job is taken out of the due set instead.
+local now, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local out = {{}, {}, {}}
+for i = 1, 3 do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    local f = redis.call('HMGET', ARGV[4] .. id, 'state', 'task_id', 'callback_url', 'queue')
+    if i == 1 and (not f[1] or f[1] == 'succeeded' or f[1] == 'failed') then
+      redis.call('ZREM', KEYS[1], id)
+    else
+      redis.call('ZADD', KEYS[i], now + lease, id)
+      local row = out[i]
+      row[#row + 1] = id
+      if i == 1 then
+        row[#row + 1] = f[2] or ''
+        row[#row + 1] = f[3] or ''
+      end
+      row[#row + 1] = f[4] or ''
+    end
+  end
 end
-return ids
+local earliest = -1
+for i = 1, 3 do
+  local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+  if first[2] and (earliest < 0 or tonumber(first[2]) < earliest) then
+    earliest = tonumber(first[2])
+  end
+end
+out[4] = earliest
+return out
 """
 
 _UNLOCK = """
@@ -221,6 +286,60 @@ class Job:
         }
 
 
+def _job_from_flat(flat: Any) -> Job | None:
+    """A job from a script's HGETALL reply (a flat name, value list), or None."""
+    if not flat:
+        return None
+    raw = dict(zip(flat[::2], flat[1::2], strict=True))
+    return Job.from_hash(raw) if raw.get("job_id") else None
+
+
+@dataclass(frozen=True)
+class Begun:
+    """How a task run started (`JobStore.begin`)."""
+
+    #: ``go`` (locked: do a step), ``ended`` (the job has ended) or ``busy`` (locked
+    #: by another run).
+    status: str
+    #: The record (None when busy).
+    job: Job | None
+    #: The run lock's token when ``go``.
+    token: str | None
+
+
+class Submitted(NamedTuple):
+    """What `JobStore.mark_submitted` did."""
+
+    #: False when the job was no longer queued.
+    changed: bool
+    #: A callback that came before the submit was recorded (JSON), or None.
+    early: str | None
+    #: The record after the change (None if unchanged).
+    job: Job | None
+
+
+class DueJob(NamedTuple):
+    """A job whose message is due again (`JobStore.claim`)."""
+
+    job_id: str
+    task_id: str
+    callback_url: str
+    queue: str
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One dispatcher round's claims (`JobStore.claim`)."""
+
+    jobs: list[DueJob]
+    #: (job id, queue) of notices due.
+    notices: list[tuple[str, str]]
+    #: (job id, queue) of image copies due.
+    copies: list[tuple[str, str]]
+    #: Seconds until the earliest entry of the three sets is due, None if all are empty.
+    next_due_in_s: float | None
+
+
 class JobStore:
     """Reads and changes job records.
 
@@ -231,20 +350,26 @@ class JobStore:
         retry_base_s: seconds from a retryable failure to its first scheduled retry;
             doubles with each round (default 300).
         retry_max_delay_s: the longest wait between scheduled retries (default 21600).
+        notice_lease_s: seconds from a job's end until its app notice is sent again
+            from the due set if the process that ended it has not delivered it;
+            0 (the default) when the app is not sent notices.
     """
 
     def __init__(self, client: redis.Redis, result_ttl_s: float, failure_ttl_s: float,
-                 retry_base_s: float = 300.0, retry_max_delay_s: float = 21600.0) -> None:
+                 retry_base_s: float = 300.0, retry_max_delay_s: float = 21600.0,
+                 notice_lease_s: float = 0.0) -> None:
         self.redis = client
+        self.notice_lease_s = notice_lease_s
         self.result_ttl_s = int(result_ttl_s)
         self.failure_ttl_s = int(failure_ttl_s)
         self.retry_base_s = retry_base_s
         self.retry_max_delay_s = retry_max_delay_s
         self._enqueue = client.register_script(_ENQUEUE)
-        self._adopt = client.register_script(_ADOPT)
+        self._begin = client.register_script(_BEGIN)
         self._submitted = client.register_script(_SUBMITTED)
+        self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
-        self._claim = client.register_script(_CLAIM_DUE)
+        self._claim = client.register_script(_CLAIM)
         self._unlock = client.register_script(_UNLOCK)
 
     # --- creation -----------------------------------------------------------------
@@ -267,15 +392,22 @@ class JobStore:
         )
         return str(result[0]), bool(int(result[1]))
 
-    def adopt(self, job_id: str, task_id: str, callback_url: str, lease_s: float,
-              queue: str) -> bool:
-        """Create the record of a job that arrived as a raw message; False if it exists."""
+    def begin(self, job_id: str, task_id: str, callback_url: str, lease_s: float,
+              queue: str) -> Begun:
+        """Start a task run of a job, in one round trip.
+
+        Creates the record of a job that arrived as a raw message (none exists yet),
+        then, unless the job has ended, takes its run lock and renews its lease in the
+        due set, both for `lease_s` seconds.
+        """
         now = _now()
-        return bool(self._adopt(
-            keys=[keys.job(job_id), keys.music(task_id), keys.DUE],
+        token = secrets.token_hex(8)
+        status, flat = self._begin(
+            keys=[keys.job(job_id), keys.music(task_id), keys.DUE, keys.lock(job_id)],
             args=[job_id, task_id, callback_url, repr(now), int((now + lease_s) * 1000),
-                  queue],
-        ))
+                  queue, token, int(lease_s * 1000)],
+        )
+        return Begun(str(status), _job_from_flat(flat), token if status == "go" else None)
 
     # --- reading ------------------------------------------------------------------
 
@@ -303,66 +435,85 @@ class JobStore:
         """Add one to counter `name` (attempts, polls, faults); returns the new value."""
         return int(self.redis.hincrby(keys.job(job_id), name, 1))
 
-    def mark_submitted(self, job_id: str, cover_task_id: str,
-                       next_look_s: float) -> tuple[bool, str | None]:
+    def mark_submitted(self, job_id: str, cover_task_id: str, next_look_s: float,
+                       token: str = "") -> Submitted:
         """Record Kie's cover task id; next look in `next_look_s` seconds.
 
-        Returns:
-            (changed, early callback JSON or None): changed is False when the job was
-            no longer queued; the early callback is one that arrived before this.
+        Args:
+            token: the run lock's token; the lock is released unless an early
+                callback came (the run goes on to end the job with it).
         """
         now = _now()
-        changed, early = self._submitted(
+        changed, early, flat = self._submitted(
             keys=[keys.job(job_id), keys.cover(cover_task_id), keys.DUE,
-                  keys.early_callback(cover_task_id)],
-            args=[job_id, cover_task_id, repr(now), int((now + next_look_s) * 1000)],
+                  keys.early_callback(cover_task_id), keys.lock(job_id)],
+            args=[job_id, cover_task_id, repr(now), int((now + next_look_s) * 1000), token],
         )
-        return bool(changed), (str(early) if early else None)
+        return Submitted(bool(changed), str(early) if early else None, _job_from_flat(flat))
 
-    def finish(self, job_id: str, images: list[str] | None = None,
-               error: CoverError | None = None) -> bool:
-        """End a job once: succeeded with `images`, or failed with `error`.
+    def release(self, job_id: str, token: str, delay_s: float, **values: Any) -> Job | None:
+        """End a run that leaves the job waiting, in one round trip.
+
+        Sets `values` (None clears a field), has a worker look again in `delay_s`
+        seconds and releases the run lock held with `token`. A job that ended
+        meanwhile is left as it is.
 
         Returns:
-            True if this call ended it; False if it had already ended (or is unknown).
+            The record as it now is, or None if the job had ended or vanished.
+        """
+        now = _now()
+        pairs: list[str | int | float] = []
+        for name, value in values.items():
+            pairs += [name, "" if value is None else value]
+        flat = self._release(
+            keys=[keys.job(job_id), keys.DUE, keys.lock(job_id)],
+            args=[job_id, int((now + delay_s) * 1000), token, repr(now), *pairs],
+        )
+        return _job_from_flat(flat)
+
+    def finish(self, job_id: str, images: list[str] | None = None,
+               error: CoverError | None = None) -> Job | None:
+        """End a job once: succeeded with `images`, or failed with `error`.
+
+        When app notices are on (`notice_lease_s`), the job's notice is put in
+        `config.keys.NOTIFY_DUE` in the same step.
+
+        Returns:
+            The ended record if this call ended it; None if it had already ended
+            (or is unknown).
         """
         state = JobState.FAILED if error is not None else JobState.SUCCEEDED
         ttl = self.failure_ttl_s if error is not None else self.result_ttl_s
         kind = error.kind if error is not None else ""
         code = error.code if error is not None else None
-        return bool(self._finish(
+        return _job_from_flat(self._finish(
             keys=[keys.job(job_id), keys.DUE, keys.lock(job_id),
                   keys.FAILURES, keys.failures_by_kind(kind), keys.failures_by_code(code),
-                  keys.RETRY_DUE],
+                  keys.RETRY_DUE, keys.NOTIFY_DUE],
             args=[job_id, state.value, json.dumps(images or []),
                   json.dumps(error.to_dict()) if error is not None else "",
                   repr(_now()), ttl, keys.cover(""),
                   "1" if error is not None and error.retryable else "0",
                   int(self.retry_base_s * 1000), int(self.retry_max_delay_s * 1000),
-                  keys.music("")],
+                  keys.music(""), int(self.notice_lease_s * 1000)],
         ))
 
-    def schedule(self, job_id: str, delay_s: float) -> None:
-        """Have a worker look at the job again in `delay_s` seconds."""
-        self.redis.zadd(keys.DUE, {job_id: int((_now() + delay_s) * 1000)})
+    def claim(self, lease_s: float, limit: int = 100) -> Claimed:
+        """What is due now in the job, notice and image-copy due sets, in one round trip.
 
-    def next_due_in_s(self) -> float | None:
-        """Seconds until the earliest due job (negative if overdue), or None if none."""
-        first = self.redis.zrange(keys.DUE, 0, 0, withscores=True)
-        if not first:
-            return None
-        return float(first[0][1]) / 1000.0 - _now()
-
-    def forget_due(self, job_id: str) -> None:
-        """Take a job out of the due set (it ended, or its record is gone)."""
-        self.redis.zrem(keys.DUE, job_id)
-
-    def claim_due(self, lease_s: float, limit: int = 100, due_set: str = keys.DUE
-                  ) -> list[str]:
-        """Job ids whose time has come in `due_set`; each gets a new lease of `lease_s` s."""
+        Each claimed entry gets a new lease of `lease_s` seconds; at most `limit` per
+        set. Ended jobs found in the due set are taken out of it.
+        """
         now_ms = int(_now() * 1000)
-        ids = self._claim(keys=[due_set], args=[now_ms, int(lease_s * 1000), limit])
-        return [str(i) for i in ids]
+        jobs, notices, copies, earliest = self._claim(
+            keys=[keys.DUE, keys.NOTIFY_DUE, keys.IMAGES_DUE],
+            args=[now_ms, int(lease_s * 1000), limit, keys.job("")])
+        return Claimed(
+            jobs=[DueJob(*jobs[i:i + 4]) for i in range(0, len(jobs), 4)],
+            notices=[(notices[i], notices[i + 1]) for i in range(0, len(notices), 2)],
+            copies=[(copies[i], copies[i + 1]) for i in range(0, len(copies), 2)],
+            next_due_in_s=None if int(earliest) < 0 else int(earliest) / 1000.0 - _now(),
+        )
 
     def record_rejected(self, job_id: str, error: CoverError) -> bool:
         """Keep a failed record for a raw message that failed validation.
@@ -381,19 +532,13 @@ class JobStore:
             "task_id": "", "callback_url": "", "state": JobState.QUEUED.value,
             "created_at": now, "updated_at": now, "attempts": 0, "polls": 0,
         })
-        return self.finish(job_id, error=error)
+        return self.finish(job_id, error=error) is not None
 
     def save_early_callback(self, cover_task_id: str, body: str, ttl_s: float) -> None:
         """Keep a callback whose cover task id no job owns yet (maybe not recorded yet)."""
         self.redis.set(keys.early_callback(cover_task_id), body, ex=max(1, int(ttl_s)))
 
-    # --- per-job run lock -------------------------------------------------------------
-
-    def lock(self, job_id: str, ttl_s: float) -> str | None:
-        """Take the job's run lock for `ttl_s` seconds; returns a token, or None if held."""
-        token = secrets.token_hex(8)
-        got = self.redis.set(keys.lock(job_id), token, nx=True, px=int(ttl_s * 1000))
-        return token if got else None
+    # --- per-job run lock (taken by `begin`) ----------------------------------------
 
     def unlock(self, job_id: str, token: str) -> None:
         """Release the lock if this token still holds it."""

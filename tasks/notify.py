@@ -10,6 +10,13 @@ when ``COVERS_APP_WEBHOOK_KEY`` is set. A notice the app does not take (no
 (`config.keys.NOTIFY_DUE`) until ``COVERS_NOTIFY_MAX_AGE`` seconds after the
 job ended; then it is given up and the reason kept on the job
 (``notice_error``).
+
+The first try costs no task: the process that ended the job (the callback
+endpoint, or the worker whose poll ended it) hands it to its own sender thread
+(`deliver_soon`). The job's end put the notice in the due set already, so if
+that process dies first, the dispatcher sends it as a ``covers.notify_app``
+task once `Settings.notice_lease` has passed; a lock and the ``notified_at``
+mark make sure the app is told once.
 """
 
 from __future__ import annotations
@@ -17,13 +24,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from typing import Any
 
+import redis
 import requests
+from redis.commands.core import Script
 
 from config import get_settings, keys
-from tasks.jobs import Job, JobStore
+from tasks.jobs import Job
 from tasks.retry import full_jitter
 from worker.app import app
 from worker.connections import get_store
@@ -60,17 +71,86 @@ def notice_body(job: Job) -> dict[str, Any]:
     }
 
 
+_BEGIN = """
+-- KEYS 1 notice lock, 2 job, 3 notify-due; ARGV 1 lock ms, 2 job id
+-- Returns the record when this caller is to deliver; 'busy' if another is on it;
+-- 'nothing' if there is nothing to deliver (no job, not ended, delivered, given up).
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 'busy' end
+local f = redis.call('HMGET', KEYS[2], 'state', 'notified_at', 'notice_error')
+if (f[1] ~= 'succeeded' and f[1] ~= 'failed') or (f[2] or '') ~= '' or (f[3] or '') ~= '' then
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  redis.call('DEL', KEYS[1])
+  return 'nothing'
+end
+return redis.call('HGETALL', KEYS[2])
+"""
+
+#: Notices waiting for this process's sender thread beyond this many go by the due set.
+MAX_BACKLOG = 200
+
+
 def send_notice(job_id: str, queue: str | None = None) -> None:
-    """Send the message that delivers a job's notice."""
+    """Send the message that delivers a job's notice (the due set's way)."""
     app.send_task(NOTIFY_TASK, kwargs={"jobId": job_id},
                   queue=queue or get_settings().queue)
 
 
-def schedule_notice(store: JobStore, job: Job) -> None:
-    """Put a job's notice in the due set (so it is never lost) and send it now."""
-    lease = get_settings().redispatch_after
-    store.redis.zadd(keys.NOTIFY_DUE, {job.job_id: int((time.time() + lease) * 1000)})
-    send_notice(job.job_id, job.queue or None)
+class _Sender:
+    """A daemon thread that delivers this process's notices, off the caller's path.
+
+    Losing it (the process dies) loses nothing: every notice is in
+    `config.keys.NOTIFY_DUE` from the moment its job ended (`JobStore.finish`).
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="covers-notices", daemon=True).start()
+
+    def offer(self, job_id: str) -> bool:
+        """Queue a notice; False when the backlog is full."""
+        if self._queue.qsize() >= MAX_BACKLOG:
+            return False
+        self._queue.put(job_id)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            try:
+                deliver(job_id)
+            except Exception:  # e.g. Redis away: the due set sends it again later
+                log.warning("job %s: notice not delivered now; the due set will retry",
+                            job_id, exc_info=True)
+
+
+_scripts: dict[int, Script] = {}
+
+
+def _begin_script(client: redis.Redis) -> Script:
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts[id(client)] = client.register_script(_BEGIN)
+    return script
+
+
+_sender: _Sender | None = None
+_sender_lock = threading.Lock()
+
+
+def deliver_soon(job_id: str) -> None:
+    """Deliver an ended job's notice from this process's sender thread.
+
+    With a full backlog (a slow app) it is left to the due set, whose lease
+    (`Settings.notice_lease`) sends it as a ``covers.notify_app`` task.
+    """
+    global _sender
+    with _sender_lock:
+        if _sender is None or _sender.pid != os.getpid():
+            _sender = _Sender()
+        sender = _sender
+    if not sender.offer(job_id):
+        log.info("job %s: notice backlog full; the due set sends it", job_id)
 
 
 def deliver(job_id: str) -> str:
@@ -83,13 +163,14 @@ def deliver(job_id: str) -> str:
     settings = get_settings()
     store = get_store()
     lock = keys.notify_lock(job_id)
-    if not store.redis.set(lock, "1", nx=True, px=int(settings.notify_timeout * 3000)):
-        return "busy"
+    begun = _begin_script(store.redis)(
+        keys=[lock, keys.job(job_id), keys.NOTIFY_DUE],
+        args=[int(settings.notify_timeout * 3000), job_id])
+    if begun in ("busy", "nothing"):
+        return str(begun)
+    job = Job.from_hash(dict(zip(begun[::2], begun[1::2], strict=True)))
+    released = False
     try:
-        job = store.get(job_id)
-        if job is None or not job.state.final or job.notified_at is not None:
-            store.redis.zrem(keys.NOTIFY_DUE, job_id)
-            return "nothing"
         body = json.dumps(notice_body(job)).encode()
         headers = {"Content-Type": "application/json"}
         key = settings.app_webhook_key
@@ -107,8 +188,14 @@ def deliver(job_id: str) -> str:
         except requests.RequestException as exc:
             problem = f"network error: {type(exc).__name__}"
         if problem is None:
-            store.update(job_id, notified_at=repr(time.time()))
-            store.redis.zrem(keys.NOTIFY_DUE, job_id)
+            # One round trip: mark delivered, out of the due set, lock released.
+            now = repr(time.time())
+            pipe = store.redis.pipeline(transaction=False)
+            pipe.hset(keys.job(job_id), mapping={"notified_at": now, "updated_at": now})
+            pipe.zrem(keys.NOTIFY_DUE, job_id)
+            pipe.delete(lock)
+            pipe.execute()
+            released = True
             log.info("job %s: outcome delivered to the app", job_id)
             return "delivered"
         attempts = store.count(job_id, "notice_attempts")
@@ -126,7 +213,8 @@ def deliver(job_id: str) -> str:
                  problem, wait)
         return "retrying"
     finally:
-        store.redis.delete(lock)
+        if not released:
+            store.redis.delete(lock)
 
 
 @app.task(name=NOTIFY_TASK, acks_late=True, ignore_result=True)

@@ -55,20 +55,26 @@ class Later:
 
     seconds: float
     reason: str
+    #: The job as the step left it when the step already put it back in the due set
+    #: and released its run lock (a submit); None when the caller must do that.
+    record: Job | None = None
 
 
 Step = Done | Later
 
 
 def advance(job: Job, store: JobStore, client: KieClient, limiters: Limiters,
-            settings: Settings) -> Step:
+            settings: Settings, token: str = "") -> Step:
     """Do the job's next step: submit when queued, poll when submitted.
+
+    Args:
+        token: the run lock's token (a submit releases the lock with its record).
 
     Raises `Throttled` when the cluster-wide limiter says to wait.
     """
     if job.state is JobState.QUEUED:
         gate(limiters.generate, job, store, client)
-        return submit(job, store, client, settings)
+        return submit(job, store, client, settings, token)
     gate(limiters.status, job, store, client)
     return poll(job, store, client, settings)
 
@@ -101,7 +107,8 @@ def gate(limiter: RateLimiter, job: Job, store: JobStore, client: KieClient) -> 
         raise Throttled(answer.wait_s, answer.reason)
 
 
-def submit(job: Job, store: JobStore, client: KieClient, settings: Settings) -> Step:
+def submit(job: Job, store: JobStore, client: KieClient, settings: Settings,
+           token: str = "") -> Step:
     """Send the generate call once, and record the cover task id Kie gives.
 
     A job re-run after a crash that follows an accepted generate gets Kie's 400
@@ -109,14 +116,14 @@ def submit(job: Job, store: JobStore, client: KieClient, settings: Settings) -> 
     """
     store.count(job.job_id, "attempts")
     answer = client.generate(job.task_id, settings.callback_url or job.callback_url)
-    _, early = store.mark_submitted(job.job_id, answer.cover_task_id,
-                                          settings.kie_poll_interval)
+    marked = store.mark_submitted(job.job_id, answer.cover_task_id,
+                                  settings.kie_poll_interval, token)
     log.info("job %s (music %s) submitted: cover task %s%s", job.job_id, job.task_id,
              answer.cover_task_id, " (already existed)" if answer.existing else "",
              extra=job_fields(job, "submitted"))
-    if early is not None:
-        return from_callback(json.loads(early))
-    return Later(settings.kie_poll_interval, "cover")
+    if marked.early is not None:
+        return from_callback(json.loads(marked.early))
+    return Later(settings.kie_poll_interval, "cover", marked.job if marked.changed else None)
 
 
 def poll(job: Job, store: JobStore, client: KieClient, settings: Settings) -> Step:

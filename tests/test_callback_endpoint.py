@@ -167,8 +167,9 @@ def test_a_callback_that_comes_before_the_submit_is_recorded_is_kept_for_it(
     cover_id = "early" + uuid.uuid4().hex
     assert post(web, success_body(cover_id), cover_id).json() == {"status": "unknown"}
     # When the submit's answer is recorded afterwards
-    changed, early = store.mark_submitted(job_id, cover_id, 60)
+    marked = store.mark_submitted(job_id, cover_id, 60)
     # Then the held callback is handed to the job
-    assert changed
-    assert early is not None and json.loads(early) == success_body(cover_id)
-    assert store.mark_submitted(job_id, cover_id, 60) == (False, None)
+    assert marked.changed and marked.job is not None
+    assert marked.job.state.value == "submitted" and marked.job.cover_task_id == cover_id
+    assert marked.early is not None and json.loads(marked.early) == success_body(cover_id)
+    assert store.mark_submitted(job_id, cover_id, 60) == (False, None, None)

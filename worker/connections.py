@@ -86,5 +86,6 @@ def get_store() -> JobStore:
     if store is None:
         settings = get_settings()
         store = _stores[pid] = JobStore(get_redis(), settings.result_ttl, settings.failure_ttl,
-                                        settings.retry_base, settings.retry_max_delay)
+                                        settings.retry_base, settings.retry_max_delay,
+                                        settings.notice_lease)
     return store

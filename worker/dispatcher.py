@@ -4,9 +4,10 @@ Each worker process runs one `DueDispatcher` thread beside its pool. Every
 ``COVERS_DISPATCH_INTERVAL`` seconds it claims the jobs whose time in the due
 set (`config.keys.DUE`) has come (a poll, the end of a retry wait, or a run
 that never reported back) and sends their task message again, under the same
-job id. The claim is one Lua script and renews the job's lease, so many
-workers can run this at once without sending a job twice per lease, and a
-worker that dies after claiming loses nothing. Outcome notices
+job id. A round's claim is one Lua script (`JobStore.claim`, one round trip)
+that renews the claimed entries' leases, so many workers can run this at once
+without sending a job twice per lease, and a worker that dies after claiming
+loses nothing. Outcome notices
 (`config.keys.NOTIFY_DUE`) and image copies (`config.keys.IMAGES_DUE`) are
 claimed and sent the same way.
 """
@@ -19,7 +20,7 @@ from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
 
-from config import get_settings, keys
+from config import get_settings
 
 log = logging.getLogger("covers.dispatcher")
 
@@ -45,8 +46,13 @@ class DueDispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def run_once(self) -> int:
-        """One round: returns how many messages were sent."""
+    def run_once(self) -> tuple[int, float | None]:
+        """One round: claim what is due and send it.
+
+        Returns:
+            (messages sent, seconds until the next entry is due or None if nothing
+            waits).
+        """
         from tasks.cover import send_job
         from tasks.images import send_images
         from tasks.notify import send_notice
@@ -55,37 +61,24 @@ class DueDispatcher:
         store = get_store()
         sent = 0
         while True:
-            ids = store.claim_due(self.lease_s, CLAIM_BATCH)
-            for job_id in ids:
-                job = store.get(job_id)
-                if job is None or job.state.final:
-                    store.forget_due(job_id)
-                    continue
+            claimed = store.claim(self.lease_s, CLAIM_BATCH)
+            for job in claimed.jobs:
                 send_job(job.job_id, job.task_id, job.callback_url, job.queue or None)
-                sent += 1
-            notices = store.claim_due(self.lease_s, CLAIM_BATCH, keys.NOTIFY_DUE)
-            for job_id in notices:
-                queue = store.redis.hget(keys.job(job_id), "queue")
-                send_notice(job_id, str(queue) if queue else None)
-                sent += 1
-            copies = store.claim_due(self.lease_s, CLAIM_BATCH, keys.IMAGES_DUE)
-            for job_id in copies:
-                queue = store.redis.hget(keys.job(job_id), "queue")
-                send_images(job_id, str(queue) if queue else None)
-                sent += 1
-            if max(len(ids), len(notices), len(copies)) < CLAIM_BATCH:
-                return sent
+            for job_id, queue in claimed.notices:
+                send_notice(job_id, queue or None)
+            for job_id, queue in claimed.copies:
+                send_images(job_id, queue or None)
+            sent += len(claimed.jobs) + len(claimed.notices) + len(claimed.copies)
+            if max(len(claimed.jobs), len(claimed.notices), len(claimed.copies)) < CLAIM_BATCH:
+                return sent, claimed.next_due_in_s
 
     def _loop(self) -> None:
-        from worker.connections import get_store
-
         pause = self.interval_s
         while not self._stop.wait(pause):
             try:
-                self.run_once()
-                # Wake for the next due job rather than a whole interval later, so a
+                _, next_in = self.run_once()
+                # Wake for the next due entry rather than a whole interval later, so a
                 # rate-limit slot or a poll is kept to within a few milliseconds.
-                next_in = get_store().next_due_in_s()
                 pause = self.interval_s if next_in is None else \
                     min(self.interval_s, max(MIN_PAUSE_S, next_in))
             except Exception:  # keep dispatching through a Redis blip
