@@ -207,22 +207,29 @@ def forget_jobs(job_ids: list[str]) -> int:
     return removed
 
 
-def run_retry_round(now: float | None = None) -> dict[str, int]:
+def run_retry_round(now: float | None = None, interval_s: float | None = None
+                    ) -> dict[str, int]:
     """One scheduled round: retry the retryable failures whose time has come.
 
     Failures first seen more than COVERS_RETRY_MAX_AGE seconds ago are left alone
     (taken off the schedule). A lock keeps two beat processes from running rounds
     at once; the per-job compare-and-set keeps any job from being retried twice.
 
+    Args:
+        interval_s: seconds between the beat's rounds (default: this process's
+            COVERS_RETRY_INTERVAL). The beat sends its own, as the worker running the
+            round may be configured differently.
+
     Returns:
         Counts: ``retried``, ``expired`` (too old), ``skipped`` (not retryable any more).
     """
     settings = get_settings()
+    interval = settings.retry_interval if interval_s is None else interval_s
     store = get_store()
     counts = {"retried": 0, "expired": 0, "skipped": 0}
     # Held for most of an interval and never released early: a second beat process
     # (started by mistake) finds it taken and skips its round.
-    lock_ms = int(max(1.0, settings.retry_interval * 0.8) * 1000)
+    lock_ms = int(max(0.2, interval * 0.8) * 1000)
     if not store.redis.set(keys.RETRY_ROUND_LOCK, "1", nx=True, px=lock_ms):
         return counts
     now = time.time() if now is None else now
@@ -245,7 +252,10 @@ def run_retry_round(now: float | None = None) -> dict[str, int]:
 
 
 @app.task(name="covers.retry_failures", ignore_result=True)
-def retry_failures() -> dict[str, int]:
-    """Beat task: `run_retry_round` (every COVERS_RETRY_INTERVAL seconds)."""
-    return run_retry_round()
+def retry_failures(interval_s: float | None = None) -> dict[str, int]:
+    """Beat task: `run_retry_round` (every COVERS_RETRY_INTERVAL seconds of the beat)."""
+    if interval_s is not None and not (isinstance(interval_s, int | float) and interval_s > 0):
+        log.warning("retry_failures: ignoring bad interval_s %r", interval_s)
+        interval_s = None
+    return run_retry_round(interval_s=interval_s)
 

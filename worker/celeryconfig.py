@@ -33,6 +33,8 @@ beat_schedule = {
     "retry-failed-covers": {
         "task": "covers.retry_failures",
         "schedule": _settings.retry_interval,
+        # The round's lock must match this beat's interval, not the worker's setting.
+        "kwargs": {"interval_s": _settings.retry_interval},
         "options": {"expires": _settings.retry_interval},
     },
 }
