@@ -39,9 +39,8 @@ def apply_callback(store: JobStore, body: Any, early_ttl_s: float) -> CallbackRe
             (it may have come before the submit's answer was recorded).
     """
     outcome = interpret_callback(body)
-    job_id = store.job_for_cover(outcome.cover_task_id)
+    job_id = store.owner_or_keep(outcome.cover_task_id, json.dumps(body), early_ttl_s)
     if job_id is None:
-        store.save_early_callback(outcome.cover_task_id, json.dumps(body), early_ttl_s)
         log.info("callback for unknown cover task %s kept for %.0fs",
                  outcome.cover_task_id, early_ttl_s)
         return CallbackResult.UNKNOWN

@@ -7,11 +7,12 @@ and ``callBackUrl``. A producer in any language can send it by name::
                   kwargs={"taskId": "73d6…", "callBackUrl": "https://app/cb"})
 
 The Celery task id is the job id. Each run does one step (submit or poll) and
-then either ends the job or puts it back in the due set; `AsyncResult(job_id)`
-shows ``SUBMITTED``/``WAITING`` meanwhile, then the outcome of `get_cover`, or
-raises the job's typed error. A run costs few Redis round trips: one to start
-(`JobStore.begin`), the limiter, a counter, and one to end (`mark_submitted`,
-`release` or `finish`).
+then either ends the job or puts it back in the due set. `AsyncResult(job_id)`
+shows ``PENDING`` meanwhile, ``WAITING`` while the job waits out a rate limit,
+maintenance, credits or a fault, ``SUBMITTED`` after such a wait once Kie has
+the cover, then the outcome of `get_cover`, or raises the job's typed error.
+A run costs few Redis round trips: one to start (`JobStore.begin`), the
+limiter, a counter, and one to end (`mark_submitted`, `release` or `finish`).
 """
 
 from __future__ import annotations
@@ -145,7 +146,9 @@ class CoverTask(Task):
         if record is None:  # a poll: back to the due set, lock released, one round trip
             record = store.release(job.job_id, token, step.seconds, retries=0, faults=0,
                                    wait_reason=None)
-        if record is not None and (job.state is JobState.QUEUED or job.wait_reason):
+        # Celery's state changes only when a wait ends: a job that never waited shows
+        # PENDING until it ends, like any task, and costs no result-backend write here.
+        if record is not None and job.wait_reason:
             self._show(record, CELERY_SUBMITTED)
         log.info("job %s waits %.1fs for its %s", job.job_id, step.seconds, step.reason,
                  extra=job_fields(job, "wait"))

@@ -175,6 +175,14 @@ out[4] = earliest
 return out
 """
 
+_OWNER_OR_KEEP = """
+-- KEYS 1 cover key, 2 early-callback key; ARGV 1 callback body, 2 ttl s
+local owner = redis.call('GET', KEYS[1])
+if owner then return owner end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -370,6 +378,7 @@ class JobStore:
         self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
         self._claim = client.register_script(_CLAIM)
+        self._owner_or_keep = client.register_script(_OWNER_OR_KEEP)
         self._unlock = client.register_script(_UNLOCK)
 
     # --- creation -----------------------------------------------------------------
@@ -416,10 +425,17 @@ class JobStore:
         raw: dict[str, str] = self.redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
         return Job.from_hash(raw) if raw.get("job_id") else None
 
-    def job_for_cover(self, cover_task_id: str) -> str | None:
-        """The job id that owns a Kie cover task id."""
-        value = self.redis.get(keys.cover(cover_task_id))
-        return str(value) if value else None
+    def owner_or_keep(self, cover_task_id: str, body: str, ttl_s: float) -> str | None:
+        """The job id that owns a cover task id; if none does yet, keep `body` (a
+        callback) for `ttl_s` seconds for the submit that records it (`mark_submitted`).
+
+        One script, so a callback and the submit's record cannot pass each other by:
+        either the callback is kept before the record reads it, or it finds the owner.
+        """
+        owner = self._owner_or_keep(
+            keys=[keys.cover(cover_task_id), keys.early_callback(cover_task_id)],
+            args=[body, max(1, int(ttl_s))])
+        return str(owner) if owner else None
 
     # --- changes ------------------------------------------------------------------
 
@@ -533,10 +549,6 @@ class JobStore:
             "created_at": now, "updated_at": now, "attempts": 0, "polls": 0,
         })
         return self.finish(job_id, error=error) is not None
-
-    def save_early_callback(self, cover_task_id: str, body: str, ttl_s: float) -> None:
-        """Keep a callback whose cover task id no job owns yet (maybe not recorded yet)."""
-        self.redis.set(keys.early_callback(cover_task_id), body, ex=max(1, int(ttl_s)))
 
     # --- per-job run lock (taken by `begin`) ----------------------------------------
 
