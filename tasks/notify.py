@@ -21,6 +21,7 @@ mark make sure the app is told once.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -30,10 +31,10 @@ import time
 from typing import Any
 
 import redis
-import requests
 from redis.commands.core import Script
 
 from config import get_settings, keys
+from tasks import poster
 from tasks.jobs import Job
 from tasks.retry import full_jitter
 from worker.app import app
@@ -42,15 +43,6 @@ from worker.connections import get_store
 log = logging.getLogger("covers.notify")
 
 NOTIFY_TASK = "covers.notify_app"
-
-_sessions: dict[int, requests.Session] = {}
-
-
-def _session() -> requests.Session:
-    pid = os.getpid()
-    if pid not in _sessions:
-        _sessions[pid] = requests.Session()
-    return _sessions[pid]
 
 
 def notice_body(job: Job) -> dict[str, Any]:
@@ -182,10 +174,9 @@ def deliver(job_id: str) -> str:
             headers["X-Webhook-Signature"] = signature(
                 key, job.cover_task_id or job.job_id, stamp)
         try:
-            answer = _session().post(job.callback_url, data=body, headers=headers,
-                                     timeout=settings.notify_timeout, allow_redirects=False)
-            problem = None if 200 <= answer.status_code < 300 else f"HTTP {answer.status_code}"
-        except requests.RequestException as exc:
+            status = poster.post(job.callback_url, body, headers, settings.notify_timeout)
+            problem = None if 200 <= status < 300 else f"HTTP {status}"
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             problem = f"network error: {type(exc).__name__}"
         if problem is None:
             # One round trip: mark delivered, out of the due set, lock released.
