@@ -276,12 +276,18 @@ class Settings:
         return self.kie_api_key
 
     @property
+    def notice_lock(self) -> float:
+        """Seconds one process may hold a notice to deliver it: 3 x
+        COVERS_NOTIFY_TIMEOUT."""
+        return 3 * self.notify_timeout
+
+    @property
     def notice_lease(self) -> float:
         """Seconds from a job's end until its app notice is sent from the due set, if
-        the process that ended the job has not delivered it by then: 3 x
-        COVERS_NOTIFY_TIMEOUT + 5. 0 when the app is not sent notices (no
+        the process that ended the job has not delivered it by then:
+        `notice_lock` + 5. 0 when the app is not sent notices (no
         COVERS_CALLBACK_URL)."""
-        return 3 * self.notify_timeout + 5 if self.callback_url else 0.0
+        return self.notice_lock + 5 if self.callback_url else 0.0
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

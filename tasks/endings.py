@@ -45,7 +45,7 @@ def job_ended(store: JobStore, job: Job | None) -> None:
     except Exception:  # an app's receiver must not stop the notice
         log.exception("a cover_finished receiver failed for job %s", job_id)
     if store.notice_lease_s > 0 and job.callback_url:
-        deliver_soon(job_id)  # already in the due set (JobStore.finish) in case we die
+        deliver_soon(job)  # already in the due set (JobStore.finish) in case we die
     # Its own task: the job has already succeeded, and a slow or failing copy must
     # never hold up or undo that.
     if job.state is JobState.SUCCEEDED and job.images and get_settings().image_store:

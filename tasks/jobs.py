@@ -102,8 +102,10 @@ _FINISH = """
 -- ARGV 1 job id, 2 state, 3 images json, 4 error json, 5 now (s), 6 ttl s, 7 cover prefix,
 --      8 retryable (1/0), 9 first retry delay ms, 10 longest retry delay ms,
 --      11 music prefix (the music key is read from the record, saving a round trip),
---      12 notice lease ms (0: the app is not sent notices)
--- Returns the ended record, or false if the job had already ended (or is unknown).
+--      12 notice lease ms (0: the app is not sent notices), 13 notice lock ms
+-- KEYS 9 notice lock
+-- Returns {the ended record, 1 if the notice lock was taken}, or false if the job had
+-- already ended (or is unknown).
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'succeeded' or state == 'failed' then return false end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'images', ARGV[3], 'error', ARGV[4],
@@ -129,12 +131,15 @@ if ARGV[2] == 'failed' then
   end
 end
 -- The app's notice is due from the moment the job ends, so no crash can lose it; the
--- process that ended the job delivers it at once and takes it out again.
+-- process that ended the job takes the notice's lock here, delivers it at once and
+-- takes it out of the due set again.
 local lease = tonumber(ARGV[12])
+local locked = 0
 if lease > 0 and (redis.call('HGET', KEYS[1], 'callback_url') or '') ~= '' then
   redis.call('ZADD', KEYS[8], math.floor(tonumber(ARGV[5]) * 1000) + lease, ARGV[1])
+  if redis.call('SET', KEYS[9], '1', 'NX', 'PX', ARGV[13]) then locked = 1 end
 end
-return redis.call('HGETALL', KEYS[1])
+return {redis.call('HGETALL', KEYS[1]), locked}
 """
 
 _CLAIM = """
@@ -230,6 +235,9 @@ class Job:
     #: Why copying to the image store gave up or refused images; None if it did not.
     images_error: str | None = None
     raw: dict[str, str] = field(default_factory=dict, repr=False)
+    #: Not stored: True on the record `JobStore.finish` returns when it took the
+    #: notice's lock for the caller.
+    notice_locked: bool = field(default=False, repr=False)
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Job:
@@ -361,13 +369,16 @@ class JobStore:
         notice_lease_s: seconds from a job's end until its app notice is sent again
             from the due set if the process that ended it has not delivered it;
             0 (the default) when the app is not sent notices.
+        notice_lock_s: seconds the notice lock taken at a job's end is held
+            (default 30).
     """
 
     def __init__(self, client: redis.Redis, result_ttl_s: float, failure_ttl_s: float,
                  retry_base_s: float = 300.0, retry_max_delay_s: float = 21600.0,
-                 notice_lease_s: float = 0.0) -> None:
+                 notice_lease_s: float = 0.0, notice_lock_s: float = 30.0) -> None:
         self.redis = client
         self.notice_lease_s = notice_lease_s
+        self.notice_lock_s = notice_lock_s
         self.result_ttl_s = int(result_ttl_s)
         self.failure_ttl_s = int(failure_ttl_s)
         self.retry_base_s = retry_base_s
@@ -492,7 +503,8 @@ class JobStore:
         """End a job once: succeeded with `images`, or failed with `error`.
 
         When app notices are on (`notice_lease_s`), the job's notice is put in
-        `config.keys.NOTIFY_DUE` in the same step.
+        `config.keys.NOTIFY_DUE` in the same step, and its lock taken for the caller
+        (`Job.notice_locked`), who is to deliver it.
 
         Returns:
             The ended record if this call ended it; None if it had already ended
@@ -502,17 +514,24 @@ class JobStore:
         ttl = self.failure_ttl_s if error is not None else self.result_ttl_s
         kind = error.kind if error is not None else ""
         code = error.code if error is not None else None
-        return _job_from_flat(self._finish(
+        ended = self._finish(
             keys=[keys.job(job_id), keys.DUE, keys.lock(job_id),
                   keys.FAILURES, keys.failures_by_kind(kind), keys.failures_by_code(code),
-                  keys.RETRY_DUE, keys.NOTIFY_DUE],
+                  keys.RETRY_DUE, keys.NOTIFY_DUE, keys.notify_lock(job_id)],
             args=[job_id, state.value, json.dumps(images or []),
                   json.dumps(error.to_dict()) if error is not None else "",
                   repr(_now()), ttl, keys.cover(""),
                   "1" if error is not None and error.retryable else "0",
                   int(self.retry_base_s * 1000), int(self.retry_max_delay_s * 1000),
-                  keys.music(""), int(self.notice_lease_s * 1000)],
-        ))
+                  keys.music(""), int(self.notice_lease_s * 1000),
+                  int(self.notice_lock_s * 1000)],
+        )
+        if not ended:
+            return None
+        job = _job_from_flat(ended[0])
+        if job is not None:
+            job.notice_locked = bool(ended[1])
+        return job
 
     def claim(self, lease_s: float, limit: int = 100) -> Claimed:
         """What is due now in the job, notice and image-copy due sets, in one round trip.

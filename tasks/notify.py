@@ -33,9 +33,9 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from config import get_settings, keys
+from config import Settings, get_settings, keys
 from tasks import poster
-from tasks.jobs import Job
+from tasks.jobs import Job, JobStore
 from tasks.retry import full_jitter
 from worker.app import app
 from worker.connections import get_store
@@ -96,24 +96,30 @@ class _Sender:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Job, float]] = queue.SimpleQueue()
         threading.Thread(target=self._run, name="covers-notices", daemon=True).start()
 
-    def offer(self, job_id: str) -> bool:
+    def offer(self, job: Job) -> bool:
         """Queue a notice; False when the backlog is full."""
         if self._queue.qsize() >= MAX_BACKLOG:
             return False
-        self._queue.put(job_id)
+        self._queue.put((job, time.monotonic()))
         return True
 
     def _run(self) -> None:
         while True:
-            job_id = self._queue.get()
+            job, queued_at = self._queue.get()
             try:
-                deliver(job_id)
+                settings = get_settings()
+                # The lock taken when the job ended is ours while well within its TTL;
+                # later, deliver() takes it afresh (or finds it done).
+                if job.notice_locked and time.monotonic() - queued_at < settings.notice_lock / 2:
+                    _send(get_store(), settings, job)
+                else:
+                    deliver(job.job_id)
             except Exception:  # e.g. Redis away: the due set sends it again later
                 log.warning("job %s: notice not delivered now; the due set will retry",
-                            job_id, exc_info=True)
+                            job.job_id, exc_info=True)
 
 
 _scripts: dict[int, Script] = {}
@@ -130,10 +136,11 @@ _sender: _Sender | None = None
 _sender_lock = threading.Lock()
 
 
-def deliver_soon(job_id: str) -> None:
+def deliver_soon(job: Job) -> None:
     """Deliver an ended job's notice from this process's sender thread.
 
-    With a full backlog (a slow app) it is left to the due set, whose lease
+    `job` is the record as `JobStore.finish` returned it. With a full backlog (a
+    slow app) the notice is left to the due set, whose lease
     (`Settings.notice_lease`) sends it as a ``covers.notify_app`` task.
     """
     global _sender
@@ -141,8 +148,8 @@ def deliver_soon(job_id: str) -> None:
         if _sender is None or _sender.pid != os.getpid():
             _sender = _Sender()
         sender = _sender
-    if not sender.offer(job_id):
-        log.info("job %s: notice backlog full; the due set sends it", job_id)
+    if not sender.offer(job):
+        log.info("job %s: notice backlog full; the due set sends it", job.job_id)
 
 
 def deliver(job_id: str) -> str:
@@ -154,13 +161,18 @@ def deliver(job_id: str) -> str:
     """
     settings = get_settings()
     store = get_store()
-    lock = keys.notify_lock(job_id)
     begun = _begin_script(store.redis)(
-        keys=[lock, keys.job(job_id), keys.NOTIFY_DUE],
-        args=[int(settings.notify_timeout * 3000), job_id])
+        keys=[keys.notify_lock(job_id), keys.job(job_id), keys.NOTIFY_DUE],
+        args=[int(settings.notice_lock * 1000), job_id])
     if begun in ("busy", "nothing"):
         return str(begun)
-    job = Job.from_hash(dict(zip(begun[::2], begun[1::2], strict=True)))
+    return _send(store, settings, Job.from_hash(dict(zip(begun[::2], begun[1::2], strict=True))))
+
+
+def _send(store: JobStore, settings: Settings, job: Job) -> str:
+    """POST the notice of `job`, whose notice lock the caller holds; release the lock."""
+    job_id = job.job_id
+    lock = keys.notify_lock(job_id)
     released = False
     try:
         body = json.dumps(notice_body(job)).encode()

@@ -87,5 +87,5 @@ def get_store() -> JobStore:
         settings = get_settings()
         store = _stores[pid] = JobStore(get_redis(), settings.result_ttl, settings.failure_ttl,
                                         settings.retry_base, settings.retry_max_delay,
-                                        settings.notice_lease)
+                                        settings.notice_lease, settings.notice_lock)
     return store
