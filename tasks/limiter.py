@@ -33,8 +33,10 @@ import redis
 from config import keys
 
 _ACQUIRE = """
--- KEYS: 1 sent, 2 slots, 3 tickets, 4 pause, 5 credits hold, 6 credits probe
--- ARGV: 1 job id, 2 limit, 3 window ms, 4 gate on credits (1/0), 5 probe ms, 6 tickets ttl ms
+-- KEYS: 1 sent, 2 slots, 3 tickets, 4 pause, 5 credits hold, 6 credits probe,
+--       7 (optional) a hash whose counter ARGV[7] gets one more call when it is 'ok'
+-- ARGV: 1 job id, 2 limit, 3 window ms, 4 gate on credits (1/0), 5 probe ms, 6 tickets ttl ms,
+--       7 counter field
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local paused = redis.call('PTTL', KEYS[4])
@@ -67,6 +69,7 @@ end
 redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. now)
 redis.call('PEXPIRE', KEYS[1], window * 2)
 redis.call('HDEL', KEYS[3], ARGV[1])
+if KEYS[7] then redis.call('HINCRBY', KEYS[7], ARGV[7], 1) end
 return {0, 'ok'}
 """
 
@@ -132,14 +135,20 @@ class RateLimiter:
         self._acquire = client.register_script(_ACQUIRE)
         self._pause = client.register_script(_PAUSE)
 
-    def acquire(self, job_id: str) -> Gate:
-        """Ask to make one call for `job_id` now (see the module docstring)."""
+    def acquire(self, job_id: str, count: tuple[str, str] | None = None) -> Gate:
+        """Ask to make one call for `job_id` now (see the module docstring).
+
+        Args:
+            count: (hash key, field): when the call may go, that counter gets one
+                more in the same step (a job's ``attempts`` or ``polls``).
+        """
+        extra_keys, extra_args = ([count[0]], [count[1]]) if count else ([], [])
         wait_ms, reason = self._acquire(
             keys=[keys.rate_sent(self.name), keys.rate_slots(self.name),
                   keys.rate_tickets(self.name), keys.PAUSE, keys.CREDITS_HOLD,
-                  keys.CREDITS_PROBE],
+                  keys.CREDITS_PROBE, *extra_keys],
             args=[job_id, self.limit, self.window_ms, "1" if self.gate_on_credits else "0",
-                  self.probe_every_ms, max(3_600_000, self.window_ms * 10)],
+                  self.probe_every_ms, max(3_600_000, self.window_ms * 10), *extra_args],
         )
         return Gate(int(wait_ms), str(reason))
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from config import Settings
+from config import Settings, keys
 from tasks import errors
 from tasks.answers import interpret_callback
 from tasks.jobs import Job, JobStore
@@ -73,33 +73,36 @@ def advance(job: Job, store: JobStore, client: KieClient, limiters: Limiters,
     Raises `Throttled` when the cluster-wide limiter says to wait.
     """
     if job.state is JobState.QUEUED:
-        gate(limiters.generate, job, store, client)
+        gate(limiters.generate, job, store, client, "attempts")
         return submit(job, store, client, settings, token)
-    gate(limiters.status, job, store, client)
+    gate(limiters.status, job, store, client, "polls")
     return poll(job, store, client, settings)
 
 
-def gate(limiter: RateLimiter, job: Job, store: JobStore, client: KieClient) -> None:
+def gate(limiter: RateLimiter, job: Job, store: JobStore, client: KieClient,
+         counter: str) -> None:
     """Pass the limiter, or raise `Throttled` / `OutOfCredits` saying how long to wait.
 
-    While the account is out of credits, one caller at a time is chosen to check
-    the credit endpoint; when credits are back it lifts the hold for everyone.
+    Passing adds one to the job's `counter` (``attempts`` or ``polls``) in the same
+    round trip. While the account is out of credits, one caller at a time is chosen
+    to check the credit endpoint; when credits are back it lifts the hold for everyone.
     """
-    answer = limiter.acquire(job.job_id)
+    count = (keys.job(job.job_id), counter)
+    answer = limiter.acquire(job.job_id, count)
     for _ in range(INLINE_WAITS):
         if answer.reason != "rate_limit" or answer.wait_s > INLINE_WAIT_MAX_S:
             break
         # A few milliseconds to the slot: going back through the due set would cost
         # more than the wait itself, and each round trip would push later slots back.
         time.sleep(answer.wait_s)
-        answer = limiter.acquire(job.job_id)
+        answer = limiter.acquire(job.job_id, count)
     if answer.reason == "probe":
         left = client.credits()
         if left <= 0:
             raise errors.OutOfCredits(f"still no credits ({left:g} left)", 402)
         release_credits(store.redis)
         log.warning("credits are back (%g left): generates resume for every worker", left)
-        answer = limiter.acquire(job.job_id)
+        answer = limiter.acquire(job.job_id, count)
     if answer.reason == "out_of_credits":
         raise errors.OutOfCredits("the account is out of credits; holding", 402,
                                   answer.wait_s)
@@ -114,7 +117,6 @@ def submit(job: Job, store: JobStore, client: KieClient, settings: Settings,
     A job re-run after a crash that follows an accepted generate gets Kie's 400
     naming the existing cover, and tracks that instead of paying again.
     """
-    store.count(job.job_id, "attempts")
     answer = client.generate(job.task_id, settings.callback_url or job.callback_url)
     marked = store.mark_submitted(job.job_id, answer.cover_task_id,
                                   settings.kie_poll_interval, token)
@@ -129,7 +131,6 @@ def submit(job: Job, store: JobStore, client: KieClient, settings: Settings,
 def poll(job: Job, store: JobStore, client: KieClient, settings: Settings) -> Step:
     """Ask record-info once; fail as timed out after KIE_POLL_TIMEOUT seconds."""
     assert job.cover_task_id is not None, "a submitted job has a cover task id"
-    store.count(job.job_id, "polls")
     info = client.record_info(job.cover_task_id)
     if info.success_flag == SUCCESS:
         return Done(info.images)
