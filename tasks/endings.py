@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import states
+from celery.backends.base import BaseKeyValueStoreBackend
 
 from config import get_settings
 from tasks import errors, metrics
@@ -18,12 +20,29 @@ from worker.app import app
 log = logging.getLogger("covers.endings")
 
 
-def record_result(job: Job) -> None:
-    """Write an ended job's outcome to Celery's result backend."""
+def record_result(job: Job, record: dict[str, Any] | None = None) -> None:
+    """Write an ended job's outcome to Celery's result backend.
+
+    Args:
+        record: ``job.to_dict()`` if the caller has it already.
+    """
+    backend = app.backend
+    if not isinstance(backend, BaseKeyValueStoreBackend):
+        if job.error is not None:
+            backend.mark_as_failure(job.job_id, errors.from_dict(job.error))
+        else:
+            backend.store_result(job.job_id, record or job.to_dict(), states.SUCCESS)
+        return
+    # Celery's store_result first reads the stored state, never to overwrite a SUCCESS.
+    # A job's end is decided once (JobStore.finish), so that read, one more round trip
+    # per job, is skipped: the same meta is written directly.
     if job.error is not None:
-        app.backend.mark_as_failure(job.job_id, errors.from_dict(job.error))
+        state, result = states.FAILURE, backend.prepare_exception(errors.from_dict(job.error))
     else:
-        app.backend.store_result(job.job_id, job.to_dict(), states.SUCCESS)
+        state, result = states.SUCCESS, backend.prepare_value(record or job.to_dict())
+    meta = {"status": state, "result": result, "traceback": None, "children": [],
+            "date_done": app.now().isoformat(), "task_id": job.job_id}
+    backend.set(backend.get_key_for_task(job.job_id), backend.encode(meta))
 
 
 def job_ended(store: JobStore, job: Job | None) -> None:
@@ -34,8 +53,8 @@ def job_ended(store: JobStore, job: Job | None) -> None:
     if job is None:
         return
     job_id = job.job_id
-    record_result(job)
     record = job.to_dict()
+    record_result(job, record)
     metrics.inc("jobs_ended_total", state=job.state.value,
                 kind=(job.error or {}).get("kind", ""))
     if job.created_at is not None and job.finished_at is not None:
