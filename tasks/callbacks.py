@@ -15,7 +15,7 @@ from typing import Any
 
 from tasks.answers import interpret_callback
 from tasks.endings import job_ended
-from tasks.jobs import JobStore
+from tasks.jobs import Job, JobStore
 from tasks.logfields import job_fields
 
 log = logging.getLogger("covers.callbacks")
@@ -39,15 +39,16 @@ def apply_callback(store: JobStore, body: Any, early_ttl_s: float) -> CallbackRe
             (it may have come before the submit's answer was recorded).
     """
     outcome = interpret_callback(body)
-    job_id = store.owner_or_keep(outcome.cover_task_id, json.dumps(body), early_ttl_s)
-    if job_id is None:
+    job = store.finish_by_cover(outcome.cover_task_id, json.dumps(body), early_ttl_s,
+                                images=outcome.images, error=outcome.error)
+    if job == "unknown":
         log.info("callback for unknown cover task %s kept for %.0fs",
                  outcome.cover_task_id, early_ttl_s)
         return CallbackResult.UNKNOWN
-    job = store.finish(job_id, images=outcome.images, error=outcome.error)
-    if job is None:
-        log.info("duplicate callback for job %s (cover %s)", job_id, outcome.cover_task_id)
+    if not isinstance(job, Job):
+        log.info("duplicate callback for cover %s", outcome.cover_task_id)
         return CallbackResult.DUPLICATE
+    job_id = job.job_id
     state = job.state.value
     job_ended(store, job)
     log.info("job %s %s by callback (cover %s)", job_id, state, outcome.cover_task_id,

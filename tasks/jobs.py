@@ -97,37 +97,49 @@ return record
 """
 
 _FINISH = """
--- KEYS 1 job, 2 due, 3 lock, 4 failures, 5 kind index, 6 code index, 7 retry-due,
---      8 notify-due
+-- End a job once. Its id is ARGV[1]; or, for a callback (ARGV[1] empty), the owner of
+-- the cover key ARGV[14]: if no job owns it yet, the callback body ARGV[16] is kept
+-- under ARGV[15] for ARGV[17] s (the submit's record picks it up) and 'unknown' is
+-- returned. One script, so a callback and the submit's record cannot pass each other.
+-- KEYS 1 due, 2 failures, 3 kind index, 4 code index, 5 retry-due, 6 notify-due
 -- ARGV 1 job id, 2 state, 3 images json, 4 error json, 5 now (s), 6 ttl s, 7 cover prefix,
 --      8 retryable (1/0), 9 first retry delay ms, 10 longest retry delay ms,
---      11 music prefix (the music key is read from the record, saving a round trip),
---      12 notice lease ms (0: the app is not sent notices), 13 notice lock ms
--- KEYS 9 notice lock
--- Returns {the ended record, 1 if the notice lock was taken}, or false if the job had
--- already ended (or is unknown).
-local state = redis.call('HGET', KEYS[1], 'state')
+--      11 music prefix, 12 notice lease ms (0: the app is not sent notices),
+--      13 notice lock ms, 14-17 see above, 18 job prefix, 19 lock prefix,
+--      20 notice lock prefix
+-- Returns {the ended record, 1 if the notice lock was taken}, false if the job had
+-- already ended (or is unknown), or 'unknown'.
+local id = ARGV[1]
+if id == '' then
+  id = redis.call('GET', ARGV[14])
+  if not id then
+    redis.call('SET', ARGV[15], ARGV[16], 'EX', ARGV[17])
+    return 'unknown'
+  end
+end
+local job = ARGV[18] .. id
+local state = redis.call('HGET', job, 'state')
 if not state or state == 'succeeded' or state == 'failed' then return false end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'images', ARGV[3], 'error', ARGV[4],
+redis.call('HSET', job, 'state', ARGV[2], 'images', ARGV[3], 'error', ARGV[4],
            'finished_at', ARGV[5], 'updated_at', ARGV[5], 'wait_reason', '')
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3])
-local music = ARGV[11] .. (redis.call('HGET', KEYS[1], 'task_id') or '')
-if redis.call('GET', music) == ARGV[1] then redis.call('EXPIRE', music, ARGV[6]) end
-local cover = redis.call('HGET', KEYS[1], 'cover_task_id')
+redis.call('EXPIRE', job, ARGV[6])
+redis.call('ZREM', KEYS[1], id)
+redis.call('DEL', ARGV[19] .. id)
+local music = ARGV[11] .. (redis.call('HGET', job, 'task_id') or '')
+if redis.call('GET', music) == id then redis.call('EXPIRE', music, ARGV[6]) end
+local cover = redis.call('HGET', job, 'cover_task_id')
 if cover then redis.call('EXPIRE', ARGV[7] .. cover, ARGV[6]) end
 if ARGV[2] == 'failed' then
   local now_ms = math.floor(tonumber(ARGV[5]) * 1000)
-  redis.call('HSETNX', KEYS[1], 'first_failed_at', ARGV[5])
-  redis.call('HSET', KEYS[1], 'last_failed_at', ARGV[5])
-  redis.call('ZADD', KEYS[4], now_ms, ARGV[1])
-  redis.call('ZADD', KEYS[5], now_ms, ARGV[1])
-  redis.call('ZADD', KEYS[6], now_ms, ARGV[1])
+  redis.call('HSETNX', job, 'first_failed_at', ARGV[5])
+  redis.call('HSET', job, 'last_failed_at', ARGV[5])
+  redis.call('ZADD', KEYS[2], now_ms, id)
+  redis.call('ZADD', KEYS[3], now_ms, id)
+  redis.call('ZADD', KEYS[4], now_ms, id)
   if ARGV[8] == '1' then
-    local rounds = tonumber(redis.call('HGET', KEYS[1], 'retry_rounds') or '0')
+    local rounds = tonumber(redis.call('HGET', job, 'retry_rounds') or '0')
     local delay = math.min(tonumber(ARGV[10]), tonumber(ARGV[9]) * (2 ^ math.min(rounds, 30)))
-    redis.call('ZADD', KEYS[7], now_ms + delay, ARGV[1])
+    redis.call('ZADD', KEYS[5], now_ms + delay, id)
   end
 end
 -- The app's notice is due from the moment the job ends, so no crash can lose it; the
@@ -135,11 +147,11 @@ end
 -- takes it out of the due set again.
 local lease = tonumber(ARGV[12])
 local locked = 0
-if lease > 0 and (redis.call('HGET', KEYS[1], 'callback_url') or '') ~= '' then
-  redis.call('ZADD', KEYS[8], math.floor(tonumber(ARGV[5]) * 1000) + lease, ARGV[1])
-  if redis.call('SET', KEYS[9], '1', 'NX', 'PX', ARGV[13]) then locked = 1 end
+if lease > 0 and (redis.call('HGET', job, 'callback_url') or '') ~= '' then
+  redis.call('ZADD', KEYS[6], math.floor(tonumber(ARGV[5]) * 1000) + lease, id)
+  if redis.call('SET', ARGV[20] .. id, '1', 'NX', 'PX', ARGV[13]) then locked = 1 end
 end
-return {redis.call('HGETALL', KEYS[1]), locked}
+return {redis.call('HGETALL', job), locked}
 """
 
 _CLAIM = """
@@ -178,14 +190,6 @@ for i = 1, 3 do
 end
 out[4] = earliest
 return out
-"""
-
-_OWNER_OR_KEEP = """
--- KEYS 1 cover key, 2 early-callback key; ARGV 1 callback body, 2 ttl s
-local owner = redis.call('GET', KEYS[1])
-if owner then return owner end
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-return false
 """
 
 _UNLOCK = """
@@ -389,7 +393,6 @@ class JobStore:
         self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
         self._claim = client.register_script(_CLAIM)
-        self._owner_or_keep = client.register_script(_OWNER_OR_KEEP)
         self._unlock = client.register_script(_UNLOCK)
 
     # --- creation -----------------------------------------------------------------
@@ -435,18 +438,6 @@ class JobStore:
         """The job, or None if unknown or expired."""
         raw: dict[str, str] = self.redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
         return Job.from_hash(raw) if raw.get("job_id") else None
-
-    def owner_or_keep(self, cover_task_id: str, body: str, ttl_s: float) -> str | None:
-        """The job id that owns a cover task id; if none does yet, keep `body` (a
-        callback) for `ttl_s` seconds for the submit that records it (`mark_submitted`).
-
-        One script, so a callback and the submit's record cannot pass each other by:
-        either the callback is kept before the record reads it, or it finds the owner.
-        """
-        owner = self._owner_or_keep(
-            keys=[keys.cover(cover_task_id), keys.early_callback(cover_task_id)],
-            args=[body, max(1, int(ttl_s))])
-        return str(owner) if owner else None
 
     # --- changes ------------------------------------------------------------------
 
@@ -510,22 +501,47 @@ class JobStore:
             The ended record if this call ended it; None if it had already ended
             (or is unknown).
         """
+        ended = self._run_finish(job_id, images, error)
+        return ended if isinstance(ended, Job) else None
+
+    def finish_by_cover(self, cover_task_id: str, body: str, early_ttl_s: float,
+                        images: list[str] | None = None, error: CoverError | None = None
+                        ) -> Job | str | None:
+        """End the job that owns a Kie cover task id, as a callback says (`finish`).
+
+        If no job owns it yet (its submit's answer is not recorded yet), the callback
+        `body` is kept for `early_ttl_s` seconds for that submit (`mark_submitted`) in
+        the same step, so the two cannot pass each other by.
+
+        Returns:
+            The ended record; None if the job had already ended; ``"unknown"`` if no
+            job owns the cover task id (the body was kept).
+        """
+        return self._run_finish("", images, error, cover_task_id, body, early_ttl_s)
+
+    def _run_finish(self, job_id: str, images: list[str] | None, error: CoverError | None,
+                    cover_task_id: str = "", body: str = "", early_ttl_s: float = 0.0
+                    ) -> Job | str | None:
         state = JobState.FAILED if error is not None else JobState.SUCCEEDED
         ttl = self.failure_ttl_s if error is not None else self.result_ttl_s
         kind = error.kind if error is not None else ""
         code = error.code if error is not None else None
         ended = self._finish(
-            keys=[keys.job(job_id), keys.DUE, keys.lock(job_id),
-                  keys.FAILURES, keys.failures_by_kind(kind), keys.failures_by_code(code),
-                  keys.RETRY_DUE, keys.NOTIFY_DUE, keys.notify_lock(job_id)],
+            keys=[keys.DUE, keys.FAILURES, keys.failures_by_kind(kind),
+                  keys.failures_by_code(code), keys.RETRY_DUE, keys.NOTIFY_DUE],
             args=[job_id, state.value, json.dumps(images or []),
                   json.dumps(error.to_dict()) if error is not None else "",
                   repr(_now()), ttl, keys.cover(""),
                   "1" if error is not None and error.retryable else "0",
                   int(self.retry_base_s * 1000), int(self.retry_max_delay_s * 1000),
                   keys.music(""), int(self.notice_lease_s * 1000),
-                  int(self.notice_lock_s * 1000)],
+                  int(self.notice_lock_s * 1000),
+                  keys.cover(cover_task_id), keys.early_callback(cover_task_id), body,
+                  max(1, int(early_ttl_s)), keys.job(""), keys.lock(""),
+                  keys.notify_lock("")],
         )
+        if ended == "unknown":
+            return "unknown"
         if not ended:
             return None
         job = _job_from_flat(ended[0])
