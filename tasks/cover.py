@@ -143,7 +143,7 @@ class CoverTask(Task):
             fresh = store.get(job.job_id)
             return _replay(fresh) if fresh else self._gone(job.job_id)
         record = step.record
-        if record is None:  # a poll: back to the due set, lock released, one round trip
+        if not step.released:  # a poll: back to the due set, lock released, one round trip
             record = store.release(job.job_id, token, step.seconds, retries=0, faults=0,
                                    wait_reason=None)
         # Celery's state changes only when a wait ends: a job that never waited shows
@@ -152,7 +152,7 @@ class CoverTask(Task):
             self._show(record, CELERY_SUBMITTED)
         log.info("job %s waits %.1fs for its %s", job.job_id, step.seconds, step.reason,
                  extra=job_fields(job, "wait"))
-        return f"{record.state.value if record else 'ended'}; next look in {step.seconds:g}s"
+        return f"waits {step.seconds:g}s for its {step.reason}"
 
     def _wait(self, job: Job, store: JobStore, token: str, throttled: Throttled) -> str:
         """Back to the due set until the limiter's slot; no attempt is counted."""

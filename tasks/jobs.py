@@ -62,8 +62,9 @@ return {'go', redis.call('HGETALL', KEYS[1])}
 
 _SUBMITTED = """
 -- KEYS 1 job, 2 cover key, 3 due, 4 early-callback key, 5 lock
--- ARGV 1 job id, 2 cover id, 3 now, 4 due_ms, 5 lock token ('' keeps the lock)
--- Returns {changed, early callback or false, the record}. Without an early callback
+-- ARGV 1 job id, 2 cover id, 3 now, 4 due_ms, 5 lock token ('' keeps the lock),
+--      6 '1' to return the record
+-- Returns {changed, early callback or false, the record or {}}. Without an early callback
 -- the run is over, so the lock is released here too.
 if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return {0, false, {}} end
 redis.call('HSET', KEYS[1], 'state', 'submitted', 'cover_task_id', ARGV[2],
@@ -78,7 +79,8 @@ if early then
 elseif ARGV[5] ~= '' and redis.call('GET', KEYS[5]) == ARGV[5] then
   redis.call('DEL', KEYS[5])
 end
-return {1, early, redis.call('HGETALL', KEYS[1])}
+if ARGV[6] == '1' then return {1, early, redis.call('HGETALL', KEYS[1])} end
+return {1, early, {}}
 """
 
 _RELEASE = """
@@ -334,7 +336,7 @@ class Submitted(NamedTuple):
     changed: bool
     #: A callback that came before the submit was recorded (JSON), or None.
     early: str | None
-    #: The record after the change (None if unchanged).
+    #: The record after the change (None if unchanged or not asked for).
     job: Job | None
 
 
@@ -454,18 +456,20 @@ class JobStore:
         return int(self.redis.hincrby(keys.job(job_id), name, 1))
 
     def mark_submitted(self, job_id: str, cover_task_id: str, next_look_s: float,
-                       token: str = "") -> Submitted:
+                       token: str = "", want_record: bool = True) -> Submitted:
         """Record Kie's cover task id; next look in `next_look_s` seconds.
 
         Args:
             token: the run lock's token; the lock is released unless an early
                 callback came (the run goes on to end the job with it).
+            want_record: read the record back (`Submitted.job`; None otherwise).
         """
         now = _now()
         changed, early, flat = self._submitted(
             keys=[keys.job(job_id), keys.cover(cover_task_id), keys.DUE,
                   keys.early_callback(cover_task_id), keys.lock(job_id)],
-            args=[job_id, cover_task_id, repr(now), int((now + next_look_s) * 1000), token],
+            args=[job_id, cover_task_id, repr(now), int((now + next_look_s) * 1000), token,
+                  "1" if want_record else "0"],
         )
         return Submitted(bool(changed), str(early) if early else None, _job_from_flat(flat))
 

@@ -55,8 +55,10 @@ class Later:
 
     seconds: float
     reason: str
-    #: The job as the step left it when the step already put it back in the due set
-    #: and released its run lock (a submit); None when the caller must do that.
+    #: True when the step already put the job back in the due set and released its
+    #: run lock (a submit); otherwise the caller must.
+    released: bool = False
+    #: The job as a releasing step left it, when asked for (`submit`'s `want_record`).
     record: Job | None = None
 
 
@@ -118,14 +120,17 @@ def submit(job: Job, store: JobStore, client: KieClient, settings: Settings,
     naming the existing cover, and tracks that instead of paying again.
     """
     answer = client.generate(job.task_id, settings.callback_url or job.callback_url)
+    # The record is read back only when Celery's state is to change (after a wait).
     marked = store.mark_submitted(job.job_id, answer.cover_task_id,
-                                  settings.kie_poll_interval, token)
+                                  settings.kie_poll_interval, token,
+                                  want_record=bool(job.wait_reason))
     log.info("job %s (music %s) submitted: cover task %s%s", job.job_id, job.task_id,
              answer.cover_task_id, " (already existed)" if answer.existing else "",
              extra=job_fields(job, "submitted"))
     if marked.early is not None:
         return from_callback(json.loads(marked.early))
-    return Later(settings.kie_poll_interval, "cover", marked.job if marked.changed else None)
+    return Later(settings.kie_poll_interval, "cover", released=marked.changed,
+                 record=marked.job)
 
 
 def poll(job: Job, store: JobStore, client: KieClient, settings: Settings) -> Step:
