@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from celery import Celery
 
+from worker import kombu_guard
+
+kombu_guard.install()
+
 app = Celery("kie-covers", include=["tasks.cover", "tasks.failures", "tasks.notify",
                                       "tasks.images"])
 # A string path: the settings (and a private Redis, if REDIS_URL is unset) are read

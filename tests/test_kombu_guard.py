@@ -1,0 +1,31 @@
+"""The guard that keeps workers alive through kombu's close-after-lost-connection fault."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection
+
+from worker import kombu_guard
+
+
+def test_a_closed_transport_raises_a_connection_error_kombu_ignores(redis_server: Any) -> None:
+    kombu_guard.install()
+    kombu_guard.install()  # idempotent
+    with Connection(redis_server.url) as connection:
+        channel: Any = connection.default_channel
+        # While connected, the parameters are built as before
+        assert channel._connparams()["port"] == connection.port
+        # Once kombu has let go of the transport's client (as when a lost connection is
+        # closed), asking for a pool is a connection error, which kombu ignores while
+        # closing, not an AttributeError that stops the worker
+        transport = channel.connection
+        client, transport.client = transport.client, None
+        try:
+            with pytest.raises(redis.exceptions.ConnectionError):
+                channel._connparams()
+            assert isinstance(redis.exceptions.ConnectionError(), connection.connection_errors)
+        finally:
+            transport.client = client
