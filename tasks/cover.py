@@ -11,8 +11,9 @@ then either ends the job or puts it back in the due set. `AsyncResult(job_id)`
 shows ``PENDING`` meanwhile, ``WAITING`` while the job waits out a rate limit,
 maintenance, credits or a fault, ``SUBMITTED`` after such a wait once Kie has
 the cover, then the outcome of `get_cover`, or raises the job's typed error.
-A run costs few Redis round trips: one to start (`JobStore.begin`), the
-limiter, a counter, and one to end (`mark_submitted`, `release` or `finish`).
+A run costs three Redis round trips: one to start (`JobStore.begin`), the
+limiter (which also counts the attempt or poll it lets go), and one to end
+(`mark_submitted`, `release` or `finish`).
 """
 
 from __future__ import annotations
