@@ -212,3 +212,34 @@ def test_a_notice_the_app_never_takes_is_given_up_and_recorded(
         assert app.refused >= 2
     finally:
         app.server.shutdown()
+
+
+def test_a_notice_whose_process_died_before_sending_it_is_sent_once_after_its_lease(
+    standin: KieStandin, start_worker: Any
+) -> None:
+    from tasks.jobs import JobStore
+    from worker.connections import get_redis
+
+    # Given a worker with 1 s notice timeouts: the notice lock lasts 3 s, its lease 8 s
+    app = _App(down_for_s=0.0, key="k2")
+    worker = start_worker(COVERS_APP_WEBHOOK_KEY=app.key, COVERS_NOTIFY_TIMEOUT="1",
+                          COVERS_NOTIFY_MAX_AGE="60")
+    try:
+        # When a process ends a job (taking its notice) and dies before sending it
+        store = JobStore(get_redis(), 600, 600, notice_lease_s=8.0, notice_lock_s=3.0)
+        job_id, _ = store.enqueue(str(uuid.uuid4()), uuid.uuid4().hex, app.url, 600,
+                                  worker.queue)
+        ended = store.finish(job_id, images=["https://cdn.example/a.png"])
+        assert ended is not None and ended.notice_locked
+        ended_at = time.monotonic()
+        # Then nobody sends it while the lease runs, and a worker sends it once after
+        time.sleep(2.0)
+        assert app.accepted == []
+        wait_until(lambda: len(app.accepted) >= 1, 30, 0.1, "the notice from the due set")
+        assert time.monotonic() - ended_at >= 7.5
+        time.sleep(1.0)
+        assert [n["jobId"] for n in app.accepted] == [job_id]
+        assert app.accepted[0]["data"]["images"] == ["https://cdn.example/a.png"]
+        assert get_cover(job_id)["notified_at"] is not None
+    finally:
+        app.server.shutdown()
