@@ -49,8 +49,12 @@ local limit = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-local slot = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '-1')
-if slot < 0 then
+-- A ticket (the job's reserved slot) is kept only while its holder has to wait.
+local held = redis.call('HGET', KEYS[3], ARGV[1])
+local slot
+if held then
+  slot = tonumber(held)
+else
   slot = now
   local n = redis.call('ZCARD', KEYS[2])
   if n >= limit then
@@ -58,17 +62,24 @@ if slot < 0 then
     slot = math.max(now, tonumber(kth[2]) + window)
   end
   redis.call('ZADD', KEYS[2], slot, ARGV[1] .. ':' .. slot)
-  redis.call('HSET', KEYS[3], ARGV[1], slot)
-  redis.call('PEXPIRE', KEYS[3], ARGV[6])
 end
-if slot > now then return {slot - now, 'rate_limit'} end
-if redis.call('ZCARD', KEYS[1]) >= limit then
+local wait = 0
+if slot > now then
+  wait = slot - now
+elseif redis.call('ZCARD', KEYS[1]) >= limit then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {tonumber(oldest[2]) + window - now + 1, 'rate_limit'}
+  wait = tonumber(oldest[2]) + window - now + 1
+end
+if wait > 0 then
+  if not held then
+    redis.call('HSET', KEYS[3], ARGV[1], slot)
+    redis.call('PEXPIRE', KEYS[3], ARGV[6])
+  end
+  return {wait, 'rate_limit'}
 end
 redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. now)
 redis.call('PEXPIRE', KEYS[1], window * 2)
-redis.call('HDEL', KEYS[3], ARGV[1])
+if held then redis.call('HDEL', KEYS[3], ARGV[1]) end
 if KEYS[7] then redis.call('HINCRBY', KEYS[7], ARGV[7], 1) end
 return {0, 'ok'}
 """
