@@ -6,6 +6,7 @@ stand-in, and real ``celery worker`` processes.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -105,6 +106,20 @@ class Workers:
         """Log file of worker `index`."""
         return self.log_dir / f"bench{index}.log"
 
+    def spawn(self, index: int) -> subprocess.Popen[bytes]:
+        """Start worker `index` (``bench<index>@host``, log emptied first); no waiting."""
+        path = self.log_path(index)
+        path.write_text("")
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", self.app_module, "worker",
+             "-Q", self.queue, "-c", str(self.concurrency), "-P", "prefork",
+             "-n", f"bench{index}@%h",
+             "--without-gossip", "--without-mingle", "--without-heartbeat",
+             "--loglevel", self.loglevel, "-f", str(path)],
+            cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
     def start(self, ping: Callable[[], Iterable[str]],
               timeout_s: float = READY_TIMEOUT_S) -> Workers:
         """Start every worker, then wait until each is ready to take tasks.
@@ -118,17 +133,7 @@ class Workers:
             RuntimeError: when a worker exits, or is not ready after `timeout_s` seconds.
         """
         for index in range(self.count):
-            path = self.log_path(index)
-            path.write_text("")
-            self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", self.app_module, "worker",
-                 "-Q", self.queue, "-c", str(self.concurrency), "-P", "prefork",
-                 "-n", f"bench{index}@%h",
-                 "--without-gossip", "--without-mingle", "--without-heartbeat",
-                 "--loglevel", self.loglevel, "-f", str(path)],
-                cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-            ))
+            self.processes.append(self.spawn(index))
         waiting = set(range(self.count))
         deadline = time.monotonic() + timeout_s
         while waiting:
@@ -266,6 +271,22 @@ def start_web(port: int, env: Mapping[str, str], log_path: Path) -> subprocess.P
             raise RuntimeError("covers web did not start: "
                                + log_path.read_text(errors="replace")[-2000:])
         time.sleep(0.1)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a float above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
+    return value
 
 
 def required_env(name: str, who: str) -> str:

@@ -93,6 +93,7 @@ from bench.common import (
     Workers,
     celery_ping,
     clean_env,
+    positive_int,
     start_web,
     stderr,
     stop_all,
@@ -1299,13 +1300,6 @@ def parent(args: argparse.Namespace, argv: list[str]) -> int:
     return 1 if any("error" in r for r in results.values()) else 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (1 if a run broke)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1313,13 +1307,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.perf",
         description="Throughput, enqueue cost, completion latency, API calls per cover and "
                     "memory with many covers in flight, against the Kie stand-in.")
-    parser.add_argument("--covers", type=_positive_int, default=2000,
+    parser.add_argument("--covers", type=positive_int, default=2000,
                         help="covers per throughput run (default %(default)s)")
-    parser.add_argument("--workers", type=_positive_int, default=2,
+    parser.add_argument("--workers", type=positive_int, default=2,
                         help="worker processes (default %(default)s)")
-    parser.add_argument("--concurrency", type=_positive_int, default=2,
+    parser.add_argument("--concurrency", type=positive_int, default=2,
                         help="pool slots per worker process (default %(default)s)")
-    parser.add_argument("--in-flight", type=_positive_int, default=10000,
+    parser.add_argument("--in-flight", type=positive_int, default=10000,
                         help="covers waiting at once in the scale part (default %(default)s)")
     parser.add_argument("--only", choices=PARTS, help="run one part only")
     parser.add_argument("--keep-logs", action="store_true", help="keep the logs of clean runs")

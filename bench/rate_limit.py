@@ -56,6 +56,7 @@ from bench.common import (
     format_limit,
     full_window_share,
     parse_limit,
+    positive_int,
     stderr,
     wait_all,
     window_violations,
@@ -382,13 +383,6 @@ def _limit_arg(text: str) -> tuple[int, float]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (1 if a pipeline broke)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -396,11 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.rate_limit",
         description="Compare this project's cluster-wide rate limiter with a plain "
                     "Celery app, against the Kie stand-in.")
-    parser.add_argument("--jobs", type=_positive_int, default=300,
+    parser.add_argument("--jobs", type=positive_int, default=300,
                         help="jobs per pipeline (default %(default)s)")
-    parser.add_argument("--workers", type=_positive_int, default=4,
+    parser.add_argument("--workers", type=positive_int, default=4,
                         help="worker processes per pipeline, one slot each (default 4)")
-    parser.add_argument("--concurrency", type=_positive_int, default=4,
+    parser.add_argument("--concurrency", type=positive_int, default=4,
                         help="pool slots per worker process (default 4, as the Procfile)")
     parser.add_argument("--limit", type=_limit_arg, default=(20, 2.0),
                         help="generates allowed per window, e.g. 20/2s (default 20/2s); "

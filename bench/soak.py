@@ -57,10 +57,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bench.common import (
     READY_TIMEOUT_S,
-    ROOT,
     Workers,
     celery_ping,
     clean_env,
+    positive_float,
+    positive_int,
     start_web,
     stderr,
     stop_all,
@@ -349,16 +350,7 @@ class SoakWorkers(Workers):
         """
         index = len(self.processes)
         path = self.log_path(index)
-        path.write_text("")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", self.app_module, "worker",
-             "-Q", self.queue, "-c", str(self.concurrency), "-P", "prefork",
-             "-n", f"bench{index}@%h",
-             "--without-gossip", "--without-mingle", "--without-heartbeat",
-             "--loglevel", self.loglevel, "-f", str(path)],
-            cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        process = self.spawn(index)
         self.processes.append(process)
         self.count = len(self.processes)
         deadline = time.monotonic() + timeout_s
@@ -757,20 +749,6 @@ def report(totals: Totals, args: argparse.Namespace, argv: list[str], seed: int,
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
-    return value
-
-
 @contextlib.contextmanager
 def _stop_signals() -> Iterator[None]:
     """Turn SIGTERM and SIGINT into SystemExit, once: a second signal is ignored so it
@@ -796,13 +774,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.soak",
         description="Run the chaos scenarios round after round against real workers, "
                     "Redis and the Kie stand-in, and check the promise after each round.")
-    parser.add_argument("--minutes", type=_positive_float, default=10.0,
+    parser.add_argument("--minutes", type=positive_float, default=10.0,
                         help="minutes to keep starting rounds (default %(default)s)")
-    parser.add_argument("--workers", type=_positive_int, default=3,
+    parser.add_argument("--workers", type=positive_int, default=3,
                         help="worker processes (default %(default)s)")
-    parser.add_argument("--concurrency", type=_positive_int, default=2,
+    parser.add_argument("--concurrency", type=positive_int, default=2,
                         help="pool slots per worker process (default %(default)s)")
-    parser.add_argument("--batch", type=_positive_int, default=100,
+    parser.add_argument("--batch", type=positive_int, default=100,
                         help="jobs per round (default %(default)s)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the random choices (default: a random one, printed)")
