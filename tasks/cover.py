@@ -143,14 +143,13 @@ class CoverTask(Task):
                 return ended.to_dict()
             fresh = store.get(job.job_id)
             return _replay(fresh) if fresh else self._gone(job.job_id)
-        record = step.record
         if not step.released:  # a poll: back to the due set, lock released, one round trip
-            record = store.release(job.job_id, token, step.seconds, retries=0, faults=0,
-                                   wait_reason=None)
+            store.release(job.job_id, token, step.seconds, retries=0, faults=0,
+                          wait_reason=None)
         # Celery's state changes only when a wait ends: a job that never waited shows
         # PENDING until it ends, like any task, and costs no result-backend write here.
-        if record is not None and job.wait_reason:
-            self._show(record, CELERY_SUBMITTED)
+        if job.wait_reason:
+            self._show(store, job.job_id, CELERY_SUBMITTED)
         log.info("job %s waits %.1fs for its %s", job.job_id, step.seconds, step.reason,
                  extra=job_fields(job, "wait"))
         return f"waits {step.seconds:g}s for its {step.reason}"
@@ -160,12 +159,11 @@ class CoverTask(Task):
         metrics.inc("limiter_waits_total", reason=throttled.reason)
         metrics.inc("limiter_wait_seconds_total", round(throttled.wait_s, 3),
                     reason=throttled.reason)
-        record = store.release(job.job_id, token, throttled.wait_s,
-                               wait_reason=throttled.reason)
+        store.release(job.job_id, token, throttled.wait_s, wait_reason=throttled.reason)
         log.debug("job %s waits %.3fs (%s)", job.job_id, throttled.wait_s, throttled.reason,
                   extra=job_fields(job, "throttled"))
-        if record is not None and job.wait_reason != throttled.reason:
-            self._show(record, CELERY_WAITING)
+        if job.wait_reason != throttled.reason:
+            self._show(store, job.job_id, CELERY_WAITING)
         return f"throttled ({throttled.reason}); next look in {throttled.wait_s:.3f}s"
 
     def _after_error(self, job: Job, store: JobStore, token: str,
@@ -200,16 +198,20 @@ class CoverTask(Task):
             changes["faults"] = job.faults + 1
         if isinstance(error, errors.OutOfCredits) and job.hold_since is None:
             changes["hold_since"] = repr(now)
-        record = store.release(job.job_id, token, decision.wait_s, **changes)
+        store.release(job.job_id, token, decision.wait_s, **changes)
         log.warning("job %s (music %s) retries in %.1fs: %s [%s]", job.job_id, job.task_id,
                     decision.wait_s, error, decision.reason, extra=job_fields(job, "retry"))
-        if record is not None and job.wait_reason != error.kind:
-            self._show(record, CELERY_WAITING)
+        if job.wait_reason != error.kind:
+            self._show(store, job.job_id, CELERY_WAITING)
         return f"retry ({error.kind}); next look in {decision.wait_s:.1f}s"
 
-    def _show(self, record: Job, state: str) -> None:
-        """Let Celery's result backend show a waiting job's state (`AsyncResult.state`)."""
-        self.update_state(task_id=record.job_id, state=state, meta=record.to_dict())
+    def _show(self, store: JobStore, job_id: str, state: str) -> None:
+        """Let Celery's result backend show a waiting job's state (`AsyncResult.state`),
+        with its record as ``info``; read here, as this happens only when a wait
+        starts or ends. A job that ended meanwhile keeps the outcome already written."""
+        record = store.get(job_id)
+        if record is not None and not record.state.final:
+            self.update_state(task_id=job_id, state=state, meta=record.to_dict())
 
 
 # ignore_result: a run's return value is not the job's outcome (most runs leave the job

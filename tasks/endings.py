@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 from celery import states
-from celery.backends.base import BaseKeyValueStoreBackend
 
 from config import get_settings
 from tasks import errors, metrics
@@ -20,26 +19,21 @@ from worker.app import app
 log = logging.getLogger("covers.endings")
 
 
-def record_result(job: Job, record: dict[str, Any] | None = None) -> None:
+def record_result(job: Job, record: dict[str, Any]) -> None:
     """Write an ended job's outcome to Celery's result backend.
 
     Args:
-        record: ``job.to_dict()`` if the caller has it already.
+        record: ``job.to_dict()``, made once by the caller for every use.
     """
+    # The result backend is always Redis (worker/celeryconfig.py), a key-value backend.
     backend = app.backend
-    if not isinstance(backend, BaseKeyValueStoreBackend):
-        if job.error is not None:
-            backend.mark_as_failure(job.job_id, errors.from_dict(job.error))
-        else:
-            backend.store_result(job.job_id, record or job.to_dict(), states.SUCCESS)
-        return
     # Celery's store_result first reads the stored state, never to overwrite a SUCCESS.
     # A job's end is decided once (JobStore.finish), so that read, one more round trip
     # per job, is skipped: the same meta is written directly.
     if job.error is not None:
         state, result = states.FAILURE, backend.prepare_exception(errors.from_dict(job.error))
     else:
-        state, result = states.SUCCESS, backend.prepare_value(record or job.to_dict())
+        state, result = states.SUCCESS, backend.prepare_value(record)
     meta = {"status": state, "result": result, "traceback": None, "children": [],
             "date_done": app.now().isoformat(), "task_id": job.job_id}
     backend.set(backend.get_key_for_task(job.job_id), backend.encode(meta))

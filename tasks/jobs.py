@@ -62,11 +62,10 @@ return {'go', redis.call('HGETALL', KEYS[1])}
 
 _SUBMITTED = """
 -- KEYS 1 job, 2 cover key, 3 due, 4 early-callback key, 5 lock
--- ARGV 1 job id, 2 cover id, 3 now, 4 due_ms, 5 lock token ('' keeps the lock),
---      6 '1' to return the record
--- Returns {changed, early callback or false, the record or {}}. Without an early callback
+-- ARGV 1 job id, 2 cover id, 3 now, 4 due_ms, 5 lock token ('' keeps the lock)
+-- Returns {changed, early callback or false}. Without an early callback
 -- the run is over, so the lock is released here too.
-if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return {0, false, {}} end
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return {0, false} end
 redis.call('HSET', KEYS[1], 'state', 'submitted', 'cover_task_id', ARGV[2],
            'submitted_at', ARGV[3], 'updated_at', ARGV[3], 'faults', 0, 'retries', 0,
            'wait_reason', '')
@@ -79,8 +78,7 @@ if early then
 elseif ARGV[5] ~= '' and redis.call('GET', KEYS[5]) == ARGV[5] then
   redis.call('DEL', KEYS[5])
 end
-if ARGV[6] == '1' then return {1, early, redis.call('HGETALL', KEYS[1])} end
-return {1, early, {}}
+return {1, early}
 """
 
 _RELEASE = """
@@ -88,14 +86,12 @@ _RELEASE = """
 -- release the run lock. A job that ended meanwhile (a callback) is left as it is.
 -- KEYS 1 job, 2 due, 3 lock; ARGV 1 job id, 2 due_ms, 3 token, 4 now, 5.. field, value
 local state = redis.call('HGET', KEYS[1], 'state')
-local record = {}
 if state and state ~= 'succeeded' and state ~= 'failed' then
   redis.call('HSET', KEYS[1], 'updated_at', ARGV[4], unpack(ARGV, 5))
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-  record = redis.call('HGETALL', KEYS[1])
 end
 if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
-return record
+return 0
 """
 
 _FINISH = """
@@ -192,6 +188,20 @@ for i = 1, 3 do
 end
 out[4] = earliest
 return out
+"""
+
+_BEGIN_NOTICE = """
+-- KEYS 1 notice lock, 2 job, 3 notify-due; ARGV 1 lock ms, 2 job id
+-- Returns the record when this caller is to deliver; 'busy' if another is on it;
+-- 'nothing' if there is nothing to deliver (no job, not ended, delivered, given up).
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 'busy' end
+local f = redis.call('HMGET', KEYS[2], 'state', 'notified_at', 'notice_error')
+if (f[1] ~= 'succeeded' and f[1] ~= 'failed') or (f[2] or '') ~= '' or (f[3] or '') ~= '' then
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  redis.call('DEL', KEYS[1])
+  return 'nothing'
+end
+return redis.call('HGETALL', KEYS[2])
 """
 
 _UNLOCK = """
@@ -336,8 +346,6 @@ class Submitted(NamedTuple):
     changed: bool
     #: A callback that came before the submit was recorded (JSON), or None.
     early: str | None
-    #: The record after the change (None if unchanged or not asked for).
-    job: Job | None
 
 
 class DueJob(NamedTuple):
@@ -395,6 +403,7 @@ class JobStore:
         self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
         self._claim = client.register_script(_CLAIM)
+        self._begin_notice = client.register_script(_BEGIN_NOTICE)
         self._unlock = client.register_script(_UNLOCK)
 
     # --- creation -----------------------------------------------------------------
@@ -456,42 +465,36 @@ class JobStore:
         return int(self.redis.hincrby(keys.job(job_id), name, 1))
 
     def mark_submitted(self, job_id: str, cover_task_id: str, next_look_s: float,
-                       token: str = "", want_record: bool = True) -> Submitted:
+                       token: str = "") -> Submitted:
         """Record Kie's cover task id; next look in `next_look_s` seconds.
 
         Args:
             token: the run lock's token; the lock is released unless an early
                 callback came (the run goes on to end the job with it).
-            want_record: read the record back (`Submitted.job`; None otherwise).
         """
         now = _now()
-        changed, early, flat = self._submitted(
+        changed, early = self._submitted(
             keys=[keys.job(job_id), keys.cover(cover_task_id), keys.DUE,
                   keys.early_callback(cover_task_id), keys.lock(job_id)],
-            args=[job_id, cover_task_id, repr(now), int((now + next_look_s) * 1000), token,
-                  "1" if want_record else "0"],
+            args=[job_id, cover_task_id, repr(now), int((now + next_look_s) * 1000), token],
         )
-        return Submitted(bool(changed), str(early) if early else None, _job_from_flat(flat))
+        return Submitted(bool(changed), str(early) if early else None)
 
-    def release(self, job_id: str, token: str, delay_s: float, **values: Any) -> Job | None:
+    def release(self, job_id: str, token: str, delay_s: float, **values: Any) -> None:
         """End a run that leaves the job waiting, in one round trip.
 
         Sets `values` (None clears a field), has a worker look again in `delay_s`
         seconds and releases the run lock held with `token`. A job that ended
         meanwhile is left as it is.
-
-        Returns:
-            The record as it now is, or None if the job had ended or vanished.
         """
         now = _now()
         pairs: list[str | int | float] = []
         for name, value in values.items():
             pairs += [name, "" if value is None else value]
-        flat = self._release(
+        self._release(
             keys=[keys.job(job_id), keys.DUE, keys.lock(job_id)],
             args=[job_id, int((now + delay_s) * 1000), token, repr(now), *pairs],
         )
-        return _job_from_flat(flat)
 
     def finish(self, job_id: str, images: list[str] | None = None,
                error: CoverError | None = None) -> Job | None:
@@ -588,6 +591,33 @@ class JobStore:
             "created_at": now, "updated_at": now, "attempts": 0, "polls": 0,
         })
         return self.finish(job_id, error=error) is not None
+
+    # --- the app's notice (`tasks.notify`) ---------------------------------------------
+
+    def begin_notice(self, job_id: str) -> Job | str:
+        """Take a job's notice lock for `notice_lock_s` seconds to deliver its notice.
+
+        Returns:
+            The ended record to deliver; ``"busy"`` if another process holds the lock;
+            ``"nothing"`` if there is nothing to deliver (no job, not ended, delivered
+            or given up; it is taken out of the due set).
+        """
+        begun = self._begin_notice(
+            keys=[keys.notify_lock(job_id), keys.job(job_id), keys.NOTIFY_DUE],
+            args=[int(self.notice_lock_s * 1000), job_id])
+        if isinstance(begun, str):
+            return begun
+        return _job_from_flat(begun) or "nothing"
+
+    def notice_delivered(self, job_id: str) -> None:
+        """Mark a job's notice delivered, out of the due set, its lock released (one
+        round trip)."""
+        now = repr(_now())
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(keys.job(job_id), mapping={"notified_at": now, "updated_at": now})
+        pipe.zrem(keys.NOTIFY_DUE, job_id)
+        pipe.delete(keys.notify_lock(job_id))
+        pipe.execute()
 
     # --- per-job run lock (taken by `begin`) ----------------------------------------
 

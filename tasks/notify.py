@@ -30,9 +30,6 @@ import threading
 import time
 from typing import Any
 
-import redis
-from redis.commands.core import Script
-
 from config import Settings, get_settings, keys
 from tasks import poster
 from tasks.jobs import Job, JobStore
@@ -62,20 +59,6 @@ def notice_body(job: Job) -> dict[str, Any]:
         "error": error,
     }
 
-
-_BEGIN = """
--- KEYS 1 notice lock, 2 job, 3 notify-due; ARGV 1 lock ms, 2 job id
--- Returns the record when this caller is to deliver; 'busy' if another is on it;
--- 'nothing' if there is nothing to deliver (no job, not ended, delivered, given up).
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 'busy' end
-local f = redis.call('HMGET', KEYS[2], 'state', 'notified_at', 'notice_error')
-if (f[1] ~= 'succeeded' and f[1] ~= 'failed') or (f[2] or '') ~= '' or (f[3] or '') ~= '' then
-  redis.call('ZREM', KEYS[3], ARGV[2])
-  redis.call('DEL', KEYS[1])
-  return 'nothing'
-end
-return redis.call('HGETALL', KEYS[2])
-"""
 
 #: Notices waiting for this process's sender thread beyond this many go by the due set.
 MAX_BACKLOG = 200
@@ -110,26 +93,16 @@ class _Sender:
         while True:
             job, queued_at = self._queue.get()
             try:
-                settings = get_settings()
+                store = get_store()
                 # The lock taken when the job ended is ours while well within its TTL;
                 # later, deliver() takes it afresh (or finds it done).
-                if job.notice_locked and time.monotonic() - queued_at < settings.notice_lock / 2:
-                    _send(get_store(), settings, job)
+                if job.notice_locked and time.monotonic() - queued_at < store.notice_lock_s / 2:
+                    _send(store, get_settings(), job)
                 else:
                     deliver(job.job_id)
             except Exception:  # e.g. Redis away: the due set sends it again later
                 log.warning("job %s: notice not delivered now; the due set will retry",
                             job.job_id, exc_info=True)
-
-
-_scripts: dict[int, Script] = {}
-
-
-def _begin_script(client: redis.Redis) -> Script:
-    script = _scripts.get(id(client))
-    if script is None:
-        script = _scripts[id(client)] = client.register_script(_BEGIN)
-    return script
 
 
 _sender: _Sender | None = None
@@ -159,14 +132,11 @@ def deliver(job_id: str) -> str:
         ``delivered``, ``retrying``, ``gave_up``, ``busy`` (another process is on it)
         or ``nothing`` (no job, not ended, or already delivered).
     """
-    settings = get_settings()
     store = get_store()
-    begun = _begin_script(store.redis)(
-        keys=[keys.notify_lock(job_id), keys.job(job_id), keys.NOTIFY_DUE],
-        args=[int(settings.notice_lock * 1000), job_id])
-    if begun in ("busy", "nothing"):
-        return str(begun)
-    return _send(store, settings, Job.from_hash(dict(zip(begun[::2], begun[1::2], strict=True))))
+    begun = store.begin_notice(job_id)
+    if isinstance(begun, str):
+        return begun
+    return _send(store, get_settings(), begun)
 
 
 def _send(store: JobStore, settings: Settings, job: Job) -> str:
@@ -191,13 +161,7 @@ def _send(store: JobStore, settings: Settings, job: Job) -> str:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             problem = f"network error: {type(exc).__name__}"
         if problem is None:
-            # One round trip: mark delivered, out of the due set, lock released.
-            now = repr(time.time())
-            pipe = store.redis.pipeline(transaction=False)
-            pipe.hset(keys.job(job_id), mapping={"notified_at": now, "updated_at": now})
-            pipe.zrem(keys.NOTIFY_DUE, job_id)
-            pipe.delete(lock)
-            pipe.execute()
+            store.notice_delivered(job_id)
             released = True
             log.info("job %s: outcome delivered to the app", job_id)
             return "delivered"

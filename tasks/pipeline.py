@@ -58,8 +58,6 @@ class Later:
     #: True when the step already put the job back in the due set and released its
     #: run lock (a submit); otherwise the caller must.
     released: bool = False
-    #: The job as a releasing step left it, when asked for (`submit`'s `want_record`).
-    record: Job | None = None
 
 
 Step = Done | Later
@@ -120,17 +118,14 @@ def submit(job: Job, store: JobStore, client: KieClient, settings: Settings,
     naming the existing cover, and tracks that instead of paying again.
     """
     answer = client.generate(job.task_id, settings.callback_url or job.callback_url)
-    # The record is read back only when Celery's state is to change (after a wait).
     marked = store.mark_submitted(job.job_id, answer.cover_task_id,
-                                  settings.kie_poll_interval, token,
-                                  want_record=bool(job.wait_reason))
+                                  settings.kie_poll_interval, token)
     log.info("job %s (music %s) submitted: cover task %s%s", job.job_id, job.task_id,
              answer.cover_task_id, " (already existed)" if answer.existing else "",
              extra=job_fields(job, "submitted"))
     if marked.early is not None:
         return from_callback(json.loads(marked.early))
-    return Later(settings.kie_poll_interval, "cover", released=marked.changed,
-                 record=marked.job)
+    return Later(settings.kie_poll_interval, "cover", released=marked.changed)
 
 
 def poll(job: Job, store: JobStore, client: KieClient, settings: Settings) -> Step:

@@ -169,7 +169,8 @@ def test_a_callback_that_comes_before_the_submit_is_recorded_is_kept_for_it(
     # When the submit's answer is recorded afterwards
     marked = store.mark_submitted(job_id, cover_id, 60)
     # Then the held callback is handed to the job
-    assert marked.changed and marked.job is not None
-    assert marked.job.state.value == "submitted" and marked.job.cover_task_id == cover_id
+    recorded = store.get(job_id)
+    assert marked.changed and recorded is not None
+    assert recorded.state.value == "submitted" and recorded.cover_task_id == cover_id
     assert marked.early is not None and json.loads(marked.early) == success_body(cover_id)
-    assert store.mark_submitted(job_id, cover_id, 60) == (False, None, None)
+    assert store.mark_submitted(job_id, cover_id, 60) == (False, None)
