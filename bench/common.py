@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-#: The project directory (workers run from here so ``-A worker`` / ``-A bench.…`` import).
+#: The project directory (workers run from here so ``-A kie_covers.worker`` / ``-A bench.…`` import).
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds a worker has to become ready.
 READY_TIMEOUT_S = 60.0
@@ -42,7 +42,7 @@ def parse_limit(text: str) -> tuple[int, float]:
     Raises:
         ValueError: when `text` is not ``<count>/<seconds>s`` with a positive count.
     """
-    from config.settings import SettingsError, parse_rate
+    from kie_covers.config.settings import SettingsError, parse_rate
 
     try:
         return parse_rate("--limit", text)
@@ -82,7 +82,7 @@ class Workers:
     """N real ``celery worker`` processes, each a prefork pool of `concurrency` slots.
 
     Args:
-        app_module: what ``celery -A`` loads (``worker`` or ``bench.plain_app``).
+        app_module: what ``celery -A`` loads (``kie_covers.worker`` or ``bench.plain_app``).
         queue: the Celery queue they consume.
         count: how many processes.
         env: their environment.
@@ -243,7 +243,7 @@ WEB_READY_S = 30.0
 
 
 def start_web(port: int, env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """``python -m worker.cli web`` on 127.0.0.1:`port` (own process group).
+    """``python -m kie_covers.worker.cli web`` on 127.0.0.1:`port` (own process group).
 
     Returns once /healthz answers.
 
@@ -254,7 +254,7 @@ def start_web(port: int, env: Mapping[str, str], log_path: Path) -> subprocess.P
 
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "web", "--host", "127.0.0.1",
+            [sys.executable, "-m", "kie_covers.worker.cli", "web", "--host", "127.0.0.1",
              "--port", str(port)],
             cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)

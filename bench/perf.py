@@ -101,8 +101,8 @@ from bench.common import (
 )
 
 if TYPE_CHECKING:
-    from standin import KieStandin
-    from worker.redis_server import RedisServer
+    from kie_covers.runtime.redis_server import RedisServer
+    from kie_covers.standin import KieStandin
 
 #: Parts, in the order they run.
 PARTS = ("throughput", "enqueue", "latency", "calls", "scale", "profile")
@@ -170,7 +170,8 @@ ENQUEUE_RATIO_MAX = 2.0
 CALLBACK_P99_MAX_MS = 100.0
 RSS_GROWTH_MAX_MB = 50.0
 #: Directories holding the product's code (profile frames from these are "ours").
-PRODUCT_DIRS = tuple(str(ROOT / name) + os.sep for name in ("tasks", "worker", "config"))
+PRODUCT_DIRS = tuple(str(ROOT / name) + os.sep for name in (
+    "core", "config", "store", "runtime", "services", "tasks", "worker", "kie_covers"))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -378,8 +379,8 @@ def stage(name: str, cover_s: float, settings: dict[str, str], web: bool,
         name: names the temp directory.
         cover_s: seconds a cover takes in the stand-in.
     """
-    from standin import KieStandin, StandinConfig
-    from worker.redis_server import RedisServer, free_port
+    from kie_covers.runtime.redis_server import RedisServer, free_port
+    from kie_covers.standin import KieStandin, StandinConfig
 
     log_dir = Path(tempfile.mkdtemp(prefix=f"kie-perf-{name}-"))
     api_key = "perf-" + secrets.token_hex(8)
@@ -430,9 +431,10 @@ def ours_settings(poll_s: float, dispatch_s: float | None) -> dict[str, str]:
 
 def start_ours(st: Stage, workers: int, concurrency: int) -> Workers:
     """Start our workers on `st` and wait until they take tasks."""
-    from worker.app import app
+    from kie_covers.runtime.app import app
 
-    pool = Workers("worker", QUEUE_OURS, workers, st.env, st.log_dir, concurrency=concurrency)
+    pool = Workers("kie_covers.worker", QUEUE_OURS, workers, st.env, st.log_dir,
+                   concurrency=concurrency)
     try:
         pool.start(lambda: celery_ping(app))
     except BaseException:
@@ -454,9 +456,9 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float 
 
 def read_jobs(job_ids: Sequence[str]) -> list[Any]:
     """The `tasks.jobs.Job` of each id (None when missing), read in pipelined batches."""
-    from config import keys
-    from tasks.jobs import Job
-    from worker.connections import get_store
+    from kie_covers.config import keys
+    from kie_covers.runtime.connections import get_store
+    from kie_covers.store.jobs import Job
 
     client = get_store().redis
     jobs: list[Any] = []
@@ -670,8 +672,8 @@ def run_throughput_ours(covers: int, workers: int, concurrency: int, keep_logs: 
     name = "profile" if profile else "throughput-ours"
     with stage(name, 0.0, ours_settings(THROUGHPUT_POLL_S, None), web=True,
                keep_logs=keep_logs) as st:
-        from tasks import enqueue_cover, get_cover
-        from worker.connections import get_redis
+        from kie_covers import enqueue_cover, get_cover
+        from kie_covers.runtime.connections import get_redis
 
         offset = wall_offset_s()
         music = [uuid.uuid4().hex for _ in range(covers)]
@@ -815,7 +817,7 @@ def run_enqueue(keep_logs: bool) -> dict[str, Any]:
     """Time `enqueue_cover` and a bare ``.delay()`` call by call, interleaved in blocks."""
     with stage("enqueue", 0.0, ours_settings(30.0, None), web=False, keep_logs=keep_logs) as st:
         from bench import plain_perf_app
-        from tasks import enqueue_cover
+        from kie_covers import enqueue_cover
 
         url = st.sink.url
         music = iter([uuid.uuid4().hex for _ in range(ENQUEUE_CALLS + ENQUEUE_WARMUP)])
@@ -866,7 +868,7 @@ def run_latency(mode: str, workers: int, concurrency: int, keep_logs: bool) -> d
     name = f"latency-{mode}"
     with stage(name, LATENCY_COVER_S, ours_settings(poll_s, None), web=True,
                keep_logs=keep_logs) as st:
-        from tasks import enqueue_cover, get_cover
+        from kie_covers import enqueue_cover, get_cover
 
         if mode == "polling":
             st.standin.set_callback_mode("drop")
@@ -939,9 +941,9 @@ def run_scale(in_flight: int, workers: int, concurrency: int, keep_logs: bool
     threading.stack_size(SCALE_STACK_BYTES)
     with stage("scale", SCALE_COVER_S, ours_settings(SCALE_POLL_S, None), web=False,
                keep_logs=keep_logs) as st:
-        from config import keys
-        from tasks import enqueue_cover
-        from worker.connections import get_redis
+        from kie_covers import enqueue_cover
+        from kie_covers.config import keys
+        from kie_covers.runtime.connections import get_redis
 
         st.standin.set_callback_mode("drop")
         redis_client = get_redis()
@@ -1087,7 +1089,7 @@ class Table:
 
     def render(self) -> str:
         """The table as text."""
-        from worker.table import render
+        from kie_covers.worker.table import render
 
         return render(["part", "measure", "ours", "baseline", "ours/baseline", "target",
                        "met"], self.rows)

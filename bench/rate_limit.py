@@ -172,10 +172,10 @@ def _run_ours(redis_url: str, base_url: str, api_key: str, jobs: int, workers: i
         "COVERS_DISPATCH_INTERVAL": "0.05",
     })
     # Only now: the project reads its settings once, at first use.
-    from tasks import enqueue_cover, get_cover
-    from worker.app import app
+    from kie_covers import enqueue_cover, get_cover
+    from kie_covers.runtime.app import app
 
-    pool = Workers("worker", queue, workers, env, log_dir, concurrency=concurrency)
+    pool = Workers("kie_covers.worker", queue, workers, env, log_dir, concurrency=concurrency)
     try:
         stderr(f"ours: starting {workers} workers")
         pool.start(lambda: celery_ping(app))
@@ -238,8 +238,8 @@ def run_pipeline(name: str, jobs: int, workers: int, concurrency: int,
 
     Everything started here is stopped before it returns, on errors too.
     """
-    from standin import KieStandin, StandinConfig
-    from worker.redis_server import RedisServer
+    from kie_covers.runtime.redis_server import RedisServer
+    from kie_covers.standin import KieStandin, StandinConfig
 
     log_dir = Path(tempfile.mkdtemp(prefix=f"kie-bench-{name}-"))
     result = Result(pipeline=name, jobs=jobs, allowed_per_s=limit[0] / limit[1],
@@ -324,7 +324,7 @@ def _spawn(name: str, args: argparse.Namespace) -> Result:
 
 
 def _table(results: list[Result]) -> str:
-    from worker.table import render
+    from kie_covers.worker.table import render
 
     headers = ["pipeline", "jobs", "succeeded", "failed", "accepted/s",
                "share of allowed rate", "429 answers", "drain time s", "duplicates paid"]

@@ -5,7 +5,7 @@
 Not a test and not in CI. It starts everything on loopback itself: a private
 ``redis-server`` (``appendonly yes``), the Kie stand-in in this process (no rate
 limit, covers ready after 0.3 s, signed callbacks), the callback endpoint
-(``python -m worker.cli web``) and ``--workers`` real ``celery worker`` processes of
+(``python -m kie_covers.worker.cli web``) and ``--workers`` real ``celery worker`` processes of
 ``--concurrency`` pool slots each, with the short waits the test suite uses.
 
 Until ``--minutes`` have passed it runs rounds. Each round enqueues ``--batch`` jobs
@@ -71,8 +71,8 @@ from bench.common import (
 if TYPE_CHECKING:
     import redis
 
-    from standin import KieStandin
-    from worker.redis_server import RedisServer
+    from kie_covers.runtime.redis_server import RedisServer
+    from kie_covers.standin import KieStandin
 
 SCENARIOS = ("kill-worker", "cut-connections", "restart-redis", "api-faults", "callbacks")
 #: The callBackUrl jobs carry: nothing listens there (outcome notices are refused and
@@ -423,8 +423,8 @@ class Soak:
         """
         import redis
 
-        from standin import KieStandin, StandinConfig
-        from worker.redis_server import RedisServer, free_port
+        from kie_covers.runtime.redis_server import RedisServer, free_port
+        from kie_covers.standin import KieStandin, StandinConfig
 
         api_key = "soak-" + secrets.token_hex(8)
         hmac_key = "soak-hmac-" + secrets.token_hex(12)
@@ -450,10 +450,10 @@ class Soak:
         stderr(f"starting the callback endpoint on 127.0.0.1:{web_port}")
         self.web = start_web(web_port, env, self.log_dir / "web.log")
 
-        from worker.app import app  # only now: settings are read once per process
+        from kie_covers.runtime.app import app  # only now: settings are read once per process
 
         stderr(f"starting {self.worker_count} workers x {self.concurrency} slots")
-        self.workers = SoakWorkers("worker", QUEUE, self.worker_count, env, self.log_dir,
+        self.workers = SoakWorkers("kie_covers.worker", QUEUE, self.worker_count, env, self.log_dir,
                                    loglevel="INFO", concurrency=self.concurrency)
         self.workers.start(lambda: celery_ping(app))
 
@@ -499,7 +499,7 @@ class Soak:
 
     def _enqueue(self, count: int) -> dict[str, str]:
         """`count` new jobs: job id -> music task id (a retried enqueue is idempotent)."""
-        from tasks import enqueue_cover
+        from kie_covers import enqueue_cover
 
         jobs: dict[str, str] = {}
         for _ in range(count):
@@ -511,8 +511,8 @@ class Soak:
     @staticmethod
     def _read(job_id: str) -> dict[str, Any] | None:
         """`get_cover(job_id)`, None when the job is unknown (lost)."""
-        from tasks import get_cover
-        from tasks.errors import UnknownJob
+        from kie_covers import get_cover
+        from kie_covers.core.errors import UnknownJob
 
         try:
             return _retrying(lambda: get_cover(job_id), f"get_cover({job_id})")
@@ -693,7 +693,7 @@ class Soak:
 def report(totals: Totals, args: argparse.Namespace, argv: list[str], seed: int,
            log_dir: Path, kept: bool) -> str:
     """The totals as printed at the end."""
-    from worker.table import render
+    from kie_covers.worker.table import render
 
     headers = ["scenario", "rounds", "jobs", "succeeded", "failed", "lost", "stuck",
                "paid twice", "re-ended"]

@@ -3,6 +3,6 @@
 `get_settings()` is the one way to read them; `config.keys` names every Redis key.
 """
 
-from config.settings import Secret, Settings, SettingsError, get_settings, load_settings
+from kie_covers.config.settings import Secret, Settings, SettingsError, get_settings, load_settings
 
 __all__ = ["Secret", "Settings", "SettingsError", "get_settings", "load_settings"]

@@ -26,38 +26,28 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject
 
-from config import get_settings
-from tasks import errors, metrics
-from tasks.endings import job_ended
-from tasks.jobs import Job, JobStore
-from tasks.kie_client import get_client
-from tasks.limiter import hold_credits, pause_all
-from tasks.logfields import job_fields
-from tasks.pipeline import Done, Throttled, advance
-from tasks.retry import Effect, decide, rule_for
-from tasks.schemas import validate_cover_request
-from tasks.states import CELERY_SUBMITTED, JobState
-from worker.app import app
-from worker.connections import get_limiters, get_store
+from kie_covers.config import get_settings
+from kie_covers.core import errors
+from kie_covers.core.retry import Effect, decide, rule_for
+from kie_covers.core.schemas import validate_cover_request
+from kie_covers.core.states import CELERY_SUBMITTED, JobState
+from kie_covers.runtime import metrics
+from kie_covers.runtime.app import app
+from kie_covers.runtime.connections import get_limiters, get_store
+from kie_covers.runtime.kie_client import get_client
+from kie_covers.runtime.messages import COVER_TASK
+from kie_covers.services.endings import job_ended
+from kie_covers.services.step import Done, Throttled, advance
+from kie_covers.store.jobs import Job, JobStore
+from kie_covers.store.limiter import hold_credits, pause_all
+from kie_covers.store.logfields import job_fields
 
 log = logging.getLogger("covers.task")
 
-#: The stable, documented task name.
-TASK_NAME = "covers.generate_cover"
 #: Redis errors that mean "not reachable right now", not "a bug".
 REDIS_OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
 #: Celery state while a job waits to retry (rate limit, maintenance, credits, fault).
 CELERY_WAITING = "WAITING"
-
-
-def send_job(job_id: str, task_id: str, callback_url: str, queue: str | None = None) -> None:
-    """Send (or send again) the message of a job, under its job id.
-
-    Args:
-        queue: Celery queue (default: COVERS_QUEUE).
-    """
-    app.send_task(TASK_NAME, kwargs={"taskId": task_id, "callBackUrl": callback_url},
-                  task_id=job_id, queue=queue or get_settings().queue)
 
 
 def _replay(job: Job) -> dict[str, Any]:
@@ -217,7 +207,7 @@ class CoverTask(Task):
 # ignore_result: a run's return value is not the job's outcome (most runs leave the job
 # waiting); the outcome is written to the result backend once, by whoever ends the job
 # (`tasks.endings.job_ended`).
-@app.task(bind=True, base=CoverTask, name=TASK_NAME, ignore_result=True)
+@app.task(bind=True, base=CoverTask, name=COVER_TASK, ignore_result=True)
 def generate_cover(self: CoverTask, *args: Any, **payload: Any) -> dict[str, Any] | str:
     """Get the cover for music task ``taskId``; see the module docstring."""
     if args:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from standin import KieStandin, StandinConfig
+from kie_covers.runtime.redis_server import RedisServer, free_port
+from kie_covers.standin import KieStandin, StandinConfig
 from tests.services import BeatProcess, WebProcess, WorkerProcess
-from worker.redis_server import RedisServer, free_port
 
 API_KEY = "test-key-" + secrets.token_hex(8)
 HMAC_KEY = "hmac-" + secrets.token_hex(12)

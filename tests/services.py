@@ -1,6 +1,6 @@
 """Real services for the tests: worker processes and the callback endpoint.
 
-Nothing here is a mock: workers are ``celery -A worker worker`` processes on
+Nothing here is a mock: workers are ``celery -A kie_covers.worker worker`` processes on
 the suite's own Redis server, the endpoint is ``covers web`` under waitress.
 """
 
@@ -66,7 +66,7 @@ class WorkerProcess:
         """Start and wait until the worker is ready to take tasks."""
         self.log_path.write_text("")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker",
+            [sys.executable, "-m", "celery", "-A", "kie_covers.worker", "worker",
              "-Q", self.env["COVERS_QUEUE"], "-c", str(self.concurrency), "-P", "prefork",
              "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
              "--without-heartbeat", "--loglevel", "INFO", "-f", str(self.log_path)],
@@ -120,7 +120,7 @@ class WebProcess:
         """Start and wait for /healthz."""
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "web", "--port", str(self.port)],
+            [sys.executable, "-m", "kie_covers.worker.cli", "web", "--port", str(self.port)],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
 
@@ -154,7 +154,7 @@ class BeatProcess:
         """Start and wait until it has begun its schedule."""
         self.log_path.write_text("")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "beat", "--schedule",
+            [sys.executable, "-m", "celery", "-A", "kie_covers.worker", "beat", "--schedule",
              str(self.schedule), "--loglevel", "INFO", "-f", str(self.log_path)],
             cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -7,8 +7,8 @@ import uuid
 import pytest
 import requests
 
-from standin import KieStandin
-from tasks import enqueue_cover, wait_for_cover
+from kie_covers import enqueue_cover, wait_for_cover
+from kie_covers.standin import KieStandin
 from tests.conftest import API_KEY
 from tests.services import WorkerProcess
 
@@ -111,7 +111,7 @@ def test_out_of_credits_holds_the_job_until_credits_return(
     standin.set_credits(0)
     task_id = music_id()
     job_id = enqueue_cover(task_id, APP_CALLBACK)
-    from tasks import get_cover
+    from kie_covers import get_cover
     from tests.services import wait_until
 
     wait_until(lambda: get_cover(job_id)["waiting_for"] == "out_of_credits", 15,

@@ -16,15 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Exchange, Producer
 
-from standin import KieStandin
-from tasks import enqueue_cover, wait_for_cover
-from tasks.answers import interpret, interpret_callback
-from tasks.cover import TASK_NAME
-from tasks.errors import CoverError, InvalidPayload
-from tasks.schemas import validate_cover_request
+from kie_covers import enqueue_cover, wait_for_cover
+from kie_covers.core.answers import interpret, interpret_callback
+from kie_covers.core.errors import CoverError, InvalidPayload
+from kie_covers.core.schemas import validate_cover_request
+from kie_covers.runtime.app import app
+from kie_covers.runtime.messages import COVER_TASK as TASK_NAME
+from kie_covers.standin import KieStandin
 from tests.conftest import QUEUE
 from tests.services import WebProcess, WorkerProcess
-from worker.app import app
 
 json_leaf = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
@@ -40,25 +40,31 @@ fuzz = settings(max_examples=60, deadline=None,
                                        HealthCheck.too_slow])
 
 
+#: Jobs the producer test accepts go here, where no worker takes them.
+UNCONSUMED = "covers-fuzz-unconsumed"
+
+
 @fuzz
 @given(task_id=json_value, url=json_value)
 def test_the_producer_api_refuses_or_accepts_exactly_what_validation_says(
     redis_server: Any, task_id: Any, url: Any
 ) -> None:
     client = redis.Redis.from_url(redis_server.url)
-    before = client.llen(QUEUE)
+    # A queue no worker takes: accepted jobs must not run on after this test and write
+    # records into the next test's freshly emptied Redis.
+    before = client.llen(UNCONSUMED)
     try:
         validate_cover_request({"taskId": task_id, "callBackUrl": url})
         valid = True
     except InvalidPayload:
         valid = False
     if valid:
-        assert enqueue_cover(task_id, url)
+        assert enqueue_cover(task_id, url, queue=UNCONSUMED)
         return
     with pytest.raises(InvalidPayload) as caught:
-        enqueue_cover(task_id, url)
+        enqueue_cover(task_id, url, queue=UNCONSUMED)
     assert caught.value.fields  # names at least one field
-    assert client.llen(QUEUE) == before
+    assert client.llen(UNCONSUMED) == before
 
 
 @fuzz

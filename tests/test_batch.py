@@ -1,7 +1,7 @@
-"""Batch enqueueing (`tasks.batch`, ``covers enqueue --from``) against the real services.
+"""Batch enqueueing (`kie_covers.services.batch`, ``covers enqueue --from``) against the real services.
 
 The command runs as a real process (``covers enqueue --from``, i.e.
-``python -m worker.cli enqueue --from``) on the suite's Redis,
+``python -m kie_covers.worker.cli enqueue --from``) on the suite's Redis,
 with the session worker and the Kie stand-in doing the covers.
 """
 
@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from standin import KieStandin
-from tasks import get_cover
-from tasks.batch import (
+from kie_covers import get_cover
+from kie_covers.services.batch import (
     WAIT_REASONS,
     BadLine,
     BatchRefused,
@@ -30,9 +29,10 @@ from tasks.batch import (
     enqueue_batch,
     read_batch,
 )
+from kie_covers.standin import KieStandin
+from kie_covers.worker.batch_cli import add_enqueue_from_arguments, wait_for_batch
 from tests.conftest import process_env
 from tests.services import ROOT, WorkerProcess, wait_until
-from worker.batch_cli import add_enqueue_from_arguments, wait_for_batch
 
 CALLBACK = "http://127.0.0.1:9/cb"
 OTHER_CALLBACK = "http://127.0.0.1:9/other-cb"
@@ -45,8 +45,8 @@ def music_id() -> str:
 def batch_cli(*args: str, stdin: str | None = None, timeout: float = 60
               ) -> subprocess.CompletedProcess[str]:
     """Run the batch command as a real process with the suite's settings."""
-    return subprocess.run([sys.executable, "-m", "worker.cli", "enqueue", *args], cwd=ROOT,
-                          env=process_env(), input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", "enqueue", *args],
+                          cwd=ROOT, env=process_env(), input=stdin, capture_output=True, text=True,
                           timeout=timeout)
 
 

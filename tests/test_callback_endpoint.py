@@ -12,8 +12,8 @@ import uuid
 import pytest
 import requests
 
-from standin import KieStandin
-from tasks import enqueue_cover, get_cover
+from kie_covers import enqueue_cover, get_cover
+from kie_covers.standin import KieStandin
 from tests.conftest import HMAC_KEY
 from tests.services import WebProcess, wait_until
 
@@ -159,7 +159,7 @@ def test_a_callback_that_comes_before_the_submit_is_recorded_is_kept_for_it(
     web: WebProcess, standin: KieStandin
 ) -> None:
     # Given a callback for a cover id that no job owns yet
-    from worker.connections import get_store
+    from kie_covers.runtime.connections import get_store
 
     store = get_store()
     job_id, _ = store.enqueue(str(uuid.uuid4()), uuid.uuid4().hex, "http://127.0.0.1:9/cb",

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from standin import KieStandin
-from tasks import enqueue_cover, get_cover
+from kie_covers import enqueue_cover, get_cover
+from kie_covers.standin import KieStandin
 from tests.services import wait_until
 
 pytestmark = pytest.mark.chaos

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import requests
 
-from standin import KieStandin
+from kie_covers.runtime.redis_server import free_port
+from kie_covers.standin import KieStandin
 from tests.conftest import process_env
 from tests.services import ROOT, WorkerProcess, wait_until
-from worker.redis_server import free_port
 
 
 def covers(*args: str, env: dict[str, str] | None = None, timeout: float = 60
            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", *args], cwd=ROOT,
                           env=env or process_env(), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -46,7 +46,8 @@ def test_the_demo_runs_on_a_machine_with_nothing_configured(tmp_path: Path) -> N
            if not k.startswith(("REDIS_", "KIE_", "COVERS_"))}
     env["COVERS_STATE_DIR"] = str(tmp_path / "state")
     try:
-        done = subprocess.run([sys.executable, "-m", "worker.cli", "demo", "--count", "3"],
+        done = subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", "demo",
+                               "--count", "3"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
         # Then it starts its own Redis, the stand-in and a worker, and every cover is made
         assert done.returncode == 0, done.stdout + done.stderr
@@ -91,7 +92,7 @@ def test_the_procfile_lines_run_as_written(standin: KieStandin, run_dir: Path) -
                 stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(lambda: _healthy(port), 20, 0.1, "web line")
         task_id = uuid.uuid4().hex
-        from tasks import enqueue_cover, wait_for_cover
+        from kie_covers import enqueue_cover, wait_for_cover
 
         record = wait_for_cover(enqueue_cover(task_id, "http://127.0.0.1:9/cb", queue=queue),
                                 timeout_s=40)
@@ -138,7 +139,7 @@ def _all_redis_text(url: str) -> str:
 def test_no_secret_reaches_the_logs_or_the_stored_records(
     standin: KieStandin, worker: WorkerProcess, run_dir: Path, redis_server: object
 ) -> None:
-    from tasks import enqueue_cover, wait_for_cover
+    from kie_covers import enqueue_cover, wait_for_cover
     from tests.conftest import API_KEY, HMAC_KEY
 
     standin.inject("generate", "401", times=1)

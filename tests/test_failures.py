@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from standin import KieStandin
-from tasks import enqueue_cover, get_cover, wait_for_cover
-from tasks.errors import UnknownJob
-from tasks.failures import count_failures, list_failures
+from kie_covers import enqueue_cover, get_cover, wait_for_cover
+from kie_covers.core.errors import UnknownJob
+from kie_covers.services.failures import count_failures, list_failures
+from kie_covers.standin import KieStandin
 from tests.conftest import process_env
 from tests.services import ROOT, wait_until
 
@@ -80,7 +80,7 @@ def test_a_never_retry_failure_is_not_retried_on_schedule(
 
 
 def covers(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", *args], cwd=ROOT,
                           env=process_env(), capture_output=True, text=True, timeout=60)
 
 
@@ -217,8 +217,8 @@ def test_a_notice_the_app_never_takes_is_given_up_and_recorded(
 def test_a_notice_whose_process_died_before_sending_it_is_sent_once_after_its_lease(
     standin: KieStandin, start_worker: Any
 ) -> None:
-    from tasks.jobs import JobStore
-    from worker.connections import get_redis
+    from kie_covers.runtime.connections import get_redis
+    from kie_covers.store.jobs import JobStore
 
     # Given a worker with 1 s notice timeouts: the notice lock lasts 3 s, its lease 8 s
     app = _App(down_for_s=0.0, key="k2")

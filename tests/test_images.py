@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 import requests
 
-from standin import KieStandin
-from tasks import enqueue_cover, get_cover, wait_for_cover
-from tasks.images import ImageRefused, LocalStore, copy_one, retry_images, send_images
+from kie_covers import enqueue_cover, get_cover, wait_for_cover
+from kie_covers.core.errors import ImageRefused
+from kie_covers.runtime.messages import send_images
+from kie_covers.runtime.redis_server import free_port
+from kie_covers.services.images import LocalStore, copy_one, retry_images
+from kie_covers.standin import KieStandin
 from tests.conftest import process_env
 from tests.services import WebProcess, WorkerProcess, wait_until
-from worker.redis_server import free_port
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 from kombu import Connection
 
-from worker import kombu_guard
+from kie_covers.runtime import kombu_guard
 
 
 def test_a_closed_transport_raises_a_connection_error_kombu_ignores(redis_server: Any) -> None:

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import requests
 
-from standin import KieStandin
-from tasks import enqueue_cover, wait_for_cover
+from kie_covers import enqueue_cover, wait_for_cover
+from kie_covers.runtime.redis_server import free_port
+from kie_covers.standin import KieStandin
 from tests.conftest import process_env
 from tests.services import BROKERS, RABBITMQ_URL, ROOT, wait_until
-from worker.redis_server import free_port
 
 
 @pytest.mark.parametrize("broker", BROKERS)
@@ -28,7 +28,7 @@ def test_the_pipeline_runs_on_each_broker(
     task_ids = [uuid.uuid4().hex for _ in range(5)]
     script = (
         "import json, sys\n"
-        "from tasks import enqueue_cover, wait_for_cover\n"
+        "from kie_covers import enqueue_cover, wait_for_cover\n"
         "ids = [enqueue_cover(t, 'http://127.0.0.1:9/cb') for t in sys.argv[1:]]\n"
         "print(json.dumps([wait_for_cover(j, timeout_s=40) for j in ids]))\n"
     )
@@ -61,7 +61,8 @@ def test_the_metrics_endpoint_counts_a_runs_known_outcomes(
     # settings are; the session's callback endpoint has metrics off.
     env = {"COVERS_METRICS_PORT": str(port), "COVERS_CALLBACK_URL": ""}
     worker = start_worker(**env)
-    exporter = subprocess.Popen([sys.executable, "-m", "worker.cli", "metrics"], cwd=ROOT,
+    exporter = subprocess.Popen([sys.executable, "-m", "kie_covers.worker.cli", "metrics"],
+                                cwd=ROOT,
                                 env=process_env(**env), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     try:

@@ -8,10 +8,11 @@ import uuid
 import pytest
 from celery.result import AsyncResult
 
-from standin import KieStandin
-from tasks import enqueue_cover, errors, get_cover, wait_for_cover
+from kie_covers import enqueue_cover, get_cover, wait_for_cover
+from kie_covers.core import errors
+from kie_covers.runtime.app import app
+from kie_covers.standin import KieStandin
 from tests.services import WorkerProcess, wait_until
-from worker.app import app
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
 

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks import poster
+from kie_covers.runtime import poster
 
 
 class _App(ThreadingHTTPServer):

@@ -10,10 +10,10 @@ import uuid
 import pytest
 import redis
 
-from standin import KieStandin
-from tasks import enqueue_cover, get_cover, wait_for_cover
-from tasks.answers import parse_retry_after
-from tasks.limiter import RateLimiter
+from kie_covers import enqueue_cover, get_cover, wait_for_cover
+from kie_covers.core.answers import parse_retry_after
+from kie_covers.standin import KieStandin
+from kie_covers.store.limiter import RateLimiter
 from tests.services import wait_until
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
@@ -153,7 +153,7 @@ def test_out_of_credits_stops_everyone_and_resumes_when_topped_up(
     assert standin.counts()["credit"] >= 1
     assert all(get_cover(j)["state"] == "queued" for j in job_ids)
     # And the waiting jobs sit in Redis, not as countdown tasks in a worker's memory
-    from worker.app import app
+    from kie_covers.runtime.app import app
 
     replies = app.control.inspect(timeout=1.0).scheduled() or {}
     assert replies and all(tasks == [] for tasks in replies.values())

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from standin import KieStandin, StandinConfig  # noqa: E402
-from standin.png import PNG_SIGNATURE, cover_png, encode_png  # noqa: E402
+from kie_covers.standin import KieStandin, StandinConfig  # noqa: E402
+from kie_covers.standin.png import PNG_SIGNATURE, cover_png, encode_png  # noqa: E402
 
 KEY = "standin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -10,13 +10,13 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from standin import KieStandin
-from tasks import enqueue_cover, get_cover
-from tasks.cover import TASK_NAME
-from tasks.errors import InvalidPayload
+from kie_covers import enqueue_cover, get_cover
+from kie_covers.core.errors import InvalidPayload
+from kie_covers.runtime.app import app
+from kie_covers.runtime.messages import COVER_TASK as TASK_NAME
+from kie_covers.standin import KieStandin
 from tests.conftest import QUEUE, process_env
 from tests.services import ROOT, WorkerProcess
-from worker.app import app
 
 GOOD_URL = "http://127.0.0.1:9/cb"
 
@@ -98,7 +98,7 @@ def test_a_valid_raw_celery_message_by_name_is_a_job(
 
 def test_the_cli_refuses_bad_input_with_the_field_and_exit_code_2(standin: KieStandin) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "enqueue", "bad id!", "ftp://x"],
+        [sys.executable, "-m", "kie_covers.worker.cli", "enqueue", "bad id!", "ftp://x"],
         cwd=ROOT, env=process_env(), capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 2

@@ -1,5 +1,5 @@
-"""The Celery app and how workers start (``celery -A worker worker`` finds `app` here)."""
+"""Entry points: the ``covers`` CLI, the callback endpoint, the dispatcher, the demo.
 
-from worker.app import app
-
-__all__ = ["app"]
+``celery -A kie_covers.worker worker`` finds the worker's app in
+`kie_covers.worker.celery` (Celery looks there when a package has no ``app``).
+"""

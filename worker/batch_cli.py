@@ -26,7 +26,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import IO, Any
 
-from tasks.batch import (
+from kie_covers.core.errors import InvalidPayload
+from kie_covers.services.batch import (
     BatchPlan,
     BatchRefused,
     Progress,
@@ -35,7 +36,7 @@ from tasks.batch import (
     enqueue_batch,
     read_batch,
 )
-from tasks.errors import InvalidPayload
+from kie_covers.worker.table import render
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -274,8 +275,6 @@ def format_progress(progress: Progress, elapsed_s: float, rate: float | None) ->
 
 def summary(progress: Progress) -> str:
     """The end-of-wait tables: jobs per state, then up to `FAILED_SHOWN` failed jobs."""
-    from worker.table import render
-
     rows: list[list[object]] = [["succeeded", progress.done], ["failed", progress.failed],
                                 ["waiting", progress.waiting],
                                 ["in progress", progress.in_progress]]

@@ -25,20 +25,35 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from config import SettingsError
+import waitress
+
+from kie_covers import enqueue_cover, get_cover, wait_for_cover
+from kie_covers.config import SettingsError, get_settings
+from kie_covers.core.errors import InvalidPayload, UnknownJob
+from kie_covers.runtime import logs
+from kie_covers.runtime.connections import redis_url
+from kie_covers.services.failures import (
+    count_failures,
+    forget_jobs,
+    list_failures,
+    retry_jobs,
+    retry_where,
+)
+from kie_covers.standin import main as standin_main
+from kie_covers.worker import metrics_server, web
+from kie_covers.worker.batch_cli import add_enqueue_from_arguments, run_enqueue_from
+from kie_covers.worker.demo import run_demo
+from kie_covers.worker.table import render
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _celery_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker", *args]
+    return [sys.executable, "-m", "celery", "-A", "kie_covers.worker", *args]
 
 
 def cmd_worker(extra: Sequence[str]) -> int:
     """Check the settings, then become a Celery worker on COVERS_QUEUE."""
-    from config import get_settings
-    from worker.connections import redis_url
-
     settings = get_settings()
     settings.require_api_key()
     redis_url()  # starts the private Redis when REDIS_URL is unset, and exports it
@@ -50,9 +65,6 @@ def cmd_worker(extra: Sequence[str]) -> int:
 
 def cmd_beat(extra: Sequence[str]) -> int:
     """Become the Celery beat scheduler (its schedule file lives in COVERS_STATE_DIR)."""
-    from config import get_settings
-    from worker.connections import redis_url
-
     settings = get_settings()
     redis_url()
     os.makedirs(settings.state_dir, exist_ok=True)
@@ -64,25 +76,14 @@ def cmd_beat(extra: Sequence[str]) -> int:
 
 def cmd_web(host: str, port: int, threads: int) -> int:
     """Serve the callback endpoint with waitress until interrupted."""
-    import waitress
-
-    from worker import logs
-    from worker.web import make_app
-
     logs.configure()
     print(f"callback endpoint on http://{host}:{port}/kie/callback", flush=True)
-    waitress.serve(make_app(), host=host, port=port, threads=threads, ident="kie-covers")
+    waitress.serve(web.make_app(), host=host, port=port, threads=threads, ident="kie-covers")
     return EXIT_OK
 
 
 def cmd_metrics(host: str, port: int | None) -> int:
     """Serve the Prometheus endpoint (/metrics) for the whole cluster, from Redis."""
-    from waitress import serve
-
-    from config import get_settings
-    from worker import logs
-    from worker.metrics_server import make_app
-
     settings = get_settings()
     port = port or settings.metrics_port
     if port is None:
@@ -91,7 +92,8 @@ def cmd_metrics(host: str, port: int | None) -> int:
         return EXIT_USAGE
     logs.configure()
     print(f"metrics on http://{host}:{port}/metrics", flush=True)
-    serve(make_app(), host=host, port=port, threads=2, ident="kie-covers-metrics")
+    waitress.serve(metrics_server.make_app(), host=host, port=port, threads=2,
+                   ident="kie-covers-metrics")
     return EXIT_OK
 
 
@@ -99,8 +101,6 @@ def _print_records(records: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(records if len(records) > 1 else records[0], indent=2))
         return
-    from worker.table import render
-
     rows = [[r["job_id"], r["task_id"], r["state"],
              (r["error"] or {}).get("message", "") if r["state"] == "failed"
              else " ".join(r["images"]) or (r.get("waiting_for") or "")]
@@ -111,9 +111,6 @@ def _print_records(records: list[dict[str, Any]], as_json: bool) -> None:
 def cmd_enqueue(task_id: str, callback_url: str, wait: bool, timeout_s: float,
                 as_json: bool) -> int:
     """Queue one cover; with `wait`, block until it ends."""
-    from tasks import enqueue_cover, wait_for_cover
-    from tasks.errors import InvalidPayload
-
     try:
         job_id = enqueue_cover(task_id, callback_url)
     except InvalidPayload as bad:
@@ -131,9 +128,6 @@ def cmd_enqueue(task_id: str, callback_url: str, wait: bool, timeout_s: float,
 
 def cmd_status(job_ids: Sequence[str], as_json: bool) -> int:
     """Show jobs; exit 1 if any is unknown or failed."""
-    from tasks import get_cover
-    from tasks.errors import UnknownJob
-
     records, code = [], EXIT_OK
     for job_id in job_ids:
         try:
@@ -150,9 +144,6 @@ def cmd_status(job_ids: Sequence[str], as_json: bool) -> int:
 
 def cmd_failures(kind: str | None, code: str | None, limit: int, as_json: bool) -> int:
     """List recorded failures, newest first."""
-    from tasks.failures import count_failures, list_failures
-    from worker.table import render
-
     records = list_failures(kind, code, limit=limit)
     if as_json:
         print(json.dumps(records, indent=2))
@@ -172,8 +163,6 @@ def cmd_failures(kind: str | None, code: str | None, limit: int, as_json: bool) 
 def cmd_retry(job_ids: Sequence[str], kind: str | None, code: str | None,
               all_retryable: bool) -> int:
     """Queue failed jobs again; exit 1 if any named job could not be retried."""
-    from tasks.failures import retry_jobs, retry_where
-
     if job_ids:
         outcomes = retry_jobs(list(job_ids))
     elif kind or code or all_retryable:
@@ -193,8 +182,6 @@ def cmd_retry(job_ids: Sequence[str], kind: str | None, code: str | None,
 
 def cmd_forget(job_ids: Sequence[str]) -> int:
     """Remove failure records."""
-    from tasks.failures import forget_jobs
-
     removed = forget_jobs(list(job_ids))
     print(f"{removed} forgotten")
     return EXIT_OK if removed == len(job_ids) else EXIT_FAILED
@@ -223,8 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--wait", action="store_true", help="wait until the job ends")
     enqueue.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     enqueue.add_argument("--json", action="store_true")
-    from worker.batch_cli import add_enqueue_from_arguments
-
     add_enqueue_from_arguments(enqueue)
     status = sub.add_parser("status", help="show jobs")
     status.add_argument("job_ids", nargs="+", metavar="JOB_ID")
@@ -259,8 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_worker(extra)
             if command == "beat":
                 return cmd_beat(extra)
-            from standin import main as standin_main
-
             return standin_main(extra)
         args = build_parser().parse_args(args_in)
         if args.command == "metrics":
@@ -269,8 +252,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_web(args.host, args.port, args.threads)
         if args.command == "enqueue":
             if args.from_file is not None:
-                from worker.batch_cli import run_enqueue_from
-
                 return run_enqueue_from(args)
             if args.task_id is None or args.callback_url is None:
                 print("covers enqueue: give TASK_ID CALLBACK_URL, or --from FILE",
@@ -287,8 +268,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "forget":
             return cmd_forget(args.job_ids)
         if args.command == "demo":
-            from worker.demo import run_demo
-
             return run_demo(args.count, args.timeout)
     except SettingsError as bad:
         print(f"covers: setting error: {bad}", file=sys.stderr)

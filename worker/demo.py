@@ -16,17 +16,21 @@ import time
 import uuid
 from collections import Counter
 
-from worker.redis_server import free_port
+from waitress.server import create_server
+
+from kie_covers import enqueue_cover, get_cover
+from kie_covers.core.errors import InvalidPayload
+from kie_covers.runtime.connections import redis_url
+from kie_covers.runtime.redis_server import free_port
+from kie_covers.standin import KieStandin, StandinConfig
+from kie_covers.worker.table import render
+from kie_covers.worker.web import make_app
 
 #: Settings the demo gives itself and its worker (the stand-in's key, fast polls).
 DEMO_POLL_INTERVAL_S = "2"
 
 
 def _serve_web(port: int) -> threading.Thread:
-    from waitress.server import create_server
-
-    from worker.web import make_app
-
     server = create_server(make_app(), host="127.0.0.1", port=port, threads=4)
     thread = threading.Thread(target=server.run, name="demo-web", daemon=True)
     thread.start()
@@ -35,8 +39,6 @@ def _serve_web(port: int) -> threading.Thread:
 
 def run_demo(count: int, timeout_s: float) -> int:
     """Run the demo with `count` covers; returns 0 when all succeeded."""
-    from standin import KieStandin, StandinConfig
-
     api_key = "demo-" + secrets.token_hex(8)
     hmac_key = secrets.token_hex(16)
     standin = KieStandin(StandinConfig(api_keys=(api_key,), cover_seconds=1.5,
@@ -52,14 +54,13 @@ def run_demo(count: int, timeout_s: float) -> int:
         "COVERS_QUEUE": f"covers-demo-{os.getpid()}",
         "COVERS_DISPATCH_INTERVAL": "0.2",
     })
-    from worker.connections import redis_url
-
     print(f"redis:      {redis_url()}")
     print(f"stand-in:   {standin.base_url} (Kie API look-alike, no credits spent)")
     _serve_web(web_port)
     print(f"callbacks:  {os.environ['COVERS_CALLBACK_URL']}")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "worker", "-c", "2", "--loglevel", "warning",
+        [sys.executable, "-m", "kie_covers.worker.cli", "worker", "-c", "2",
+         "--loglevel", "warning",
          "-n", f"demo-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
         env=dict(os.environ),
     )
@@ -75,10 +76,6 @@ def run_demo(count: int, timeout_s: float) -> int:
 
 
 def _enqueue_and_watch(count: int, timeout_s: float) -> int:
-    from tasks import enqueue_cover, get_cover
-    from tasks.errors import InvalidPayload
-    from worker.table import render
-
     try:
         enqueue_cover("not a valid id!", "ftp://nowhere")
     except InvalidPayload as bad:

@@ -14,13 +14,20 @@ claimed and sent the same way.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
 
-from config import get_settings
+from kie_covers.config import get_settings
+from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.messages import send_images, send_job, send_notice
+
+# Imported here, before the pool forks, so each child shares them (see
+# `_preload_then_freeze`); the worker registers their tasks from this same import.
+from kie_covers.tasks import cover, failures, images, notify  # noqa: F401
 
 log = logging.getLogger("covers.dispatcher")
 
@@ -53,11 +60,6 @@ class DueDispatcher:
             (messages sent, seconds until the next entry is due or None if nothing
             waits).
         """
-        from tasks.cover import send_job
-        from tasks.images import send_images
-        from tasks.notify import send_notice
-        from worker.connections import get_store
-
         store = get_store()
         sent = 0
         while True:
@@ -104,16 +106,8 @@ def _preload_then_freeze() -> None:
     each child, and the garbage collector walking (and so writing to) every object,
     turn shared pages into private copies: each child then grows by tens of MB.
     """
-    import gc
-
-    import marshmallow  # noqa: F401
-    import requests  # noqa: F401
-
-    import tasks.answers
-    import tasks.cover
-    import tasks.failures
-    import tasks.notify  # noqa: F401
-
+    # The task modules (and with them everything a run uses) are imported at the top
+    # of this module, so they are in the heap frozen here.
     gc.collect()
     gc.freeze()
 

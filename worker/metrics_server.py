@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from config import keys
-from tasks.metrics import DURATION_BUCKETS_S, HELP
+from kie_covers.config import keys
+from kie_covers.runtime.connections import get_redis
+from kie_covers.runtime.metrics import DURATION_BUCKETS_S, HELP
 
 PREFIX = "covers_"
 
@@ -64,10 +66,6 @@ class RedisCollector(Collector):
 
 def make_app() -> Any:
     """A WSGI app serving /metrics from this cluster's Redis."""
-    from prometheus_client import CollectorRegistry, make_wsgi_app
-
-    from worker.connections import get_redis
-
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(get_redis()))
     return make_wsgi_app(registry)

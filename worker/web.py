@@ -9,19 +9,19 @@ Run it under waitress with ``covers web`` (the Procfile's ``web`` line).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from config import Secret, Settings, get_settings
-from tasks import errors
-from tasks.callbacks import apply_callback
-from tasks.jobs import JobStore
+from kie_covers.config import Settings, get_settings
+from kie_covers.core import errors
+from kie_covers.core.signing import signature_matches
+from kie_covers.runtime.app import app
+from kie_covers.runtime.connections import get_store
+from kie_covers.services.callbacks import apply_callback
+from kie_covers.store.jobs import JobStore
 
 log = logging.getLogger("covers.web")
 
@@ -30,13 +30,6 @@ HEALTH_PATH = "/healthz"
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
-
-
-def signature(key: Secret, task_id: str, timestamp: str) -> str:
-    """Kie's callback signature: base64(HMAC-SHA256(key, f"{task_id}.{timestamp}"))."""
-    digest = hmac.new(key.reveal().encode(), f"{task_id}.{timestamp}".encode(),
-                      hashlib.sha256).digest()
-    return base64.b64encode(digest).decode()
 
 
 class Refused(Exception):
@@ -135,8 +128,7 @@ class CallbackApp:
         if not isinstance(task_id, str):
             raise Refused("400 Bad Request", "data.taskId is missing",
                           {"data.taskId": ["Missing data for required field."]})
-        expected = signature(key, task_id, timestamp)
-        if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
+        if not signature_matches(key, task_id, timestamp, given):
             raise Refused("401 Unauthorized", "bad X-Webhook-Signature")
 
     @staticmethod
@@ -150,9 +142,6 @@ class CallbackApp:
 
 def make_app() -> CallbackApp:
     """The endpoint with the process's settings and job store."""
-    from worker.app import app
-    from worker.connections import get_store
-
     # Connect before the first callback: otherwise the first few callbacks wait
     # while Redis, the result backend and the broker producer are set up.
     get_store().redis.ping()

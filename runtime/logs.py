@@ -12,7 +12,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from config import Settings, get_settings
+from kie_covers.config import Settings, get_settings
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 

@@ -7,14 +7,15 @@ from typing import Any
 
 from celery import states
 
-from config import get_settings
-from tasks import errors, metrics
-from tasks.images import schedule_images
-from tasks.jobs import Job, JobStore
-from tasks.notify import deliver_soon
-from tasks.signals import cover_finished
-from tasks.states import JobState
-from worker.app import app
+from kie_covers.config import get_settings
+from kie_covers.core import errors
+from kie_covers.core.states import JobState
+from kie_covers.runtime import metrics
+from kie_covers.runtime.app import app
+from kie_covers.runtime.signals import cover_finished
+from kie_covers.services.images import schedule_images
+from kie_covers.services.notify import deliver_soon
+from kie_covers.store.jobs import Job, JobStore
 
 log = logging.getLogger("covers.endings")
 

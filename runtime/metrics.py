@@ -23,7 +23,8 @@ import logging
 
 import redis
 
-from config import get_settings, keys
+from kie_covers.config import get_settings, keys
+from kie_covers.runtime.connections import get_redis
 
 log = logging.getLogger("covers.metrics")
 
@@ -54,8 +55,6 @@ def enabled() -> bool:
 
 
 def _client() -> redis.Redis:
-    from worker.connections import get_redis
-
     return get_redis()
 
 

@@ -10,9 +10,33 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
-from config import Settings
-from tasks import errors
+from kie_covers.core import errors
+
+
+class RetryLimits(Protocol):
+    """The settings the policy reads (`kie_covers.config.Settings` has them all)."""
+
+    @property
+    def backoff_base(self) -> float:
+        """Seconds: the first backoff's ceiling (COVERS_BACKOFF_BASE)."""
+
+    @property
+    def backoff_max(self) -> float:
+        """Seconds: the longest single backoff (COVERS_BACKOFF_MAX)."""
+
+    @property
+    def max_attempts(self) -> int:
+        """Counted faults in a row a job survives (COVERS_MAX_ATTEMPTS)."""
+
+    @property
+    def maintenance_pause(self) -> float:
+        """Seconds to wait after a 455 without Retry-After (COVERS_MAINTENANCE_PAUSE)."""
+
+    @property
+    def credits_max_wait(self) -> float:
+        """Seconds a job waits for credits before it fails (COVERS_CREDITS_MAX_WAIT)."""
 
 
 class Wait(StrEnum):
@@ -86,7 +110,7 @@ def decide(
     retries: int,
     faults: int,
     waited_for_credits_s: float,
-    settings: Settings,
+    settings: RetryLimits,
     rng: random.Random | None = None,
 ) -> Decision:
     """Apply the policy.

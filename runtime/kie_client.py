@@ -14,10 +14,11 @@ from typing import Any
 
 import requests
 
-from config import Secret, Settings, get_settings
-from tasks import errors, metrics
-from tasks.answers import ExistingCover, interpret
-from tasks.schemas import GenerateDataSchema, RecordInfoDataSchema, validate_with
+from kie_covers.config import Secret, Settings, get_settings
+from kie_covers.core import errors
+from kie_covers.core.answers import ExistingCover, interpret
+from kie_covers.core.schemas import GenerateDataSchema, RecordInfoDataSchema, validate_with
+from kie_covers.runtime import metrics
 
 GENERATE_PATH = "/api/v1/suno/cover/generate"
 RECORD_INFO_PATH = "/api/v1/suno/cover/record-info"

@@ -13,17 +13,17 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from config import Settings, keys
-from tasks import errors
-from tasks.answers import interpret_callback
-from tasks.jobs import Job, JobStore
-from tasks.kie_client import FAILED, SUCCESS, KieClient
-from tasks.limiter import RateLimiter, release_credits
-from tasks.logfields import job_fields
-from tasks.states import JobState
+from kie_covers.config import Settings, keys
+from kie_covers.core import errors
+from kie_covers.core.answers import interpret_callback
+from kie_covers.core.states import JobState
+from kie_covers.runtime.kie_client import FAILED, SUCCESS, KieClient
+from kie_covers.store.jobs import Job, JobStore
+from kie_covers.store.limiter import RateLimiter, release_credits
+from kie_covers.store.logfields import job_fields
 
 if TYPE_CHECKING:
-    from worker.connections import Limiters
+    from kie_covers.runtime.connections import Limiters
 
 log = logging.getLogger("covers.pipeline")
 

@@ -13,10 +13,10 @@ import logging
 from enum import StrEnum
 from typing import Any
 
-from tasks.answers import interpret_callback
-from tasks.endings import job_ended
-from tasks.jobs import Job, JobStore
-from tasks.logfields import job_fields
+from kie_covers.core.answers import interpret_callback
+from kie_covers.services.endings import job_ended
+from kie_covers.store.jobs import Job, JobStore
+from kie_covers.store.logfields import job_fields
 
 log = logging.getLogger("covers.callbacks")
 

@@ -1,22 +1,29 @@
 """The error taxonomy: one root, branches by what the caller must do.
 
-    CoverError                      root; carries code, message, retry_after
-    ├── PermanentError              never retry (retryable = False)
-    │   ├── InvalidPayload          our own validation refused the input
-    │   ├── Unauthorized            401: key missing, wrong, or IP not whitelisted
-    │   ├── NotFound                404: music task or resource unknown
-    │   ├── Rejected                422: Kie refused the parameters
-    │   ├── AlreadyGenerated        400/409 with no existing cover id to track
-    │   └── UnknownAnswer           a code nobody documented: kept, never success
-    ├── TransientError              retry later (retryable = True)
-    │   ├── RateLimited             429: slow down (retry_after when given)
-    │   ├── Maintenance             455: pause (retry_after when given)
-    │   └── UpstreamError           5xx, network faults, malformed answers
-    ├── OutOfCredits                402: hold, check credits, resume
-    │   └── DailyCapReached         433: the key's daily cap
-    └── CoverFailed                 Kie accepted but the cover did not come
-        ├── GenerationFailed        successFlag 3 or a failure callback
-        └── CoverTimedOut           not finished within KIE_POLL_TIMEOUT
+    KieCoversError                  root of everything kie-covers raises
+    ├── SettingsError               a setting is missing or malformed (also a ValueError)
+    ├── UnknownJob                  no such job (also a LookupError)
+    ├── ImageError                  copying images to the image store
+    │   ├── ImageRefused            this image never: 404, wrong type, too large
+    │   ├── ImageFault              try later: network, 5xx, store error
+    │   └── StoreUnusable           COVERS_IMAGE_STORE cannot be used at all
+    └── CoverError                  a job's error; carries code, message, retry_after
+        ├── PermanentError          never retry (retryable = False)
+        │   ├── InvalidPayload      our own validation refused the input
+        │   ├── Unauthorized        401: key missing, wrong, or IP not whitelisted
+        │   ├── NotFound            404: music task or resource unknown
+        │   ├── Rejected            422: Kie refused the parameters
+        │   ├── AlreadyGenerated    400/409 with no existing cover id to track
+        │   └── UnknownAnswer       a code nobody documented: kept, never success
+        ├── TransientError          retry later (retryable = True)
+        │   ├── RateLimited         429: slow down (retry_after when given)
+        │   ├── Maintenance         455: pause (retry_after when given)
+        │   └── UpstreamError       5xx, network faults, malformed answers
+        ├── OutOfCredits            402: hold, check credits, resume
+        │   └── DailyCapReached     433: the key's daily cap
+        └── CoverFailed             Kie accepted but the cover did not come
+            ├── GenerationFailed    successFlag 3 or a failure callback
+            └── CoverTimedOut       not finished within KIE_POLL_TIMEOUT
 
 `ExistingCover` (400/409 *with* the existing cover's task id) is not a failure:
 the client returns it as a normal answer so the job tracks that cover.
@@ -32,8 +39,36 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
-class CoverError(Exception):
-    """Root of every error this project raises about a cover job.
+class KieCoversError(Exception):
+    """Root of every error kie-covers raises: catch this to catch them all."""
+
+
+class SettingsError(KieCoversError, ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class UnknownJob(KieCoversError, LookupError):
+    """No job with this id is known (never enqueued, or its record expired)."""
+
+
+class ImageError(KieCoversError):
+    """Copying a job's images to the image store went wrong (see the subclasses)."""
+
+
+class ImageRefused(ImageError):
+    """A permanent failure for one image: 404, wrong content type, too large, bad URL."""
+
+
+class ImageFault(ImageError):
+    """A failure worth another try later: network, timeout, 5xx, store error."""
+
+
+class StoreUnusable(ImageError):
+    """COVERS_IMAGE_STORE cannot be used at all (fsspec missing, unknown protocol)."""
+
+
+class CoverError(KieCoversError):
+    """Root of every error about a cover job: what a job's record and result carry.
 
     Args:
         message: human-readable reason (Kie's ``msg`` where there is one).
@@ -186,10 +221,6 @@ class CoverTimedOut(CoverFailed):
     """The cover did not finish within KIE_POLL_TIMEOUT seconds."""
 
     kind = "timed_out"
-
-
-class UnknownJob(LookupError):
-    """No job with this id is known (never enqueued, or its record expired)."""
 
 
 #: Every error class by its `kind`, for rebuilding errors from stored records.

@@ -4,8 +4,8 @@ What the reliability promise relies on, and operators must not change:
 late acks with requeue on worker loss, prefetch of one, JSON only.
 """
 
-from config import get_settings
-from worker.connections import redis_url
+from kie_covers.config import get_settings
+from kie_covers.runtime.connections import redis_url
 
 _settings = get_settings()
 _redis = redis_url()

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tasks import errors
-from tasks.schemas import CallbackSchema, EnvelopeSchema, validate_with
+from kie_covers.core import errors
+from kie_covers.core.schemas import CallbackSchema, EnvelopeSchema, validate_with
 
 #: Answer code -> error class, per provider. 200 is success everywhere;
 #: a code not in the table becomes `UnknownAnswer` (or `UpstreamError` if >= 500).

@@ -10,10 +10,10 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from config import get_settings
-from tasks.jobs import JobStore
-from tasks.limiter import RateLimiter
-from worker.redis_server import ensure_private_redis
+from kie_covers.config import get_settings
+from kie_covers.runtime.redis_server import ensure_private_redis
+from kie_covers.store.jobs import JobStore
+from kie_covers.store.limiter import RateLimiter
 
 
 @functools.cache

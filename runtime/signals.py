@@ -5,7 +5,7 @@
 `get_cover` dict). Celery's own ``task_success`` / ``task_failure`` fire as
 usual too, for endings that happen inside the cover task.
 
-    from tasks.signals import cover_finished
+    from kie_covers.runtime.signals import cover_finished
 
     @cover_finished.connect
     def on_cover(sender, job_id, record, **kwargs): ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.jobs import Job
+from kie_covers.store.jobs import Job
 
 
 def job_fields(job: Job, step: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import redis
 
-from config import SettingsError
+from kie_covers.config import SettingsError
 
 #: Seconds to wait for a started server to answer PING.
 START_TIMEOUT_S = 10.0

@@ -17,7 +17,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
-from tasks.errors import InvalidPayload
+from kie_covers.core.errors import InvalidPayload
 
 #: Longest music or cover task id we accept, in characters (Kie's are 32).
 MAX_TASK_ID_CHARS = 128

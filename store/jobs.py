@@ -19,9 +19,9 @@ from typing import Any, NamedTuple, cast
 
 import redis
 
-from config import keys
-from tasks.errors import CoverError
-from tasks.states import JobState
+from kie_covers.config import keys
+from kie_covers.core.errors import CoverError
+from kie_covers.core.states import JobState
 
 _ENQUEUE = """
 -- KEYS[1] music key, KEYS[2] due

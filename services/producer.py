@@ -1,6 +1,6 @@
 """The producer API: what a web app calls.
 
-    from tasks import enqueue_cover, get_cover
+    from kie_covers import enqueue_cover, get_cover
     job_id = enqueue_cover("73d6128b3523a0079df10da9471017c8", "https://app.example/cb")
     get_cover(job_id)["state"]   # "queued" → "submitted" → "succeeded" / "failed"
 
@@ -14,11 +14,11 @@ import time
 import uuid
 from typing import Any
 
-from config import get_settings
-from tasks.cover import send_job
-from tasks.errors import UnknownJob
-from tasks.schemas import validate_cover_request
-from worker.connections import get_store
+from kie_covers.config import get_settings
+from kie_covers.core.errors import UnknownJob
+from kie_covers.core.schemas import validate_cover_request
+from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.messages import send_job
 
 
 def enqueue_cover(task_id: str, callback_url: str, *, queue: str | None = None) -> str:

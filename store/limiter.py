@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import redis
 
-from config import keys
+from kie_covers.config import keys
 
 _ACQUIRE = """
 -- KEYS: 1 sent, 2 slots, 3 tickets, 4 pause, 5 credits hold, 6 credits probe,

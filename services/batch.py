@@ -1,6 +1,6 @@
 """Batch enqueueing: many cover requests from one CSV or JSON-lines file.
 
-    from tasks.batch import batch_progress, enqueue_batch, read_batch
+    from kie_covers.services.batch import batch_progress, enqueue_batch, read_batch
 
     plan = read_batch("songs.csv", default_callback_url="https://app.example/cb")
     for bad in plan.bad:                      # every bad line, with its line number
@@ -36,8 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tasks.errors import InvalidPayload
-from tasks.schemas import validate_cover_request
+from kie_covers.config import keys
+from kie_covers.core.errors import InvalidPayload
+from kie_covers.core.schemas import validate_cover_request
+from kie_covers.runtime.connections import get_store
+from kie_covers.services.producer import enqueue_cover
+from kie_covers.store.jobs import Job
 
 #: Format names a `BatchPlan` can have.
 BatchFormat = Literal["csv", "jsonl"]
@@ -420,8 +424,6 @@ def enqueue_batch(plan: BatchPlan, *, skip_bad: bool = False, queue: str | None 
     if plan.bad and not skip_bad:
         raise BatchRefused.from_bad_lines(plan.bad, plan.source)
     # Imported here so reading and validating a batch never loads Celery.
-    from tasks.producer import enqueue_cover
-
     return [enqueue_cover(row.task_id, row.callback_url, queue=queue) for row in plan.rows]
 
 
@@ -434,9 +436,6 @@ def batch_progress(job_ids: Sequence[str]) -> Progress:
     Args:
         job_ids: the ids `enqueue_batch` returned (or any job ids).
     """
-    from config import keys
-    from worker.connections import get_store
-
     client = get_store().redis
     done = failed = waiting = in_progress = missing = 0
     failed_ids: list[str] = []
@@ -472,10 +471,6 @@ def batch_records(job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
     For the end of a batch (``--json``, the failed-jobs table): one round trip per
     `PIPELINE_CHUNK` jobs instead of one per job.
     """
-    from config import keys
-    from tasks.jobs import Job
-    from worker.connections import get_store
-
     client = get_store().redis
     out: list[dict[str, Any] | None] = []
     for start in range(0, len(job_ids), PIPELINE_CHUNK):
