@@ -31,7 +31,9 @@ __all__ = ["enqueue_cover", "get_cover", "wait_for_cover"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from kie_covers.services import producer
+        # On first use, not at import: `import kie_covers.core.errors` (which runs
+        # this module first) must not load Celery and connect to Redis.
+        from kie_covers.services import producer  # noqa: PLC0415
 
         return getattr(producer, name)
     raise AttributeError(f"module 'kie_covers' has no attribute {name!r}")

@@ -1,8 +1,7 @@
-"""Per-process connections: the Redis URL in use, a Redis client, the job store."""
+"""Per-process connections: the Redis URL in use, a Redis client, the job store, limiters."""
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 
@@ -11,12 +10,13 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from kie_covers.config import get_settings
+from kie_covers.runtime.process import per_process
 from kie_covers.runtime.redis_server import ensure_private_redis
-from kie_covers.store.jobs import JobStore
+from kie_covers.store.jobs import JobStore, Lifetimes
 from kie_covers.store.limiter import RateLimiter
 
 
-@functools.cache
+@per_process
 def redis_url() -> str:
     """``REDIS_URL``, or the private server's URL when it is unset (started if needed)."""
     settings = get_settings()
@@ -28,24 +28,18 @@ def redis_url() -> str:
     return url
 
 
-_clients: dict[int, redis.Redis] = {}
-
-
+@per_process
 def get_redis() -> redis.Redis:
-    """A Redis client for this process (decoded strings), made once per pid."""
-    pid = os.getpid()
-    client = _clients.get(pid)
-    if client is None:
-        client = _clients[pid] = redis.Redis.from_url(
-            redis_url(), decode_responses=True, health_check_interval=30,
-            socket_timeout=10, socket_connect_timeout=5,
-            # Ride out a dropped connection or a Redis restart (about 10 s in all)
-            # instead of failing the step that was running.
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 8),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError,
-                            redis.exceptions.BusyLoadingError],
-        )
-    return client
+    """A Redis client for this process (decoded strings)."""
+    return redis.Redis.from_url(
+        redis_url(), decode_responses=True, health_check_interval=30,
+        socket_timeout=10, socket_connect_timeout=5,
+        # Ride out a dropped connection or a Redis restart (about 10 s in all)
+        # instead of failing the step that was running.
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 8),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError,
+                        redis.exceptions.BusyLoadingError],
+    )
 
 
 @dataclass(frozen=True)
@@ -56,36 +50,25 @@ class Limiters:
     status: RateLimiter
 
 
-_limiters: dict[int, Limiters] = {}
-
-
+@per_process
 def get_limiters() -> Limiters:
     """The limiters (KIE_RATE_LIMIT for generates, KIE_STATUS_RATE_LIMIT for the rest)."""
-    pid = os.getpid()
-    found = _limiters.get(pid)
-    if found is None:
-        settings = get_settings()
-        client = get_redis()
-        found = _limiters[pid] = Limiters(
-            generate=RateLimiter(client, "generate", *settings.rate_limit,
-                                 margin_s=settings.rate_margin, gate_on_credits=True,
-                                 probe_every_s=settings.maintenance_pause),
-            status=RateLimiter(client, "status", *settings.status_rate_limit,
-                               margin_s=settings.rate_margin),
-        )
-    return found
+    settings = get_settings()
+    client = get_redis()
+    return Limiters(
+        generate=RateLimiter(client, "generate", *settings.rate_limit,
+                             margin_s=settings.rate_margin, gate_on_credits=True,
+                             probe_every_s=settings.maintenance_pause),
+        status=RateLimiter(client, "status", *settings.status_rate_limit,
+                           margin_s=settings.rate_margin),
+    )
 
 
-_stores: dict[int, JobStore] = {}
-
-
+@per_process
 def get_store() -> JobStore:
     """The job store of this process."""
-    pid = os.getpid()
-    store = _stores.get(pid)
-    if store is None:
-        settings = get_settings()
-        store = _stores[pid] = JobStore(get_redis(), settings.result_ttl, settings.failure_ttl,
-                                        settings.retry_base, settings.retry_max_delay,
-                                        settings.notice_lease, settings.notice_lock)
-    return store
+    settings = get_settings()
+    return JobStore(get_redis(), Lifetimes(
+        result_ttl_s=settings.result_ttl, failure_ttl_s=settings.failure_ttl,
+        retry_base_s=settings.retry_base, retry_max_delay_s=settings.retry_max_delay,
+        notice_lease_s=settings.notice_lease, notice_lock_s=settings.notice_lock))

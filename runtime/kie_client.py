@@ -1,14 +1,13 @@
 """A small client for the three Kie endpoints a cover job needs.
 
 One pooled `requests.Session` per worker process (see `get_client`), a timeout
-on every call, Bearer auth. Every answer goes through `tasks.answers.interpret`;
+on every call, Bearer auth. Every answer goes through `kie_covers.core.answers.interpret`;
 network faults become `UpstreamError` whose text never holds the key.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from kie_covers.core import errors
 from kie_covers.core.answers import ExistingCover, interpret
 from kie_covers.core.schemas import GenerateDataSchema, RecordInfoDataSchema, validate_with
 from kie_covers.runtime import metrics
+from kie_covers.runtime.process import per_process
 
 GENERATE_PATH = "/api/v1/suno/cover/generate"
 RECORD_INFO_PATH = "/api/v1/suno/cover/record-info"
@@ -32,7 +32,7 @@ PENDING, SUCCESS, GENERATING, FAILED = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
-class Submitted:
+class GenerateAccepted:
     """Answer of a generate call: the cover task id, and whether it already existed."""
 
     cover_task_id: str
@@ -48,11 +48,6 @@ class CoverInfo:
     images: list[str]
     error_code: int | None
     error_message: str | None
-
-    @property
-    def finished(self) -> bool:
-        """True once the cover succeeded or failed."""
-        return self.success_flag in (SUCCESS, FAILED)
 
 
 _generate_data = GenerateDataSchema()
@@ -138,17 +133,17 @@ class KieClient:
         metrics.inc("api_answers_total", endpoint=endpoint, code=code)
         return data
 
-    def generate(self, task_id: str, callback_url: str) -> Submitted:
-        """Ask for a cover of music task `task_id`; Kie will POST to `callback_url`."""
-        data = self._call("POST", GENERATE_PATH, json={"taskId": task_id,
+    def generate(self, music_task_id: str, callback_url: str) -> GenerateAccepted:
+        """Ask for a cover of music task `music_task_id`; Kie will POST to `callback_url`."""
+        data = self._call("POST", GENERATE_PATH, json={"taskId": music_task_id,
                                                         "callBackUrl": callback_url})
         if isinstance(data, ExistingCover):
-            return Submitted(data.cover_task_id, existing=True)
+            return GenerateAccepted(data.cover_task_id, existing=True)
         try:
             loaded = validate_with(_generate_data, data, "generate answer")
         except errors.InvalidPayload as bad:
             raise errors.UpstreamError(f"malformed answer: {bad.message}") from None
-        return Submitted(loaded["taskId"], existing=False)
+        return GenerateAccepted(loaded["taskId"], existing=False)
 
     def record_info(self, cover_task_id: str) -> CoverInfo:
         """Read a cover's progress (`PENDING`, `GENERATING`, `SUCCESS`, `FAILED`)."""
@@ -175,26 +170,14 @@ class KieClient:
         return float(data)
 
 
-_lock = threading.Lock()
-_clients: dict[int, KieClient] = {}
-
-
 def build_client(settings: Settings) -> KieClient:
     """A new client from settings (requires KIE_API_KEY)."""
     return KieClient(settings.kie_base_url, settings.require_api_key(),
                      settings.kie_http_timeout, settings.kie_code_table)
 
 
+@per_process
 def get_client() -> KieClient:
-    """The client of this process: one pooled session per worker process.
-
-    Keyed by pid because prefork children must not share the parent's sockets.
-    """
-    pid = os.getpid()
-    client = _clients.get(pid)
-    if client is None:
-        with _lock:
-            client = _clients.get(pid)
-            if client is None:
-                client = _clients[pid] = build_client(get_settings())
-    return client
+    """The client of this process: one pooled session per worker process (prefork
+    children must not share the parent's sockets)."""
+    return build_client(get_settings())

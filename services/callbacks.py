@@ -15,8 +15,8 @@ from typing import Any
 
 from kie_covers.core.answers import interpret_callback
 from kie_covers.services.endings import job_ended
-from kie_covers.store.jobs import Job, JobStore
-from kie_covers.store.logfields import job_fields
+from kie_covers.store.jobs import JobStore
+from kie_covers.store.record import Job
 
 log = logging.getLogger("covers.callbacks")
 
@@ -52,5 +52,5 @@ def apply_callback(store: JobStore, body: Any, early_ttl_s: float) -> CallbackRe
     state = job.state.value
     job_ended(store, job)
     log.info("job %s %s by callback (cover %s)", job_id, state, outcome.cover_task_id,
-             extra=job_fields(job, state))
+             extra=job.log_fields(state))
     return CallbackResult.COMPLETED

@@ -15,7 +15,8 @@ from kie_covers.runtime.app import app
 from kie_covers.runtime.signals import cover_finished
 from kie_covers.services.images import schedule_images
 from kie_covers.services.notify import deliver_soon
-from kie_covers.store.jobs import Job, JobStore
+from kie_covers.store.jobs import JobStore
+from kie_covers.store.record import Job
 
 log = logging.getLogger("covers.endings")
 
@@ -58,7 +59,7 @@ def job_ended(store: JobStore, job: Job | None) -> None:
         cover_finished.send(sender=job_ended, job_id=job_id, record=record)
     except Exception:  # an app's receiver must not stop the notice
         log.exception("a cover_finished receiver failed for job %s", job_id)
-    if store.notice_lease_s > 0 and job.callback_url:
+    if store.lifetimes.notice_lease_s > 0 and job.callback_url:
         deliver_soon(job)  # already in the due set (JobStore.finish) in case we die
     # Its own task: the job has already succeeded, and a slow or failing copy must
     # never hold up or undo that.

@@ -7,7 +7,7 @@ error, signed as Kie signs (``X-Webhook-Timestamp``, ``X-Webhook-Signature`` =
 base64(HMAC-SHA256(COVERS_APP_WEBHOOK_KEY, data.taskId + "." + timestamp)))
 when ``COVERS_APP_WEBHOOK_KEY`` is set. A notice the app does not take (no
 2xx) is tried again with backoff and full jitter from the due set
-(`config.keys.NOTIFY_DUE`) until ``COVERS_NOTIFY_MAX_AGE`` seconds after the
+(`kie_covers.store.due.Due.NOTICES`) until ``COVERS_NOTIFY_MAX_AGE`` seconds after the
 job ended; then it is given up and the reason kept on the job
 (``notice_error``).
 
@@ -24,18 +24,20 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import queue
 import threading
 import time
 from typing import Any
 
-from kie_covers.config import Settings, get_settings, keys
+from kie_covers.config import Settings, get_settings
 from kie_covers.core.retry import full_jitter
 from kie_covers.core.signing import signature
 from kie_covers.runtime import poster
 from kie_covers.runtime.connections import get_store
-from kie_covers.store.jobs import Job, JobStore
+from kie_covers.runtime.process import per_process
+from kie_covers.store.due import Due
+from kie_covers.store.jobs import Counter, JobStore
+from kie_covers.store.record import Job
 
 log = logging.getLogger("covers.notify")
 
@@ -52,7 +54,7 @@ def notice_body(job: Job) -> dict[str, Any]:
         "msg": "success" if error is None else str(error.get("message", "")),
         "data": {"taskId": job.cover_task_id or job.job_id, "images": list(job.images)},
         "jobId": job.job_id,
-        "musicTaskId": job.task_id,
+        "musicTaskId": job.music_task_id,
         "state": job.state.value,
         "error": error,
     }
@@ -66,11 +68,10 @@ class _Sender:
     """A daemon thread that delivers this process's notices, off the caller's path.
 
     Losing it (the process dies) loses nothing: every notice is in
-    `config.keys.NOTIFY_DUE` from the moment its job ended (`JobStore.finish`).
+    `Due.NOTICES` from the moment its job ended (`JobStore.finish`).
     """
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self._queue: queue.SimpleQueue[tuple[Job, float]] = queue.SimpleQueue()
         threading.Thread(target=self._run, name="covers-notices", daemon=True).start()
 
@@ -88,7 +89,7 @@ class _Sender:
                 store = get_store()
                 # The lock taken when the job ended is ours while well within its TTL;
                 # later, deliver() takes it afresh (or finds it done).
-                if job.notice_locked and time.monotonic() - queued_at < store.notice_lock_s / 2:
+                if job.notice_locked and time.monotonic() - queued_at < store.notices.lock_s / 2:
                     _send(store, get_settings(), job)
                 else:
                     deliver(job.job_id)
@@ -97,8 +98,10 @@ class _Sender:
                             job.job_id, exc_info=True)
 
 
-_sender: _Sender | None = None
-_sender_lock = threading.Lock()
+@per_process
+def _sender() -> _Sender:
+    """This process's sender thread, started on first use (and anew after a fork)."""
+    return _Sender()
 
 
 def deliver_soon(job: Job) -> None:
@@ -108,12 +111,7 @@ def deliver_soon(job: Job) -> None:
     slow app) the notice is left to the due set, whose lease
     (`Settings.notice_lease`) sends it as a ``covers.notify_app`` task.
     """
-    global _sender
-    with _sender_lock:
-        if _sender is None or _sender.pid != os.getpid():
-            _sender = _Sender()
-        sender = _sender
-    if not sender.offer(job):
+    if not _sender().offer(job):
         log.info("job %s: notice backlog full; the due set sends it", job.job_id)
 
 
@@ -125,50 +123,58 @@ def deliver(job_id: str) -> str:
         or ``nothing`` (no job, not ended, or already delivered).
     """
     store = get_store()
-    begun = store.begin_notice(job_id)
+    begun = store.notices.begin(job_id)
     if isinstance(begun, str):
         return begun
     return _send(store, get_settings(), begun)
 
 
+def _headers(settings: Settings, job: Job) -> dict[str, str]:
+    """The notice's headers: JSON, and Kie's signature when COVERS_APP_WEBHOOK_KEY is set."""
+    headers = {"Content-Type": "application/json"}
+    key = settings.app_webhook_key
+    if key is not None:
+        stamp = str(int(time.time()))
+        headers["X-Webhook-Timestamp"] = stamp
+        headers["X-Webhook-Signature"] = signature(key, job.cover_task_id or job.job_id, stamp)
+    return headers
+
+
+def _post(settings: Settings, job: Job) -> str | None:
+    """POST the notice once; None when the app took it, else what went wrong."""
+    body = json.dumps(notice_body(job)).encode()
+    try:
+        status = poster.post(job.callback_url, body, _headers(settings, job),
+                             settings.notify_timeout)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return f"network error: {type(exc).__name__}"
+    return None if 200 <= status < 300 else f"HTTP {status}"
+
+
 def _send(store: JobStore, settings: Settings, job: Job) -> str:
     """POST the notice of `job`, whose notice lock the caller holds; release the lock."""
     job_id = job.job_id
-    lock = keys.notify_lock(job_id)
-    released = False
+    delivered = False
     try:
-        body = json.dumps(notice_body(job)).encode()
-        headers = {"Content-Type": "application/json"}
-        key = settings.app_webhook_key
-        if key is not None:
-            stamp = str(int(time.time()))
-            headers["X-Webhook-Timestamp"] = stamp
-            headers["X-Webhook-Signature"] = signature(
-                key, job.cover_task_id or job.job_id, stamp)
-        try:
-            status = poster.post(job.callback_url, body, headers, settings.notify_timeout)
-            problem = None if 200 <= status < 300 else f"HTTP {status}"
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            problem = f"network error: {type(exc).__name__}"
+        problem = _post(settings, job)
         if problem is None:
-            store.notice_delivered(job_id)
-            released = True
+            store.notices.delivered(job_id)
+            delivered = True
             log.info("job %s: outcome delivered to the app", job_id)
             return "delivered"
-        attempts = store.count(job_id, "notice_attempts")
+        attempts = store.count(job_id, Counter.NOTICE_ATTEMPTS)
         age = time.time() - (job.finished_at or time.time())
         if age >= settings.notify_max_age:
-            store.update(job_id, notice_error=f"gave up after {attempts} attempts: {problem}")
-            store.redis.zrem(keys.NOTIFY_DUE, job_id)
+            store.notices.gave_up(job_id, f"gave up after {attempts} attempts: {problem}")
             log.warning("job %s: gave up telling the app after %d attempts (%s)", job_id,
                         attempts, problem)
             return "gave_up"
         wait = full_jitter(attempts, settings.backoff_base, settings.backoff_max)
         wait = min(wait, max(0.05, settings.notify_max_age - age))
-        store.redis.zadd(keys.NOTIFY_DUE, {job_id: int((time.time() + wait) * 1000)})
+        store.due.later(Due.NOTICES, job_id, wait)
         log.info("job %s: app did not take the outcome (%s); again in %.1fs", job_id,
                  problem, wait)
         return "retrying"
     finally:
-        if not released:
-            store.redis.delete(lock)
+        if not delivered:
+            store.notices.unlock(job_id)

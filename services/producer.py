@@ -5,7 +5,8 @@
     get_cover(job_id)["state"]   # "queued" → "submitted" → "succeeded" / "failed"
 
 The job id is a Celery task id: ``AsyncResult(job_id).get()`` returns the same
-dict as `get_cover` once the job succeeded, or raises its `tasks.errors` error.
+dict as `get_cover` once the job succeeded, or raises its `kie_covers.core.errors`
+error.
 """
 
 from __future__ import annotations
@@ -17,24 +18,25 @@ from typing import Any
 from kie_covers.config import get_settings
 from kie_covers.core.errors import UnknownJob
 from kie_covers.core.schemas import validate_cover_request
+from kie_covers.core.states import JobState
 from kie_covers.runtime.connections import get_store
 from kie_covers.runtime.messages import send_job
 
 
-def enqueue_cover(task_id: str, callback_url: str, *, queue: str | None = None) -> str:
-    """Queue a cover job for music task `task_id`; returns its job id at once.
+def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = None) -> str:
+    """Queue a cover job for music task `music_task_id`; returns its job id at once.
 
-    Raises `tasks.errors.InvalidPayload` (naming each bad field) and queues
-    nothing when the input is invalid. Idempotent per music task: while a job for
-    `task_id` is queued, submitted or succeeded, its id is returned and nothing new
-    is queued. After a failure, a new job is made.
+    Raises `kie_covers.core.errors.InvalidPayload` (naming each bad field) and
+    queues nothing when the input is invalid. Idempotent per music task: while a
+    job for `music_task_id` is queued, submitted or succeeded, its id is returned
+    and nothing new is queued. After a failure, a new job is made.
 
     Args:
-        task_id: the music task id Kie gave for the song.
+        music_task_id: the music task id Kie gave for the song (1 to 128 characters).
         callback_url: absolute http(s) URL of the calling app (at most 2048 chars).
         queue: Celery queue for every run of this job (default: COVERS_QUEUE).
     """
-    request = validate_cover_request({"taskId": task_id, "callBackUrl": callback_url})
+    request = validate_cover_request({"taskId": music_task_id, "callBackUrl": callback_url})
     settings = get_settings()
     queue = queue or settings.queue
     job_id, created = get_store().enqueue(
@@ -48,15 +50,19 @@ def enqueue_cover(task_id: str, callback_url: str, *, queue: str | None = None) 
 
 
 def get_cover(job_id: str) -> dict[str, Any]:
-    """The job's record, JSON-ready.
+    """The job's record, JSON-ready (`kie_covers.store.record.Job.to_dict`).
 
-    Keys: ``job_id``, ``task_id`` (music task), ``callback_url``, ``state``
-    (queued, submitted, succeeded, failed), ``cover_task_id``, ``images``,
-    ``error`` (code, kind, message, retryable; None unless failed), ``attempts``
-    (generate calls), ``polls``, ``waiting_for`` (why it waits, if it does) and the
-    ISO 8601 times ``created_at``, ``updated_at``, ``submitted_at``, ``finished_at``.
+    Keys: ``job_id``; ``music_task_id``; ``callback_url``; ``state`` (queued,
+    submitted, succeeded, failed); ``cover_task_id`` (Kie's, once submitted);
+    ``images`` (Kie's image URLs); ``error`` (code, kind, message, retryable; None
+    unless failed); ``attempts`` (generate calls); ``polls`` (record-info calls);
+    ``waiting_for`` (why it waits, if it does: a `WaitReason`); the ISO 8601 UTC
+    times ``created_at``, ``updated_at``, ``submitted_at``, ``finished_at``,
+    ``first_failed_at``, ``last_failed_at``; ``retry_rounds`` (times a failure was
+    queued again); ``notified_at`` and ``notice_error`` (the app's outcome notice);
+    ``stored_images`` and ``images_error`` (copies in COVERS_IMAGE_STORE).
 
-    Raises `tasks.errors.UnknownJob` when no such job is recorded.
+    Raises `kie_covers.core.errors.UnknownJob` when no such job is recorded.
     """
     job = get_store().get(str(job_id))
     if job is None:
@@ -70,6 +76,6 @@ def wait_for_cover(job_id: str, timeout_s: float = 300.0, interval_s: float = 0.
     deadline = time.monotonic() + timeout_s
     while True:
         record = get_cover(job_id)
-        if record["state"] in ("succeeded", "failed") or time.monotonic() >= deadline:
+        if JobState(record["state"]).final or time.monotonic() >= deadline:
             return record
         time.sleep(interval_s)

@@ -4,6 +4,7 @@ Start one in-process with ``KieStandin(StandinConfig(...)).start()`` (or as a
 context manager), or from a shell with ``python -m standin``.
 """
 
-from .server import KieStandin, StandinConfig, main
+from .config import StandinConfig
+from .server import KieStandin, main
 
 __all__ = ["KieStandin", "StandinConfig", "main"]

@@ -27,97 +27,57 @@ send and Kie's count does not push Kie's own window over the limit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import redis
 
 from kie_covers.config import keys
+from kie_covers.core.states import WaitReason
+from kie_covers.store.scripts import register
 
-_ACQUIRE = """
--- KEYS: 1 sent, 2 slots, 3 tickets, 4 pause, 5 credits hold, 6 credits probe,
---       7 (optional) a hash whose counter ARGV[7] gets one more call when it is 'ok'
--- ARGV: 1 job id, 2 limit, 3 window ms, 4 gate on credits (1/0), 5 probe ms, 6 tickets ttl ms,
---       7 counter field
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local paused = redis.call('PTTL', KEYS[4])
-if paused > 0 then return {paused, redis.call('GET', KEYS[4]) or 'paused'} end
-if ARGV[4] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then
-  if redis.call('SET', KEYS[6], ARGV[1], 'NX', 'PX', ARGV[5]) then return {0, 'probe'} end
-  return {math.max(redis.call('PTTL', KEYS[6]), 1), 'out_of_credits'}
-end
-local limit = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
--- A ticket (the job's reserved slot) is kept only while its holder has to wait.
-local held = redis.call('HGET', KEYS[3], ARGV[1])
-local slot
-if held then
-  slot = tonumber(held)
-else
-  slot = now
-  local n = redis.call('ZCARD', KEYS[2])
-  if n >= limit then
-    local kth = redis.call('ZRANGE', KEYS[2], n - limit, n - limit, 'WITHSCORES')
-    slot = math.max(now, tonumber(kth[2]) + window)
-  end
-  redis.call('ZADD', KEYS[2], slot, ARGV[1] .. ':' .. slot)
-end
-local wait = 0
-if slot > now then
-  wait = slot - now
-elseif redis.call('ZCARD', KEYS[1]) >= limit then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  wait = tonumber(oldest[2]) + window - now + 1
-end
-if wait > 0 then
-  if not held then
-    redis.call('HSET', KEYS[3], ARGV[1], slot)
-    redis.call('PEXPIRE', KEYS[3], ARGV[6])
-  end
-  return {wait, 'rate_limit'}
-end
-redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. now)
-redis.call('PEXPIRE', KEYS[1], window * 2)
-if held then redis.call('HDEL', KEYS[3], ARGV[1]) end
-if KEYS[7] then redis.call('HINCRBY', KEYS[7], ARGV[7], 1) end
-return {0, 'ok'}
-"""
 
-_PAUSE = """
--- KEYS[1] pause; ARGV ms, reason. Keeps the longer of the current and the new pause.
-local left = redis.call('PTTL', KEYS[1])
-if left < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
-  return 1
-end
-return 0
-"""
+class Verdict(StrEnum):
+    """What a caller of `RateLimiter.acquire` is to do."""
 
+    GO = "ok"  #: make the call now
+    PROBE = "probe"  #: check the account's credits first, then ask again
+    WAIT = "wait"  #: ask again after `Gate.wait_s` (see `Gate.reason`)
 
 @dataclass(frozen=True)
 class Gate:
     """A limiter's answer.
 
     Attributes:
-        wait_ms: milliseconds to wait before asking again; 0 means go now.
-        reason: ``ok`` (go), ``probe`` (check the credits, then ask again),
-            ``rate_limit``, ``rate_limited`` or ``maintenance`` (paused after Kie
-            said so), or ``out_of_credits`` (held until credits return).
+        wait_ms: milliseconds to wait before asking again; 0 unless `verdict` is WAIT.
+        verdict: go, probe the credits, or wait.
+        reason: why to wait: `WaitReason.RATE_SLOT` (this job's slot under the limit
+            has not come), the reason of a cluster-wide pause (``rate_limited`` after a
+            429, ``maintenance`` after a 455), or ``out_of_credits`` (held until a
+            credit check finds credits); None unless waiting.
     """
 
     wait_ms: int
-    reason: str
+    verdict: Verdict
+    reason: WaitReason | None = None
 
     @property
     def go(self) -> bool:
         """True when the call may be made now."""
-        return self.reason == "ok"
+        return self.verdict is Verdict.GO
 
     @property
     def wait_s(self) -> float:
         """The wait in seconds."""
         return self.wait_ms / 1000.0
+
+    @classmethod
+    def from_script(cls, wait_ms: int, answer: str) -> Gate:
+        """The gate for the acquire script's reply ``{wait ms, answer}``."""
+        if answer == Verdict.GO.value:
+            return cls(0, Verdict.GO)
+        if answer == Verdict.PROBE.value:
+            return cls(0, Verdict.PROBE)
+        return cls(wait_ms, Verdict.WAIT, WaitReason.parse(answer) or WaitReason.PAUSED)
 
 
 class RateLimiter:
@@ -143,8 +103,8 @@ class RateLimiter:
         self.window_ms = int((per_seconds + margin_s) * 1000)
         self.gate_on_credits = gate_on_credits
         self.probe_every_ms = max(1, int(probe_every_s * 1000))
-        self._acquire = client.register_script(_ACQUIRE)
-        self._pause = client.register_script(_PAUSE)
+        self._acquire = register(client, "acquire")
+        self._pause = register(client, "pause")
 
     def acquire(self, job_id: str, count: tuple[str, str] | None = None) -> Gate:
         """Ask to make one call for `job_id` now (see the module docstring).
@@ -161,30 +121,22 @@ class RateLimiter:
             args=[job_id, self.limit, self.window_ms, "1" if self.gate_on_credits else "0",
                   self.probe_every_ms, max(3_600_000, self.window_ms * 10), *extra_args],
         )
-        return Gate(int(wait_ms), str(reason))
+        return Gate.from_script(int(wait_ms), str(reason))
 
 
-def pause_all(client: redis.Redis, seconds: float, reason: str) -> bool:
-    """Stop every worker's calls to Kie for `seconds` (keeps a longer pause in force).
+    def pause_all(self, seconds: float, reason: WaitReason) -> bool:
+        """Stop every worker's calls to Kie for `seconds` (keeps a longer pause in force).
 
-    Returns:
-        True if this call set or lengthened the pause.
-    """
-    script = client.register_script(_PAUSE)
-    return bool(script(keys=[keys.PAUSE], args=[max(1, int(seconds * 1000)), reason]))
+        Returns:
+            True if this call set or lengthened the pause.
+        """
+        return bool(self._pause(keys=[keys.PAUSE], args=[max(1, int(seconds * 1000)),
+                                                          reason.value]))
 
+    def hold_credits(self, reason: WaitReason) -> bool:
+        """Stop all generates until a credit check finds credits. True if newly held."""
+        return bool(self.redis.set(keys.CREDITS_HOLD, reason.value, nx=True))
 
-def pause_left_s(client: redis.Redis) -> float:
-    """Seconds the current cluster-wide pause has left (0 if none)."""
-    left = int(client.pttl(keys.PAUSE))
-    return max(0, left) / 1000.0
-
-
-def hold_credits(client: redis.Redis, reason: str) -> bool:
-    """Stop all generates until a credit check finds credits. True if newly held."""
-    return bool(client.set(keys.CREDITS_HOLD, reason, nx=True))
-
-
-def release_credits(client: redis.Redis) -> None:
-    """Let generates flow again (a credit check found credits)."""
-    client.delete(keys.CREDITS_HOLD, keys.CREDITS_PROBE)
+    def release_credits(self) -> None:
+        """Let generates flow again (a credit check found credits)."""
+        self.redis.delete(keys.CREDITS_HOLD, keys.CREDITS_PROBE)

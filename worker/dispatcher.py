@@ -63,15 +63,15 @@ class DueDispatcher:
         store = get_store()
         sent = 0
         while True:
-            claimed = store.claim(self.lease_s, CLAIM_BATCH)
+            claimed = store.due.claim(self.lease_s, CLAIM_BATCH)
             for job in claimed.jobs:
-                send_job(job.job_id, job.task_id, job.callback_url, job.queue or None)
+                send_job(job.job_id, job.music_task_id, job.callback_url, job.queue or None)
             for job_id, queue in claimed.notices:
                 send_notice(job_id, queue or None)
             for job_id, queue in claimed.copies:
                 send_images(job_id, queue or None)
-            sent += len(claimed.jobs) + len(claimed.notices) + len(claimed.copies)
-            if max(len(claimed.jobs), len(claimed.notices), len(claimed.copies)) < CLAIM_BATCH:
+            sent += claimed.count
+            if claimed.largest < CLAIM_BATCH:
                 return sent, claimed.next_due_in_s
 
     def _loop(self) -> None:

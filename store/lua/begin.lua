@@ -1,0 +1,16 @@
+-- The start of one task run, in one round trip: adopt a raw message's job if it has
+-- no record, stop if the job has ended, take its run lock, renew its lease, read it.
+-- KEYS 1 job, 2 music, 3 due, 4 lock
+-- ARGV 1 job id, 2 lease due ms, 3 token, 4 lock ms, 5.. field, value of a new record
+-- Returns {'go' | 'ended' | 'busy', the record or {}}.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+  redis.call('SET', KEYS[2], ARGV[1], 'NX')
+end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'succeeded' or state == 'failed' then
+  return {'ended', redis.call('HGETALL', KEYS[1])}
+end
+if not redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[4]) then return {'busy', {}} end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return {'go', redis.call('HGETALL', KEYS[1])}

@@ -1,0 +1,13 @@
+-- Record a new job unless one for its music task is queued, submitted or succeeded.
+-- KEYS 1 music, 2 due
+-- ARGV 1 job key prefix, 2 new job id, 3 due ms (its first lease), 4.. field, value
+-- Returns {job id, 1 if created else 0}.
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  local state = redis.call('HGET', ARGV[1] .. existing, 'state')
+  if state and state ~= 'failed' then return {existing, 0} end
+end
+redis.call('HSET', ARGV[1] .. ARGV[2], unpack(ARGV, 4))
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return {ARGV[2], 1}

@@ -1,0 +1,33 @@
+"""The Lua scripts of the store, read once from ``store/lua/*.lua``.
+
+Each state change that must happen once (enqueue per music task, a run's start,
+submit, end, claim, retry) is one script, so two workers, a worker and the
+callback endpoint, or a redelivered message can race without doubling anything.
+Scripts are registered per client (redis-py then runs them by SHA, loading them
+again after a Redis restart).
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+import redis
+from redis.commands.core import Script
+
+#: Every script, by file name (without ``.lua``).
+NAMES = ("enqueue", "begin", "submitted", "release", "finish", "claim", "begin_notice",
+         "unlock", "set_if_exists", "retry_failed", "acquire", "pause")
+
+
+@functools.cache
+def source(name: str) -> str:
+    """The text of script `name` (read from the package once per process)."""
+    if name not in NAMES:
+        raise KeyError(f"no Lua script {name!r}")
+    return (resources.files("kie_covers.store") / "lua" / f"{name}.lua").read_text()
+
+
+def register(client: redis.Redis, name: str) -> Script:
+    """Script `name`, registered with `client` (no round trip until it first runs)."""
+    return client.register_script(source(name))
