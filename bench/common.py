@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: worker processes, clean environments, metrics.
+"""Shared pieces of the benchmarks: worker processes, clean environments, child runs,
+metrics, argparse types.
 
 Everything runs on loopback: a private redis-server, the in-process Kie
 stand-in, and real ``celery worker`` processes.
@@ -8,16 +9,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-#: The project directory (workers run from here so ``-A kie_covers.worker`` / ``-A bench.…`` import).
+from celery import Celery
+
+from kie_covers.config.settings import parse_rate
+from kie_covers.core.errors import SettingsError
+
+#: The project directory (workers run from here so ``-A kie_covers.worker`` and
+#: ``-A bench.…`` import).
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds a worker has to become ready.
 READY_TIMEOUT_S = 60.0
@@ -36,14 +46,24 @@ def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def set_environ(settings: Mapping[str, str]) -> dict[str, str]:
+    """Make this process's environment `clean_env(settings)`; returns it.
+
+    The project reads its settings on first use (not at import), so a run calls
+    this before its first `enqueue_cover` and its workers inherit the same.
+    """
+    env = clean_env(settings)
+    os.environ.clear()
+    os.environ.update(env)
+    return env
+
+
 def parse_limit(text: str) -> tuple[int, float]:
     """``'20/2s'`` -> ``(20, 2.0)``: calls per window of that many seconds.
 
     Raises:
         ValueError: when `text` is not ``<count>/<seconds>s`` with a positive count.
     """
-    from kie_covers.config.settings import SettingsError, parse_rate
-
     try:
         return parse_rate("--limit", text)
     except SettingsError as error:
@@ -250,8 +270,6 @@ def start_web(port: int, env: Mapping[str, str], log_path: Path) -> subprocess.P
     Raises:
         RuntimeError: when it exits or does not answer within WEB_READY_S seconds.
     """
-    import urllib.request
-
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "kie_covers.worker.cli", "web", "--host", "127.0.0.1",
@@ -289,6 +307,54 @@ def positive_float(text: str) -> float:
     return value
 
 
+def exit_on_stop_signals() -> None:
+    """Turn the first SIGTERM or SIGINT of this process into ``SystemExit("stopped by
+    signal <number>")``; later ones are ignored, so a second signal cannot cut the
+    clean-up short. For a benchmark's ``--run`` child, whose parent sends SIGTERM
+    on a timeout or Ctrl-C."""
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+
+
+def run_child(command: Sequence[str], mark: str, timeout_s: float,
+              grace_s: float) -> tuple[dict[str, Any] | None, int | None]:
+    """Run a benchmark's ``--run`` child from ROOT with a clean environment.
+
+    The child prints its result as one line, `mark` followed by a JSON object. On a
+    timeout (`timeout_s` seconds) or Ctrl-C the child gets SIGTERM and `grace_s`
+    more seconds to stop what it started, then SIGKILL; Ctrl-C is raised again
+    after that, a timeout is not.
+
+    Returns:
+        The object of the last result line (None if there is none), and the
+        child's exit status.
+    """
+    process = subprocess.Popen(list(command), cwd=ROOT, env=clean_env({}),
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = process.communicate(timeout=timeout_s)
+    except BaseException as error:  # timeout or Ctrl-C: let the child clean up first
+        process.send_signal(signal.SIGTERM)
+        try:
+            out, _ = process.communicate(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, _ = process.communicate()
+        if not isinstance(error, subprocess.TimeoutExpired):
+            raise
+    for line in reversed(out.splitlines()):
+        if line.startswith(mark):
+            result: dict[str, Any] = json.loads(line[len(mark):])
+            return result, process.returncode
+    return None, process.returncode
+
+
 def required_env(name: str, who: str) -> str:
     """The environment variable `name`, or a RuntimeError saying `who` needs it."""
     value = os.environ.get(name, "").strip()
@@ -300,8 +366,6 @@ def required_env(name: str, who: str) -> str:
 def plain_celery_app(name: str, redis_url: str, queue: str) -> Any:
     """A Celery app set up the way a typical app is: Redis broker and backend, JSON,
     late acks. The baseline the benchmarks compare against."""
-    from celery import Celery
-
     app = Celery(name, broker=redis_url, backend=redis_url)
     app.conf.update(
         task_serializer="json",

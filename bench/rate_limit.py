@@ -6,8 +6,9 @@ Runs two pipelines one after the other, each on fresh state (its own
 redis-server, its own Kie stand-in whose generate limit is ``--limit``), and
 prints one table comparing them:
 
-- **ours**: ``--workers`` separate ``celery -A worker worker -c 1`` processes of
-  this project, with ``KIE_RATE_LIMIT`` set to the same limit.
+- **ours**: ``--workers`` separate ``celery -A kie_covers.worker worker`` processes
+  of this project (``--concurrency`` pool slots each), with ``KIE_RATE_LIMIT`` set
+  to the same limit.
 - **plain**: ``--workers`` processes of `bench.plain_app`, a typical Celery task
   with ``rate_limit`` (per worker) set to the limit's average rate and
   ``autoretry_for`` exponential backoff on 429.
@@ -34,8 +35,6 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,24 +42,29 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench.common import (
-    ROOT,
     Workers,
     accepted_per_s,
     celery_ping,
-    clean_env,
     duplicates_paid,
+    exit_on_stop_signals,
     format_limit,
     full_window_share,
     parse_limit,
     positive_int,
+    run_child,
+    set_environ,
     stderr,
     wait_all,
     window_violations,
 )
+from kie_covers import enqueue_cover, get_cover
+from kie_covers.runtime.app import app
+from kie_covers.runtime.redis_server import RedisServer
+from kie_covers.standin import KieStandin, StandinConfig
+from kie_covers.worker.table import render
 
 PIPELINES = ("ours", "plain")
 #: Prefix of the child's result line on stdout.
@@ -145,20 +149,13 @@ class Result:
 # -- one pipeline (child process) -------------------------------------------------
 
 
-def _set_environ(settings: dict[str, str]) -> dict[str, str]:
-    """Make this process's environment `clean_env(settings)`; returns it."""
-    env = clean_env(settings)
-    os.environ.clear()
-    os.environ.update(env)
-    return env
-
-
 def _run_ours(redis_url: str, base_url: str, api_key: str, jobs: int, workers: int,
               concurrency: int, limit: tuple[int, float], timeout_s: float, log_dir: Path,
               result: Result) -> None:
     """This project's workers; fills `result` (counts and drain time)."""
     queue = "bench-ours"
-    env = _set_environ({
+    # First: the project reads its settings once, when it is first used (below).
+    env = set_environ({
         "REDIS_URL": redis_url,
         "KIE_BASE_URL": base_url,
         "KIE_API_KEY": api_key,
@@ -171,10 +168,6 @@ def _run_ours(redis_url: str, base_url: str, api_key: str, jobs: int, workers: i
         "COVERS_QUEUE": queue,
         "COVERS_DISPATCH_INTERVAL": "0.05",
     })
-    # Only now: the project reads its settings once, at first use.
-    from kie_covers import enqueue_cover, get_cover
-    from kie_covers.runtime.app import app
-
     pool = Workers("kie_covers.worker", queue, workers, env, log_dir, concurrency=concurrency)
     try:
         stderr(f"ours: starting {workers} workers")
@@ -201,7 +194,7 @@ def _run_plain(redis_url: str, base_url: str, api_key: str, jobs: int, workers: 
                result: Result) -> None:
     """The typical app (`bench.plain_app`); fills `result` (counts and drain time)."""
     queue = "bench-plain"
-    env = _set_environ({
+    env = set_environ({
         "REDIS_URL": redis_url,
         "KIE_BASE_URL": base_url,
         "KIE_API_KEY": api_key,
@@ -209,7 +202,8 @@ def _run_plain(redis_url: str, base_url: str, api_key: str, jobs: int, workers: 
         # 20 per 2 s written as Celery's per-worker limit: "10/s".
         "PLAIN_RATE_LIMIT": f"{limit[0] / limit[1]:g}/s",
     })
-    from bench import plain_app
+    # Only now: the plain app reads REDIS_URL, the Kie settings and its limit at import.
+    from bench import plain_app  # noqa: PLC0415
 
     pool = Workers("bench.plain_app", queue, workers, env, log_dir,
                    concurrency=concurrency)
@@ -238,9 +232,6 @@ def run_pipeline(name: str, jobs: int, workers: int, concurrency: int,
 
     Everything started here is stopped before it returns, on errors too.
     """
-    from kie_covers.runtime.redis_server import RedisServer
-    from kie_covers.standin import KieStandin, StandinConfig
-
     log_dir = Path(tempfile.mkdtemp(prefix=f"kie-bench-{name}-"))
     result = Result(pipeline=name, jobs=jobs, allowed_per_s=limit[0] / limit[1],
                     limit=limit[0], log_dir=str(log_dir))
@@ -277,15 +268,7 @@ def run_pipeline(name: str, jobs: int, workers: int, concurrency: int,
 
 def _child(args: argparse.Namespace) -> int:
     """``--run NAME``: run one pipeline and print its result as one JSON line."""
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        # Once: a second signal must not cut the clean-up short.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise SystemExit(f"stopped by signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
+    exit_on_stop_signals()
     result = run_pipeline(args.run, args.jobs, args.workers, args.concurrency, args.limit,
                           args.timeout, args.keep_logs)
     print(RESULT_MARK + json.dumps(asdict(result)), flush=True)
@@ -303,29 +286,16 @@ def _spawn(name: str, args: argparse.Namespace) -> Result:
                "--limit", format_limit(args.limit), "--timeout", str(args.timeout)]
     if args.keep_logs:
         command.append("--keep-logs")
-    process = subprocess.Popen(command, cwd=ROOT, env=clean_env({}), stdout=subprocess.PIPE,
-                               text=True)
-    try:
-        out, _ = process.communicate(timeout=args.timeout + CHILD_MARGIN_S)
-    except BaseException as error:  # timeout or Ctrl-C: let the child clean up first
-        process.send_signal(signal.SIGTERM)
-        try:
-            out, _ = process.communicate(timeout=CHILD_MARGIN_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, _ = process.communicate()
-        if not isinstance(error, subprocess.TimeoutExpired):
-            raise
-    for line in reversed(out.splitlines()):
-        if line.startswith(RESULT_MARK):
-            return Result(**json.loads(line[len(RESULT_MARK):]))
+    found, returncode = run_child(command, RESULT_MARK, args.timeout + CHILD_MARGIN_S,
+                                  CHILD_MARGIN_S)
+    if found is not None:
+        return Result(**found)
     return Result(pipeline=name, jobs=args.jobs,
-                  error=f"child exited with {process.returncode} and no result")
+                  error=f"child exited with {returncode} and no result")
 
 
 def _table(results: list[Result]) -> str:
-    from kie_covers.worker.table import render
-
+    """The comparison table: one row per pipeline."""
     headers = ["pipeline", "jobs", "succeeded", "failed", "accepted/s",
                "share of allowed rate", "429 answers", "drain time s", "duplicates paid"]
     rows: list[list[Any]] = []

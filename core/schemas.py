@@ -6,7 +6,8 @@
   answer is an upstream fault (`UpstreamError`), never a crash.
 - `CallbackSchema`: the body Kie POSTs to our callback endpoint.
 
-`validate(schema, data)` is the one way to use them: it returns clean data or
+`validate_with(schema, data, what)` is the one way to use them (and
+`validate_cover_request(data)` for a cover request): it returns clean data or
 raises `InvalidPayload` whose ``fields`` name each field and the rule it broke.
 """
 

@@ -9,155 +9,45 @@
     batch_progress(job_ids).done              # succeeded so far
 
 Reading and enqueueing are separate steps so a caller can show every bad line
-before anything is queued. `enqueue_batch` is all-or-nothing about *bad input*
-(one bad line and nothing is queued unless ``skip_bad``), and safe to run again
-for the same file: `enqueue_cover` is idempotent per music task, so a second run
-returns the same job ids and pays for nothing twice.
-
-Input formats (chosen by the file suffix ``.csv`` / ``.jsonl`` / ``.json`` /
-``.ndjson``, else by the first non-blank line: ``{`` means JSON lines):
-
-- CSV: ``taskId[,callBackUrl]`` per line; an optional header row names the
-  columns (``taskId``/``task_id``, ``callBackUrl``/``callback_url``, any case,
-  either order). Cells are stripped of surrounding spaces.
-- JSON lines: one ``{"taskId": ..., "callBackUrl": ...}`` object per line.
-
-Blank lines are ignored in both; line numbers count every physical line from 1.
-A missing (or empty) callBackUrl takes the batch's default callback URL.
+before anything is queued. Reading and validating (`read_batch` and its
+`BatchPlan`, `BatchRow`, `BadLine`, `BatchRefused`) is pure and lives in
+`kie_covers.core.batch`, which also describes the input formats; the names are
+re-exported here. `enqueue_batch` is all-or-nothing about *bad input* (one bad
+line and nothing is queued unless ``skip_bad``), and safe to run again for the
+same file: `enqueue_cover` is idempotent per music task, so a second run returns
+the same job ids and pays for nothing twice.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from kie_covers.config import keys
-from kie_covers.core.errors import InvalidPayload
-from kie_covers.core.schemas import validate_cover_request
+from kie_covers.core.batch import (
+    CSV_COLUMNS,
+    SUFFIX_FORMATS,
+    BadLine,
+    BatchFormat,
+    BatchPlan,
+    BatchRefused,
+    BatchRow,
+    read_batch,
+)
+from kie_covers.core.states import HELD_BACK, JobState
 from kie_covers.runtime.connections import get_store
 from kie_covers.services.producer import enqueue_cover
-from kie_covers.store.jobs import Job
 
-#: Format names a `BatchPlan` can have.
-BatchFormat = Literal["csv", "jsonl"]
+__all__ = ["CSV_COLUMNS", "SUFFIX_FORMATS", "WAIT_REASONS", "BadLine", "BatchFormat",
+           "BatchPlan", "BatchRefused", "BatchRow", "Progress", "batch_progress",
+           "batch_records", "enqueue_batch", "read_batch"]
 
-#: File suffixes that choose the format without looking at the content.
-SUFFIX_FORMATS: dict[str, BatchFormat] = {
-    ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
-}
-
-#: CSV header names (lower-cased) -> the field name Kie spells.
-CSV_COLUMNS: dict[str, str] = {
-    "taskid": "taskId", "task_id": "taskId",
-    "callbackurl": "callBackUrl", "callback_url": "callBackUrl",
-}
-
-#: ``wait_reason`` values that mean "queued, held back by the account, not by us":
-#: the cluster rate limit (``rate_limit``), a 429 or 455 pause for every worker
-#: (``rate_limited``, ``maintenance``, or ``paused`` when the pause has no reason),
-#: and a credit hold (``out_of_credits``, ``daily_cap``). Other reasons (an
-#: ``upstream`` backoff, say) count as in progress: the job is being worked on.
-WAIT_REASONS: frozenset[str] = frozenset({
-    "rate_limit", "rate_limited", "maintenance", "paused", "out_of_credits", "daily_cap",
-})
-
-#: HMGETs per pipeline round trip in `batch_progress` (and HGETALLs in
-#: `batch_records`): bounds the reply Redis buffers at once for a huge batch.
-PIPELINE_CHUNK = 5000
-
-
-@dataclass(frozen=True)
-class BatchRow:
-    """One valid cover request of a batch.
-
-    Attributes:
-        line_no: the physical line it came from (1-based).
-        task_id: the music task id, validated.
-        callback_url: the app's callback URL (its own or the batch default), validated.
-    """
-
-    line_no: int
-    task_id: str
-    callback_url: str
-
-
-@dataclass(frozen=True)
-class BadLine:
-    """A line of a batch that cannot be enqueued.
-
-    Attributes:
-        line_no: the physical line (1-based).
-        fields: field -> messages, as `InvalidPayload.fields` gives them; besides
-            ``taskId`` and ``callBackUrl`` the names ``json`` and ``csv`` (the line
-            does not parse), ``line`` (not UTF-8) and ``header`` (a CSV header
-            names unknown columns or none for taskId).
-        message: all of it in one line, ``field: message; field: message``.
-    """
-
-    line_no: int
-    fields: dict[str, list[str]]
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"line": N, "fields": {...}, "message": "..."}``."""
-        return {"line": self.line_no, "fields": self.fields, "message": self.message}
-
-
-@dataclass
-class BatchPlan:
-    """What `read_batch` found: the rows to enqueue and the lines refused.
-
-    Attributes:
-        rows: valid requests, in file order (one per music task id).
-        bad: refused lines, in file order.
-        format: ``csv`` or ``jsonl``.
-        source: the path read, or ``<lines>`` for an iterable of lines.
-    """
-
-    rows: list[BatchRow] = field(default_factory=list)
-    bad: list[BadLine] = field(default_factory=list)
-    format: BatchFormat = "csv"
-    source: str = "<lines>"
-
-    @property
-    def ok(self) -> bool:
-        """True when no line was refused."""
-        return not self.bad
-
-
-class BatchRefused(InvalidPayload):
-    """A batch with bad lines, refused as a whole: nothing was enqueued.
-
-    A subclass of `tasks.errors.InvalidPayload` so code that already catches bad
-    input from `enqueue_cover` catches this too. ``.fields`` keys are
-    ``"line N: field"``; ``.bad_lines`` gives the `BadLine` objects back.
-    Build it with `BatchRefused.from_bad_lines`; the constructor keeps
-    `CoverError`'s arguments so the error pickles like every other.
-    """
-
-    @classmethod
-    def from_bad_lines(cls, bad: Sequence[BadLine], source: str = "<lines>") -> BatchRefused:
-        """The refusal of a batch read from `source` with these bad lines."""
-        fields_ = {f"line {b.line_no}: {name}": list(msgs)
-                   for b in bad for name, msgs in b.fields.items()}
-        first = bad[0] if bad else None
-        where = f"; first at line {first.line_no}: {first.message}" if first else ""
-        return cls(
-            f"batch {source} refused: {len(bad)} bad line{'s' if len(bad) != 1 else ''}"
-            f"{where}; nothing enqueued",
-            detail={"fields": fields_, "bad_lines": [b.to_dict() for b in bad]},
-        )
-
-    @property
-    def bad_lines(self) -> list[BadLine]:
-        """The refused lines, in file order."""
-        return [BadLine(int(d["line"]), dict(d["fields"]), str(d["message"]))
-                for d in self.detail.get("bad_lines", [])]
+#: Wait reasons that make a queued job count as `Progress.waiting` (held back by the
+#: account or a limit, not by its own fault): `kie_covers.core.states.HELD_BACK`,
+#: under the name this module has always exported it by.
+WAIT_REASONS = HELD_BACK
+#: The two fields `batch_progress` reads of each job.
+PROGRESS_FIELDS = ("state", "wait_reason")
 
 
 @dataclass(frozen=True)
@@ -169,12 +59,13 @@ class Progress:
         done: succeeded.
         failed: failed (for good, until a retry queues them again).
         waiting: queued and held back by the rate limit, a pause or a credit hold
-            (see `WAIT_REASONS`).
+            (a wait reason in `WAIT_REASONS`).
         in_progress: every other live job: queued, backing off after a fault, or
             submitted to Kie and waiting for the cover.
-        missing: no record (never enqueued here, or expired after its TTL).
-        failed_ids: the failed job ids, in the order given.
-        waiting_for: wait reason -> jobs waiting for it.
+        missing: no record (never enqueued here, or expired after its TTL); default 0.
+        failed_ids: the failed job ids, in the order given; default none.
+        waiting_for: wait reason (its value, e.g. ``"rate_slot"``) -> jobs waiting for
+            it; default empty.
     """
 
     total: int
@@ -203,205 +94,6 @@ class Progress:
                 "missing": self.missing, "waiting_for": dict(self.waiting_for)}
 
 
-# --- reading ----------------------------------------------------------------------
-
-
-def read_batch(path_or_lines: str | os.PathLike[str] | Iterable[str] | Iterable[bytes],
-               default_callback_url: str | None = None) -> BatchPlan:
-    """Read and validate a batch; nothing is enqueued.
-
-    Args:
-        path_or_lines: a file path (``str`` or `os.PathLike`; a ``str`` is always a
-            path), or an iterable of lines (``str`` or UTF-8 ``bytes``, with or
-            without line endings), e.g. an open file or ``sys.stdin.buffer``.
-        default_callback_url: the callBackUrl of every line that has none; default
-            None (then such lines are bad).
-
-    Returns:
-        A `BatchPlan` with every valid row and every bad line. Lines that do not
-        parse, fail `validate_cover_request`, or repeat a music task id of an
-        earlier valid line (``taskId: duplicate of line N``) are bad lines.
-
-    Raises:
-        InvalidPayload: `default_callback_url` itself is not a valid callback URL
-            (``fields == {"callBackUrl": [...]}``), rather than one bad line per row.
-        OSError: the file cannot be read.
-    """
-    if default_callback_url is not None:
-        try:
-            validate_cover_request({"taskId": "x", "callBackUrl": default_callback_url})
-        except InvalidPayload as invalid:
-            messages = invalid.fields.get("callBackUrl", [invalid.message])
-            raise InvalidPayload(
-                f"invalid default callback URL: {' '.join(messages)}",
-                detail={"fields": {"callBackUrl": messages}}) from None
-
-    fmt: BatchFormat | None = None
-    if isinstance(path_or_lines, str | os.PathLike):
-        path = Path(path_or_lines)
-        source = str(path)
-        fmt = SUFFIX_FORMATS.get(path.suffix.lower())
-        # Bytes, split here and decoded line by line: one line that is not UTF-8 is
-        # one bad line, not a failure of the whole file.
-        raw_lines: Iterable[str | bytes] = path.read_bytes().splitlines()
-    else:
-        source = "<lines>"
-        raw_lines = path_or_lines
-
-    lines: list[tuple[int, str]] = []  # (line number, text) of the non-blank lines
-    bad: list[BadLine] = []
-    for line_no, raw in enumerate(raw_lines, start=1):
-        if isinstance(raw, bytes):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                bad.append(_bad(line_no, "line", f"not UTF-8 text (byte {err.start + 1})"))
-                continue
-        else:
-            text = raw
-        text = text.rstrip("\r\n")
-        if line_no == 1:
-            text = text.removeprefix("\ufeff")  # a BOM from spreadsheet exports
-        if text.strip():
-            lines.append((line_no, text))
-
-    if fmt is None:
-        fmt = "jsonl" if lines and lines[0][1].lstrip().startswith("{") else "csv"
-    requests = _parse_jsonl(lines) if fmt == "jsonl" else _parse_csv(lines)
-
-    plan = BatchPlan(format=fmt, source=source)
-    first_line: dict[str, int] = {}
-    for line_no, item in requests:
-        if isinstance(item, BadLine):
-            bad.append(item)
-            continue
-        row = _validate(line_no, item, default_callback_url)
-        if isinstance(row, BadLine):
-            bad.append(row)
-        elif row.task_id in first_line:
-            # enqueue_cover would return the same job anyway, but a repeated id in a
-            # file is usually a mistake (a wrong column, a bad join) worth showing.
-            bad.append(_bad(line_no, "taskId", f"duplicate of line {first_line[row.task_id]}"))
-        else:
-            first_line[row.task_id] = line_no
-            plan.rows.append(row)
-    plan.bad = sorted(bad, key=lambda b: b.line_no)
-    return plan
-
-
-def _bad(line_no: int, name: str, message: str) -> BadLine:
-    return BadLine(line_no, {name: [message]}, f"{name}: {message}")
-
-
-def _parse_jsonl(lines: Sequence[tuple[int, str]]
-                 ) -> list[tuple[int, dict[str, Any] | BadLine]]:
-    out: list[tuple[int, dict[str, Any] | BadLine]] = []
-    for line_no, text in lines:
-        try:
-            value = json.loads(text)
-        except RecursionError:  # a line of ten thousand "[": refused, not a crash
-            out.append((line_no, _bad(line_no, "json", "not valid JSON: nested too deeply")))
-            continue
-        except ValueError as err:
-            where = (f" (column {err.colno})" if isinstance(err, json.JSONDecodeError)
-                     else "")
-            reason = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
-            out.append((line_no, _bad(line_no, "json", f"not valid JSON: {reason}{where}")))
-            continue
-        if not isinstance(value, dict):
-            out.append((line_no, _bad(
-                line_no, "json",
-                f"expected one object per line like {{\"taskId\": ..., \"callBackUrl\": ...}}, "
-                f"got {_json_type(value)}")))
-            continue
-        out.append((line_no, value))
-    return out
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    return "a number"
-
-
-def _parse_csv(lines: Sequence[tuple[int, str]]
-               ) -> list[tuple[int, dict[str, Any] | BadLine]]:
-    out: list[tuple[int, dict[str, Any] | BadLine]] = []
-    columns: list[str | None] | None = None  # from the header; None = positional
-    for index, (line_no, text) in enumerate(lines):
-        try:
-            # One physical line at a time, strictly: an unbalanced quote is this
-            # line's error instead of swallowing the rest of the file into one field.
-            cells = [c.strip() for c in next(csv.reader([text], strict=True))]
-        except csv.Error as err:
-            out.append((line_no, _bad(line_no, "csv", f"not valid CSV: {err}")))
-            continue
-        if index == 0 and any(c.lower() in CSV_COLUMNS for c in cells):
-            columns, problem = _header(cells)
-            if problem:
-                out.append((line_no, _bad(line_no, "header", problem)))
-            continue
-        if columns is None:
-            if len(cells) > 2:
-                out.append((line_no, _bad(
-                    line_no, "csv", f"expected taskId[,callBackUrl], got {len(cells)} cells")))
-                continue
-            named = dict(zip(("taskId", "callBackUrl"), cells, strict=False))
-        else:
-            if len(cells) > len(columns):
-                out.append((line_no, _bad(
-                    line_no, "csv",
-                    f"{len(cells)} cells, but the header names {len(columns)} columns")))
-                continue
-            named = {name: cell for name, cell in zip(columns, cells, strict=False) if name}
-        out.append((line_no, named))
-    return out
-
-
-def _header(cells: Sequence[str]) -> tuple[list[str | None], str]:
-    """Column names of a header row, and what is wrong with it ("" if nothing)."""
-    columns: list[str | None] = []
-    problems: list[str] = []
-    for cell in cells:
-        name = CSV_COLUMNS.get(cell.lower())
-        if name is None:
-            problems.append(f"unknown column {cell!r}")
-        elif name in columns:
-            problems.append(f"column {cell!r} given twice")
-            name = None
-        columns.append(name)
-    if "taskId" not in columns:
-        problems.append("no taskId column")
-    if problems:
-        problems.append("expected taskId[,callBackUrl]")
-    return columns, "; ".join(problems)
-
-
-def _validate(line_no: int, item: Mapping[str, Any], default_callback_url: str | None
-              ) -> BatchRow | BadLine:
-    data = dict(item)
-    if data.get("callBackUrl") in (None, ""):
-        data.pop("callBackUrl", None)
-        if default_callback_url is not None:
-            data["callBackUrl"] = default_callback_url
-    try:
-        clean = validate_cover_request(data)
-    except InvalidPayload as invalid:
-        fields_ = invalid.fields
-        if "callBackUrl" not in data and "callBackUrl" in fields_:
-            fields_["callBackUrl"] = ["missing: give the line one, or a default callback URL"]
-        message = "; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in sorted(fields_.items()))
-        return BadLine(line_no, fields_, message)
-    return BatchRow(line_no, clean["taskId"], clean["callBackUrl"])
-
-
-# --- enqueueing and following -------------------------------------------------------
-
-
 def enqueue_batch(plan: BatchPlan, *, skip_bad: bool = False, queue: str | None = None
                   ) -> list[str]:
     """Queue a cover job for every row of `plan`; returns the job ids in file order.
@@ -410,74 +102,62 @@ def enqueue_batch(plan: BatchPlan, *, skip_bad: bool = False, queue: str | None 
         plan: what `read_batch` returned.
         skip_bad: enqueue the good rows even when some lines are bad (default False:
             refuse the whole batch).
-        queue: Celery queue for every job (default: COVERS_QUEUE).
+        queue: Celery queue for every job (default None: COVERS_QUEUE).
 
     Raises:
         BatchRefused: `plan` has bad lines and `skip_bad` is False. Nothing is
             enqueued; ``.bad_lines`` lists them.
 
-    Each row goes through `tasks.producer.enqueue_cover`, which is idempotent per
-    music task: running the same batch again returns the same job ids for jobs
-    queued, submitted or succeeded, and queues new jobs only for failed ones. So if
-    this stops half-way (Redis unreachable, say), running it again is the fix.
+    Each row goes through `kie_covers.services.producer.enqueue_cover`, which is
+    idempotent per music task: running the same batch again returns the same job ids
+    for jobs queued, submitted or succeeded, and queues new jobs only for failed ones.
+    So if this stops half-way (Redis unreachable, say), running it again is the fix.
     """
     if plan.bad and not skip_bad:
         raise BatchRefused.from_bad_lines(plan.bad, plan.source)
-    # Imported here so reading and validating a batch never loads Celery.
-    return [enqueue_cover(row.task_id, row.callback_url, queue=queue) for row in plan.rows]
+    return [enqueue_cover(row.music_task_id, row.callback_url, queue=queue)
+            for row in plan.rows]
 
 
 def batch_progress(job_ids: Sequence[str]) -> Progress:
-    """Count the jobs' states with one pipelined HMGET per job (no full records).
+    """Count the jobs' states, reading two short fields per job (no full records).
 
     Cheap enough to call several times a second for a batch of 10,000 jobs: one
-    round trip per `PIPELINE_CHUNK` jobs, two short fields each.
+    pipelined round trip per `kie_covers.store.jobs.FETCH_CHUNK` jobs
+    (`JobStore.fetch_many`).
 
     Args:
         job_ids: the ids `enqueue_batch` returned (or any job ids).
     """
-    client = get_store().redis
     done = failed = waiting = in_progress = missing = 0
     failed_ids: list[str] = []
     waiting_for: dict[str, int] = {}
-    for start in range(0, len(job_ids), PIPELINE_CHUNK):
-        chunk = job_ids[start:start + PIPELINE_CHUNK]
-        # transaction=False: a plain pipeline; a MULTI would block Redis for the
-        # whole chunk and buys nothing here (each job's two fields are read at once).
-        pipe = client.pipeline(transaction=False)
-        for job_id in chunk:
-            pipe.hmget(keys.job(job_id), ["state", "wait_reason"])
-        for job_id, (state, reason) in zip(chunk, pipe.execute(), strict=True):
-            if state is None:
-                missing += 1
-            elif state == "succeeded":
-                done += 1
-            elif state == "failed":
-                failed += 1
-                failed_ids.append(job_id)
-            elif state == "queued" and reason in WAIT_REASONS:
-                waiting += 1
-                waiting_for[reason] = waiting_for.get(reason, 0) + 1
-            else:
-                in_progress += 1
+    jobs = get_store().fetch_many(job_ids, fields=PROGRESS_FIELDS)
+    for job_id, job in zip(job_ids, jobs, strict=True):
+        if job is None:
+            missing += 1
+        elif job.state is JobState.SUCCEEDED:
+            done += 1
+        elif job.state is JobState.FAILED:
+            failed += 1
+            failed_ids.append(job_id)
+        elif job.state is JobState.QUEUED and job.wait_reason in WAIT_REASONS:
+            waiting += 1
+            reason = str(job.wait_reason)
+            waiting_for[reason] = waiting_for.get(reason, 0) + 1
+        else:
+            in_progress += 1
     return Progress(total=len(job_ids), done=done, failed=failed, waiting=waiting,
                     in_progress=in_progress, missing=missing, failed_ids=tuple(failed_ids),
                     waiting_for=waiting_for)
 
 
 def batch_records(job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
-    """Every job's `get_cover` record (None where there is none), pipelined.
+    """Every job's `get_cover` record (None where there is none), in the order given.
 
-    For the end of a batch (``--json``, the failed-jobs table): one round trip per
-    `PIPELINE_CHUNK` jobs instead of one per job.
+    For the end of a batch (``--json``, the failed-jobs table): pipelined by
+    `JobStore.fetch_many`, one round trip per `kie_covers.store.jobs.FETCH_CHUNK`
+    jobs instead of one per job.
     """
-    client = get_store().redis
-    out: list[dict[str, Any] | None] = []
-    for start in range(0, len(job_ids), PIPELINE_CHUNK):
-        chunk = job_ids[start:start + PIPELINE_CHUNK]
-        pipe = client.pipeline(transaction=False)
-        for job_id in chunk:
-            pipe.hgetall(keys.job(job_id))
-        for raw in pipe.execute():
-            out.append(Job.from_hash(raw).to_dict() if raw and raw.get("job_id") else None)
-    return out
+    return [job.to_dict() if job is not None else None
+            for job in get_store().fetch_many(job_ids)]

@@ -25,6 +25,7 @@ from kie_covers.core.errors import CoverError
 from kie_covers.core.states import JobState
 from kie_covers.store.due import Due, DueSets, due_ms
 from kie_covers.store.failures import FailureIndex
+from kie_covers.store.locks import TokenLock
 from kie_covers.store.notices import Notices
 from kie_covers.store.record import Job, encode_fields, from_flat
 from kie_covers.store.record import flat as _flat
@@ -194,6 +195,10 @@ class JobStore:
         """The id of the job currently responsible for a music task, if any."""
         owner = self.redis.get(keys.music(music_task_id))
         return str(owner) if owner else None
+
+    def copy_lock(self, job_id: str, ttl_s: float) -> TokenLock:
+        """The lock one run holds while it copies a job's images (not yet taken)."""
+        return TokenLock(self.redis, keys.images_lock(job_id), ttl_s)
 
     # --- changes ------------------------------------------------------------------
 

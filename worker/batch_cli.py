@@ -5,15 +5,16 @@
     producer | covers enqueue --from - --json
 
 `add_enqueue_from_arguments` adds the options to the ``enqueue`` subparser of
-`worker.cli`; `run_enqueue_from` runs the command. Until the command is wired in,
-``python -m worker.batch_cli --from FILE ...`` runs the same code.
+`kie_covers.worker.cli`, whose ``enqueue`` handler calls `run_enqueue_from` when
+``--from`` is given.
 
 Output: stdout carries data (the job ids one per line; with ``--wait`` the
 summary tables instead; with ``--json`` one JSON object), stderr carries the
 rest (bad lines as ``line N: field: message``, ``enqueued N jobs (M skipped)``,
-the live progress line). Exit codes as `worker.cli`: 0 every job enqueued (with
-``--wait``: every job succeeded), 1 with ``--wait`` a job failed or did not end in
-time, 2 bad input (any bad line without ``--skip-bad``: nothing is enqueued).
+the live progress line). Exit codes as `kie_covers.worker.cli`: 0 every job
+enqueued (with ``--wait``: every job succeeded), 1 with ``--wait`` a job failed or
+did not end in time, 2 bad input (any bad line without ``--skip-bad``: nothing is
+enqueued).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from kie_covers.core.errors import InvalidPayload
+from kie_covers.core.states import WaitReason
 from kie_covers.services.batch import (
     BatchPlan,
     BatchRefused,
@@ -62,9 +64,10 @@ SLOW_ENQUEUE = 1000
 FAILED_SHOWN = 20
 
 #: Short labels for wait reasons in the progress line.
-_WAIT_LABELS = {
-    "rate_limit": "rate limit", "rate_limited": "rate limit", "paused": "paused",
-    "maintenance": "maintenance", "out_of_credits": "credits", "daily_cap": "credits",
+_WAIT_LABELS: dict[str, str] = {
+    WaitReason.RATE_SLOT: "rate limit", WaitReason.RATE_LIMITED: "rate limit",
+    WaitReason.PAUSED: "paused", WaitReason.MAINTENANCE: "maintenance",
+    WaitReason.OUT_OF_CREDITS: "credits", WaitReason.DAILY_CAP: "credits",
 }
 
 
@@ -99,56 +102,78 @@ def run_enqueue_from(args: argparse.Namespace) -> int:
     """Run ``covers enqueue --from FILE``; returns the exit code (see the module doc).
 
     Reads ``args.from_file``, ``args.default_callback_url``, ``args.skip_bad``,
-    ``args.wait``, ``args.timeout`` (seconds) and ``args.json``; ``args.task_id``
-    and ``args.callback_url`` must be None or absent (the single-job form).
+    ``args.wait``, ``args.timeout`` (seconds) and ``args.json``;
+    ``args.music_task_id`` and ``args.callback_url`` must be None or absent (the
+    single-job form).
     """
     source: str = args.from_file
     name = "<stdin>" if source == "-" else source
-    if getattr(args, "task_id", None) or getattr(args, "callback_url", None):
+    if getattr(args, "music_task_id", None) or getattr(args, "callback_url", None):
         _err("covers enqueue: give TASK_ID CALLBACK_URL or --from FILE, not both "
              "(a default URL for the file goes in --callback-url)")
         return EXIT_USAGE
-    try:
-        plan = read_batch(sys.stdin.buffer if source == "-" else source,
-                          args.default_callback_url)
-    except InvalidPayload as bad:
-        _err(f"covers enqueue: --callback-url: {bad.message}")
+    plan = _read_plan(source, name, args.default_callback_url)
+    if plan is None:
         return EXIT_USAGE
-    except OSError as err:
-        _err(f"covers enqueue: cannot read {name}: {err.strerror or err}")
-        return EXIT_USAGE
-
-    for bad_line in plan.bad:
-        for field_name, messages in bad_line.fields.items():
-            _err(f"line {bad_line.line_no}: {field_name}: {' '.join(messages)}")
-    if len(plan.rows) >= SLOW_ENQUEUE and (args.skip_bad or plan.ok):
-        # Each job is a Redis script and a broker message (a few ms): say so, rather
-        # than sit silent for half a minute on 10,000 lines.
-        _err(f"enqueuing {len(plan.rows)} jobs...")
-    try:
-        job_ids = enqueue_batch(plan, skip_bad=args.skip_bad)
-    except BatchRefused:
-        _err(f"refused: {_lines(len(plan.bad), 'bad ')} in {name}; nothing enqueued "
-             f"(fix {'it' if len(plan.bad) == 1 else 'them'}, or pass --skip-bad to "
-             f"enqueue the {_lines(len(plan.rows), 'good ')})")
-        return EXIT_USAGE
+    job_ids = _enqueue(plan, name, args.skip_bad)
     if not job_ids:
-        _err(f"covers enqueue: no cover requests in {name}; nothing enqueued")
         return EXIT_USAGE
     _err(f"enqueued {len(job_ids)} jobs ({len(plan.bad)} skipped)")
-
     if not args.wait:
         if args.json:
             print(json.dumps(_json_out(job_ids, plan), indent=2))
         else:
             print("\n".join(job_ids))
         return EXIT_OK
+    return _wait_and_report(job_ids, plan, args.timeout, args.json)
 
-    progress, timed_out = wait_for_batch(job_ids, args.timeout, sys.stderr)
+
+def _read_plan(source: str, name: str, default_callback_url: str | None
+               ) -> BatchPlan | None:
+    """Read the batch (``-``: stdin) and report its bad lines on stderr; None (after
+    saying why) when it cannot be read at all."""
+    try:
+        plan = read_batch(sys.stdin.buffer if source == "-" else source, default_callback_url)
+    except InvalidPayload as bad:
+        _err(f"covers enqueue: --callback-url: {bad.message}")
+        return None
+    except OSError as err:
+        _err(f"covers enqueue: cannot read {name}: {err.strerror or err}")
+        return None
+    for bad_line in plan.bad:
+        for field_name, messages in bad_line.fields.items():
+            _err(f"line {bad_line.line_no}: {field_name}: {' '.join(messages)}")
+    return plan
+
+
+def _enqueue(plan: BatchPlan, name: str, skip_bad: bool) -> list[str] | None:
+    """Enqueue the plan's rows; None (after saying why) when it is refused or empty."""
+    if len(plan.rows) >= SLOW_ENQUEUE and (skip_bad or plan.ok):
+        # Each job is a Redis script and a broker message (a few ms): say so, rather
+        # than sit silent for half a minute on 10,000 lines.
+        _err(f"enqueuing {len(plan.rows)} jobs...")
+    try:
+        job_ids = enqueue_batch(plan, skip_bad=skip_bad)
+    except BatchRefused:
+        _err(f"refused: {_lines(len(plan.bad), 'bad ')} in {name}; nothing enqueued "
+             f"(fix {'it' if len(plan.bad) == 1 else 'them'}, or pass --skip-bad to "
+             f"enqueue the {_lines(len(plan.rows), 'good ')})")
+        return None
+    if not job_ids:
+        _err(f"covers enqueue: no cover requests in {name}; nothing enqueued")
+        return None
+    return job_ids
+
+
+def _wait_and_report(job_ids: Sequence[str], plan: BatchPlan, timeout_s: float,
+                     as_json: bool) -> int:
+    """Follow the jobs for up to `timeout_s` seconds, then print the summary (or JSON);
+    exit 0 only if every job succeeded."""
+    progress, timed_out = wait_for_batch(job_ids, timeout_s, sys.stderr)
     if timed_out:
-        _err(f"timed out after {args.timeout:g}s: {progress.total - progress.ended} jobs "
+        _err(f"timed out after {timeout_s:g}s: {progress.total - progress.ended} jobs "
              f"not ended yet (they go on; follow them with covers status)")
-    if args.json:
+    if as_json:
         out = _json_out(job_ids, plan)
         out.update(progress=progress.to_dict(), timed_out=timed_out,
                    records=batch_records(job_ids))
@@ -287,7 +312,7 @@ def summary(progress: Progress) -> str:
         failed_rows = []
         for job_id, record in zip(shown, batch_records(shown), strict=True):
             error = (record or {}).get("error") or {}
-            failed_rows.append([job_id, (record or {}).get("task_id") or "-",
+            failed_rows.append([job_id, (record or {}).get("music_task_id") or "-",
                                 error.get("kind", ""), str(error.get("message", ""))[:80]])
         more = (f" ({len(shown)} of {progress.failed}; see covers failures)"
                 if progress.failed > len(shown) else "")

@@ -22,7 +22,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import waitress
@@ -47,52 +47,75 @@ from kie_covers.worker.table import render
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
+#: A subcommand's handler: the parsed arguments in, the exit code out.
+Handler = Callable[[argparse.Namespace], int]
+
 
 def _celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "kie_covers.worker", *args]
 
 
-def cmd_worker(extra: Sequence[str]) -> int:
-    """Check the settings, then become a Celery worker on COVERS_QUEUE."""
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Check the settings, then become a Celery worker on COVERS_QUEUE.
+
+    ``args.extra``: the rest of the command line, passed to ``celery worker`` as is.
+    """
     settings = get_settings()
     settings.require_api_key()
     redis_url()  # starts the private Redis when REDIS_URL is unset, and exports it
     argv = _celery_argv("worker", "-Q", settings.queue, "--loglevel", settings.log_level,
-                        *extra)
+                        *args.extra)
     os.execv(sys.executable, argv)
     return EXIT_OK  # pragma: no cover - execv does not return
 
 
-def cmd_beat(extra: Sequence[str]) -> int:
-    """Become the Celery beat scheduler (its schedule file lives in COVERS_STATE_DIR)."""
+def cmd_beat(args: argparse.Namespace) -> int:
+    """Become the Celery beat scheduler (its schedule file lives in COVERS_STATE_DIR).
+
+    ``args.extra``: the rest of the command line, passed to ``celery beat`` as is.
+    """
     settings = get_settings()
     redis_url()
     os.makedirs(settings.state_dir, exist_ok=True)
     schedule = os.path.join(settings.state_dir, "celerybeat-schedule")
     os.execv(sys.executable, _celery_argv("beat", "--schedule", schedule,
-                                          "--loglevel", settings.log_level, *extra))
+                                          "--loglevel", settings.log_level, *args.extra))
     return EXIT_OK  # pragma: no cover
 
 
-def cmd_web(host: str, port: int, threads: int) -> int:
-    """Serve the callback endpoint with waitress until interrupted."""
+def cmd_standin(args: argparse.Namespace) -> int:
+    """Run the Kie stand-in; ``args.extra`` are its own options (see `kie_covers.standin`)."""
+    return standin_main(args.extra)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """Serve the callback endpoint with waitress until interrupted.
+
+    ``args.host`` (default 127.0.0.1), ``args.port`` (default $PORT, else 8000) and
+    ``args.threads`` (default 8).
+    """
     logs.configure()
-    print(f"callback endpoint on http://{host}:{port}/kie/callback", flush=True)
-    waitress.serve(web.make_app(), host=host, port=port, threads=threads, ident="kie-covers")
+    print(f"callback endpoint on http://{args.host}:{args.port}/kie/callback", flush=True)
+    waitress.serve(web.make_app(), host=args.host, port=args.port, threads=args.threads,
+                   ident="kie-covers")
     return EXIT_OK
 
 
-def cmd_metrics(host: str, port: int | None) -> int:
-    """Serve the Prometheus endpoint (/metrics) for the whole cluster, from Redis."""
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Serve the Prometheus endpoint (/metrics) for the whole cluster, from Redis.
+
+    ``args.host`` (default 127.0.0.1) and ``args.port`` (default None:
+    COVERS_METRICS_PORT; exit 2 when neither is set).
+    """
     settings = get_settings()
-    port = port or settings.metrics_port
+    port = args.port or settings.metrics_port
     if port is None:
         print("covers metrics: set COVERS_METRICS_PORT (workers collect only then)",
               file=sys.stderr)
         return EXIT_USAGE
     logs.configure()
-    print(f"metrics on http://{host}:{port}/metrics", flush=True)
-    waitress.serve(metrics_server.make_app(), host=host, port=port, threads=2,
+    print(f"metrics on http://{args.host}:{port}/metrics", flush=True)
+    waitress.serve(metrics_server.make_app(), host=args.host, port=port, threads=2,
                    ident="kie-covers-metrics")
     return EXIT_OK
 
@@ -101,55 +124,65 @@ def _print_records(records: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(records if len(records) > 1 else records[0], indent=2))
         return
-    rows = [[r["job_id"], r["task_id"], r["state"],
+    rows = [[r["job_id"], r["music_task_id"], r["state"],
              (r["error"] or {}).get("message", "") if r["state"] == "failed"
              else " ".join(r["images"]) or (r.get("waiting_for") or "")]
             for r in records]
     print(render(["job", "music task", "state", "images / reason"], rows))
 
 
-def cmd_enqueue(task_id: str, callback_url: str, wait: bool, timeout_s: float,
-                as_json: bool) -> int:
-    """Queue one cover; with `wait`, block until it ends."""
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    """Queue one cover (``args.music_task_id``, ``args.callback_url``), or a batch
+    (``args.from_file``: `kie_covers.worker.batch_cli.run_enqueue_from`).
+
+    With ``args.wait``, block until the job ends or ``args.timeout`` seconds (default
+    600) pass; exit 1 unless it succeeded. ``args.json`` prints JSON.
+    """
+    if args.from_file is not None:
+        return run_enqueue_from(args)
+    if args.music_task_id is None or args.callback_url is None:
+        print("covers enqueue: give TASK_ID CALLBACK_URL, or --from FILE", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        job_id = enqueue_cover(task_id, callback_url)
+        job_id = enqueue_cover(args.music_task_id, args.callback_url)
     except InvalidPayload as bad:
         print(f"refused: {bad.message}", file=sys.stderr)
         for name, messages in sorted(bad.fields.items()):
             print(f"  {name}: {' '.join(messages)}", file=sys.stderr)
         return EXIT_USAGE
-    if not wait:
-        print(json.dumps({"job_id": job_id}) if as_json else job_id)
+    if not args.wait:
+        print(json.dumps({"job_id": job_id}) if args.json else job_id)
         return EXIT_OK
-    record = wait_for_cover(job_id, timeout_s=timeout_s)
-    _print_records([record], as_json)
+    record = wait_for_cover(job_id, timeout_s=args.timeout)
+    _print_records([record], args.json)
     return EXIT_OK if record["state"] == "succeeded" else EXIT_FAILED
 
 
-def cmd_status(job_ids: Sequence[str], as_json: bool) -> int:
-    """Show jobs; exit 1 if any is unknown or failed."""
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show jobs ``args.job_ids``; exit 1 if any is unknown or failed."""
     records, code = [], EXIT_OK
-    for job_id in job_ids:
+    for job_id in args.job_ids:
         try:
             records.append(get_cover(job_id))
         except UnknownJob as missing:
             print(str(missing), file=sys.stderr)
             code = EXIT_FAILED
     if records:
-        _print_records(records, as_json)
+        _print_records(records, args.json)
     if any(r["state"] == "failed" for r in records):
         code = EXIT_FAILED
     return code
 
 
-def cmd_failures(kind: str | None, code: str | None, limit: int, as_json: bool) -> int:
-    """List recorded failures, newest first."""
-    records = list_failures(kind, code, limit=limit)
-    if as_json:
+def cmd_failures(args: argparse.Namespace) -> int:
+    """List recorded failures, newest first: at most ``args.limit`` (default 50), of
+    ``args.kind`` / ``args.code`` when given."""
+    records = list_failures(args.kind, args.code, limit=args.limit)
+    if args.json:
         print(json.dumps(records, indent=2))
         return EXIT_OK
-    total = count_failures(kind, code)
-    rows = [[r["job_id"], r["task_id"] or "-", (r["error"] or {}).get("kind", ""),
+    total = count_failures(args.kind, args.code)
+    rows = [[r["job_id"], r["music_task_id"] or "-", (r["error"] or {}).get("kind", ""),
              (r["error"] or {}).get("code") or "-",
              "yes" if (r["error"] or {}).get("retryable") else "no", r["attempts"],
              r["last_failed_at"] or "", (r["error"] or {}).get("message", "")[:60]]
@@ -160,15 +193,15 @@ def cmd_failures(kind: str | None, code: str | None, limit: int, as_json: bool) 
     return EXIT_OK
 
 
-def cmd_retry(job_ids: Sequence[str], kind: str | None, code: str | None,
-              all_retryable: bool) -> int:
-    """Queue failed jobs again; exit 1 if any named job could not be retried."""
-    if job_ids:
-        outcomes = retry_jobs(list(job_ids))
-    elif kind or code or all_retryable:
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Queue failed jobs again (``args.job_ids``, or those of ``args.kind`` /
+    ``args.code`` / ``args.all_retryable``); exit 1 if any could not be retried."""
+    if args.job_ids:
+        outcomes = retry_jobs(list(args.job_ids))
+    elif args.kind or args.code or args.all_retryable:
         # Naming a kind or code is a person's explicit choice (say, every `unauthorized`
         # failure after fixing the key), so it retries them whether or not retryable.
-        outcomes = retry_where(kind, code, retryable_only=all_retryable)
+        outcomes = retry_where(args.kind, args.code, retryable_only=args.all_retryable)
     else:
         print("covers retry: name JOB_IDs, or --kind, --code or --all-retryable",
               file=sys.stderr)
@@ -180,11 +213,29 @@ def cmd_retry(job_ids: Sequence[str], kind: str | None, code: str | None,
     return EXIT_OK if retried == len(outcomes) else EXIT_FAILED
 
 
-def cmd_forget(job_ids: Sequence[str]) -> int:
-    """Remove failure records."""
-    removed = forget_jobs(list(job_ids))
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Remove the failure records of ``args.job_ids``; exit 1 unless all were removed."""
+    removed = forget_jobs(list(args.job_ids))
     print(f"{removed} forgotten")
-    return EXIT_OK if removed == len(job_ids) else EXIT_FAILED
+    return EXIT_OK if removed == len(args.job_ids) else EXIT_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run everything on a private Redis and the stand-in: ``args.count`` covers
+    (default 5), waiting at most ``args.timeout`` seconds (default 120)."""
+    return run_demo(args.count, args.timeout)
+
+
+#: Subcommands whose arguments go, unparsed, to the program they start (Celery, the
+#: stand-in): their handlers read ``args.extra``.
+PASSTHROUGH: dict[str, Handler] = {
+    "worker": cmd_worker, "beat": cmd_beat, "standin": cmd_standin,
+}
+#: Every other subcommand's handler, given the parsed arguments.
+COMMANDS: dict[str, Handler] = {
+    "web": cmd_web, "metrics": cmd_metrics, "enqueue": cmd_enqueue, "status": cmd_status,
+    "failures": cmd_failures, "retry": cmd_retry, "forget": cmd_forget, "demo": cmd_demo,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--port", type=int, default=None,
                          help="default: COVERS_METRICS_PORT")
     enqueue = sub.add_parser("enqueue", help="queue a cover job")
-    enqueue.add_argument("task_id", nargs="?", help="the music task id")
+    # Parsed into music_task_id; shown as task_id, as the help has always shown it.
+    enqueue.add_argument("music_task_id", nargs="?", metavar="task_id",
+                         help="the music task id")
     enqueue.add_argument("callback_url", nargs="?",
                          help="absolute http(s) URL for the app's callback")
     enqueue.add_argument("--wait", action="store_true", help="wait until the job ends")
@@ -233,48 +286,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a ``covers`` command line (without the program name).
+
+    A passthrough command (`PASSTHROUGH`) is not parsed: its options belong to the
+    program it starts (``covers worker --help`` is Celery's help), so they are kept
+    as they are in ``extra``.
+    """
+    if argv and argv[0] in PASSTHROUGH:
+        return argparse.Namespace(command=argv[0], extra=list(argv[1:]))
+    return build_parser().parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``covers``; returns the exit code."""
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    passthrough = {"worker", "beat", "standin"}
+    """Entry point of ``covers``; returns the exit code (0 ok, 1 a job failed or did
+    not finish, 2 bad input or settings, 130 interrupted)."""
     try:
-        if args_in and args_in[0] in passthrough:
-            command, extra = args_in[0], args_in[1:]
-            if command == "worker":
-                return cmd_worker(extra)
-            if command == "beat":
-                return cmd_beat(extra)
-            return standin_main(extra)
-        args = build_parser().parse_args(args_in)
-        if args.command == "metrics":
-            return cmd_metrics(args.host, args.port)
-        if args.command == "web":
-            return cmd_web(args.host, args.port, args.threads)
-        if args.command == "enqueue":
-            if args.from_file is not None:
-                return run_enqueue_from(args)
-            if args.task_id is None or args.callback_url is None:
-                print("covers enqueue: give TASK_ID CALLBACK_URL, or --from FILE",
-                      file=sys.stderr)
-                return EXIT_USAGE
-            return cmd_enqueue(args.task_id, args.callback_url, args.wait, args.timeout,
-                               args.json)
-        if args.command == "status":
-            return cmd_status(args.job_ids, args.json)
-        if args.command == "failures":
-            return cmd_failures(args.kind, args.code, args.limit, args.json)
-        if args.command == "retry":
-            return cmd_retry(args.job_ids, args.kind, args.code, args.all_retryable)
-        if args.command == "forget":
-            return cmd_forget(args.job_ids)
-        if args.command == "demo":
-            return run_demo(args.count, args.timeout)
+        args = parse(list(sys.argv[1:] if argv is None else argv))
+        handler = PASSTHROUGH.get(args.command) or COMMANDS.get(args.command)
+        return handler(args) if handler is not None else EXIT_USAGE
     except SettingsError as bad:
         print(f"covers: setting error: {bad}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 
 
-class Refused(Exception):
+class Refused(errors.KieCoversError):
     """A request the endpoint answers with an error status."""
 
     def __init__(self, status: str, message: str, fields: dict[str, Any] | None = None):
@@ -124,11 +124,12 @@ class CallbackApp:
         if abs(time.time() - sent_at) > self.settings.kie_webhook_max_age:
             raise Refused("401 Unauthorized", "X-Webhook-Timestamp too old (replay?)")
         data = document.get("data") if isinstance(document, dict) else None
-        task_id = data.get("taskId") if isinstance(data, dict) else None
-        if not isinstance(task_id, str):
+        # In a callback, Kie's data.taskId is the cover task id (not the music task's).
+        cover_task_id = data.get("taskId") if isinstance(data, dict) else None
+        if not isinstance(cover_task_id, str):
             raise Refused("400 Bad Request", "data.taskId is missing",
                           {"data.taskId": ["Missing data for required field."]})
-        if not signature_matches(key, task_id, timestamp, given):
+        if not signature_matches(key, cover_task_id, timestamp, given):
             raise Refused("401 Unauthorized", "bad X-Webhook-Signature")
 
     @staticmethod
