@@ -1,7 +1,8 @@
 """One settings object, read once from the environment.
 
-Every setting, its default and its unit lives in `SETTINGS` below; the README's
-settings table is written from the same list. A missing or malformed value is a
+Every setting, its default and its unit lives in `SETTINGS` below (the README's
+settings table says the same, and a test holds the two together). A missing or
+malformed value is a
 `SettingsError` naming the variable, raised when the settings are first read
 (at start-up), never at the first job.
 """
@@ -146,7 +147,8 @@ SETTINGS: tuple[Spec, ...] = (
     Spec("COVERS_BACKOFF_MAX", "backoff_max", "300", _positive_float,
          "Seconds: the longest single backoff wait."),
     Spec("COVERS_MAINTENANCE_PAUSE", "maintenance_pause", "60", _positive_float,
-         "Seconds to wait after a 455 (maintenance) when Kie gives no Retry-After."),
+         "Seconds to wait after a 455 (maintenance) when Kie gives no Retry-After; also "
+         "how often a job held for credits (402/433) checks them again."),
     Spec("COVERS_CREDITS_MAX_WAIT", "credits_max_wait", "3600", _positive_float,
          "Seconds a job waits for credits (402/433) before it fails as retryable."),
     Spec("COVERS_REDISPATCH_AFTER", "redispatch_after", "600", _positive_float,

@@ -1,4 +1,4 @@
-"""Celery settings, derived from `config.get_settings()` (loaded lazily by the app).
+"""Celery settings, derived from `kie_covers.config.get_settings()` (loaded lazily by the app).
 
 What the reliability promise relies on, and operators must not change:
 late acks with requeue on worker loss, prefetch of one, JSON only.

@@ -38,14 +38,10 @@ from kie_covers.core.states import HELD_BACK, JobState
 from kie_covers.runtime.connections import get_store
 from kie_covers.services.producer import enqueue_cover
 
-__all__ = ["CSV_COLUMNS", "SUFFIX_FORMATS", "WAIT_REASONS", "BadLine", "BatchFormat",
+__all__ = ["CSV_COLUMNS", "SUFFIX_FORMATS", "BadLine", "BatchFormat",
            "BatchPlan", "BatchRefused", "BatchRow", "Progress", "batch_progress",
            "batch_records", "enqueue_batch", "read_batch"]
 
-#: Wait reasons that make a queued job count as `Progress.waiting` (held back by the
-#: account or a limit, not by its own fault): `kie_covers.core.states.HELD_BACK`,
-#: under the name this module has always exported it by.
-WAIT_REASONS = HELD_BACK
 #: The two fields `batch_progress` reads of each job.
 PROGRESS_FIELDS = ("state", "wait_reason")
 
@@ -59,7 +55,7 @@ class Progress:
         done: succeeded.
         failed: failed (for good, until a retry queues them again).
         waiting: queued and held back by the rate limit, a pause or a credit hold
-            (a wait reason in `WAIT_REASONS`).
+            (a wait reason in `kie_covers.core.states.HELD_BACK`).
         in_progress: every other live job: queued, backing off after a fault, or
             submitted to Kie and waiting for the cover.
         missing: no record (never enqueued here, or expired after its TTL); default 0.
@@ -141,7 +137,7 @@ def batch_progress(job_ids: Sequence[str]) -> Progress:
         elif job.state is JobState.FAILED:
             failed += 1
             failed_ids.append(job_id)
-        elif job.state is JobState.QUEUED and job.wait_reason in WAIT_REASONS:
+        elif job.state is JobState.QUEUED and job.wait_reason in HELD_BACK:
             waiting += 1
             reason = str(job.wait_reason)
             waiting_for[reason] = waiting_for.get(reason, 0) + 1

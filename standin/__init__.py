@@ -1,7 +1,7 @@
 """Loopback stand-in for Kie's Suno cover API: a real HTTP server that costs no credits.
 
 Start one in-process with ``KieStandin(StandinConfig(...)).start()`` (or as a
-context manager), or from a shell with ``python -m standin``.
+context manager), or from a shell with ``python -m kie_covers.standin`` (or ``covers standin``).
 """
 
 from .config import StandinConfig

@@ -1,6 +1,6 @@
-"""``python -m standin``: run the Kie stand-in until SIGINT/SIGTERM.
+"""``python -m kie_covers.standin``: run the Kie stand-in until SIGINT/SIGTERM.
 
-See :func:`standin.server.main` for the options.
+See :func:`kie_covers.standin.server.main` for the options.
 """
 
 from .server import main

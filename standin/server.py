@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     defaults = StandinConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m standin", description="Loopback stand-in for Kie's Suno cover API."
+        prog="covers standin", description="Loopback stand-in for Kie's Suno cover API."
     )
     parser.add_argument(
         "--host", default=defaults.host, help="loopback address (default %(default)s)"

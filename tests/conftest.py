@@ -13,10 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from kie_covers.runtime.redis_server import RedisServer, free_port
 from kie_covers.standin import KieStandin, StandinConfig
-from tests.services import BeatProcess, WebProcess, WorkerProcess
+from tests.services import (
+    BROKERS,
+    BeatProcess,
+    StartBeat,
+    StartWorker,
+    WebProcess,
+    WorkerProcess,
+)
 
 API_KEY = "test-key-" + secrets.token_hex(8)
 HMAC_KEY = "hmac-" + secrets.token_hex(12)
@@ -65,9 +73,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header() -> str:
-    from tests.services import BROKERS
-
     return f"kie-covers: brokers under test: {', '.join(BROKERS)}"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fast (unmarked) tests first, then the end-to-end ones; otherwise in order.
+
+    So a plain ``python -m pytest`` answers in-process failures before it starts
+    any worker process (``-m "not e2e"`` runs the fast layer alone).
+    """
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -106,8 +122,6 @@ def run_dir() -> Path:
 @pytest.fixture
 def standin(standin_server: KieStandin, redis_server: RedisServer) -> KieStandin:
     """The stand-in and Redis, both emptied before the test."""
-    import redis
-
     standin_server.reset()
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushdb()
@@ -141,7 +155,7 @@ def worker(run_dir: Path, web: WebProcess) -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture
-def start_worker(run_dir: Path) -> Iterator[object]:
+def start_worker(run_dir: Path) -> Iterator[StartWorker]:
     """Factory: start an extra worker with setting overrides; stopped after the test.
 
     Each gets a queue of its own unless `queue` is given; send jobs to it with
@@ -164,7 +178,7 @@ def start_worker(run_dir: Path) -> Iterator[object]:
 
 
 @pytest.fixture
-def start_beat(run_dir: Path) -> Iterator[object]:
+def start_beat(run_dir: Path) -> Iterator[StartBeat]:
     """Factory: start a real beat process with setting overrides; stopped after the test."""
     started: list[BeatProcess] = []
 

@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import requests
 
@@ -35,12 +37,12 @@ def reachable(host: str, port: int) -> bool:
 BROKERS = ["redis"] + (["rabbitmq"] if reachable("127.0.0.1", 5672) else [])
 
 
-def wait_until(predicate: object, timeout_s: float = 20.0, interval_s: float = 0.05,
-               message: str = "condition") -> None:
+def wait_until(predicate: Callable[[], object], timeout_s: float = 20.0,
+               interval_s: float = 0.05, message: str = "condition") -> None:
     """Poll `predicate()` until true; fail the test after `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
@@ -65,7 +67,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         """Start and wait until the worker is ready to take tasks."""
         self.log_path.write_text("")
-        self.process = subprocess.Popen(
+        self.process = process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "kie_covers.worker", "worker",
              "-Q", self.env["COVERS_QUEUE"], "-c", str(self.concurrency), "-P", "prefork",
              "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
@@ -73,9 +75,9 @@ class WorkerProcess:
             cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_until(lambda: "ready." in self.log() or self.process.poll() is not None,  # type: ignore[union-attr]
+        wait_until(lambda: "ready." in self.log() or process.poll() is not None,
                    30, 0.1, f"worker {self.name} to start")
-        if self.process.poll() is not None:
+        if process.poll() is not None:
             raise RuntimeError(f"worker {self.name} exited:\n{self.log()[-3000:]}")
         return self
 
@@ -172,3 +174,19 @@ class BeatProcess:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class StartWorker(Protocol):
+    """The `start_worker` fixture: start one more worker, stopped after the test.
+
+    Settings are overridden by keyword (``KIE_POLL_INTERVAL="60"``); without `queue`
+    the worker gets a queue of its own.
+    """
+
+    def __call__(self, queue: str | None = None, **overrides: str) -> WorkerProcess: ...
+
+
+class StartBeat(Protocol):
+    """The `start_beat` fixture: start a beat process, stopped after the test."""
+
+    def __call__(self, **overrides: str) -> BeatProcess: ...

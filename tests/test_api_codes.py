@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 import pytest
 import requests
 
-from kie_covers import enqueue_cover, wait_for_cover
+from kie_covers import enqueue_cover, get_cover, wait_for_cover
 from kie_covers.standin import KieStandin
 from tests.conftest import API_KEY
-from tests.services import WorkerProcess
+from tests.services import WorkerProcess, wait_until
+
+pytestmark = pytest.mark.e2e
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
 
@@ -86,8 +89,6 @@ def test_retry_after_is_honoured(standin: KieStandin, worker: WorkerProcess) -> 
 
 
 def _seconds(later: str, earlier: str) -> float:
-    from datetime import datetime
-
     return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
 
 
@@ -111,9 +112,6 @@ def test_out_of_credits_holds_the_job_until_credits_return(
     standin.set_credits(0)
     task_id = music_id()
     job_id = enqueue_cover(task_id, APP_CALLBACK)
-    from kie_covers import get_cover
-    from tests.services import wait_until
-
     wait_until(lambda: get_cover(job_id)["waiting_for"] == "out_of_credits", 15,
                message="the job to wait for credits")
     assert get_cover(job_id)["state"] == "queued"

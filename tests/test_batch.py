@@ -1,4 +1,4 @@
-"""Batch enqueueing (`kie_covers.services.batch`, ``covers enqueue --from``) against the real services.
+"""Batch enqueueing (`kie_covers.services.batch`, ``covers enqueue --from``), real services.
 
 The command runs as a real process (``covers enqueue --from``, i.e.
 ``python -m kie_covers.worker.cli enqueue --from``) on the suite's Redis,
@@ -21,8 +21,8 @@ import pytest
 import redis
 
 from kie_covers import get_cover
+from kie_covers.core.states import HELD_BACK
 from kie_covers.services.batch import (
-    WAIT_REASONS,
     BadLine,
     BatchRefused,
     batch_progress,
@@ -45,9 +45,10 @@ def music_id() -> str:
 def batch_cli(*args: str, stdin: str | None = None, timeout: float = 60
               ) -> subprocess.CompletedProcess[str]:
     """Run the batch command as a real process with the suite's settings."""
+    # check=False: the tests read the exit code themselves.
     return subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", "enqueue", *args],
-                          cwd=ROOT, env=process_env(), input=stdin, capture_output=True, text=True,
-                          timeout=timeout)
+                          check=False, cwd=ROOT, env=process_env(), input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def paid(standin: KieStandin, task_ids: list[str]) -> dict[str, int]:
@@ -64,6 +65,7 @@ def stored_jobs() -> list[str]:
                        *client.scan_iter("covers:due")])
 
 
+@pytest.mark.e2e
 def test_a_csv_with_a_bad_line_is_refused_with_its_line_number_and_nothing_is_enqueued(
     standin: KieStandin, worker: WorkerProcess, tmp_path: Path
 ) -> None:
@@ -93,6 +95,7 @@ def test_a_csv_with_a_bad_line_is_refused_with_its_line_number_and_nothing_is_en
     assert standin.counts()["generate"] == 0
 
 
+@pytest.mark.e2e
 def test_json_lines_from_stdin_with_skip_bad_enqueue_the_good_ones(
     standin: KieStandin, worker: WorkerProcess
 ) -> None:
@@ -127,13 +130,14 @@ def test_json_lines_from_stdin_with_skip_bad_enqueue_the_good_ones(
     assert "line 6: json: expected one object per line" in done.stderr
     assert "line 7: taskId: duplicate of line 1" in done.stderr
     records = [get_cover(job_id) for job_id in out["job_ids"]]
-    assert [(r["task_id"], r["callback_url"]) for r in records] == [
+    assert [(r["music_task_id"], r["callback_url"]) for r in records] == [
         (first, CALLBACK), (second, CALLBACK), (third, OTHER_CALLBACK)]
     # And they are real jobs: the worker ends them (so none is still in flight, and
     # paid, after the next test has reset the stand-in)
     wait_until(lambda: batch_progress(out["job_ids"]).done == 3, 20, 0.1, "the jobs to end")
 
 
+@pytest.mark.e2e
 def test_wait_ends_with_every_job_succeeded_paid_once_and_a_summary(
     standin: KieStandin, worker: WorkerProcess, tmp_path: Path
 ) -> None:
@@ -158,7 +162,7 @@ def test_wait_ends_with_every_job_succeeded_paid_once_and_a_summary(
     out = json.loads(again.stdout)
     assert out["progress"]["done"] == 6 and out["timed_out"] is False
     assert [r["state"] for r in out["records"]] == ["succeeded"] * 6
-    assert [r["task_id"] for r in out["records"]] == task_ids
+    assert [r["music_task_id"] for r in out["records"]] == task_ids
     assert paid(standin, task_ids) == {t: 1 for t in task_ids}
     # And on a terminal the line is redrawn in place with \r and ended with a newline
     terminal = _Terminal()
@@ -167,6 +171,7 @@ def test_wait_ends_with_every_job_succeeded_paid_once_and_a_summary(
     assert terminal.getvalue().startswith("\r[") and terminal.getvalue().endswith("\n")
 
 
+@pytest.mark.e2e
 def test_wait_lists_the_failed_jobs_and_exits_1(
     standin: KieStandin, worker: WorkerProcess, tmp_path: Path
 ) -> None:
@@ -185,6 +190,7 @@ def test_wait_lists_the_failed_jobs_and_exits_1(
     assert "not_found" in failed_row and "music task not found" in failed_row
 
 
+@pytest.mark.e2e
 def test_batch_progress_counts_match_get_cover(
     standin: KieStandin, worker: WorkerProcess
 ) -> None:
@@ -211,7 +217,7 @@ def test_batch_progress_counts_match_get_cover(
             return False
         states = [r["state"] for r in records]
         waiting = [r for r in records
-                   if r["state"] == "queued" and r["waiting_for"] in WAIT_REASONS]
+                   if r["state"] == "queued" and r["waiting_for"] in HELD_BACK]
         # Then every count is what get_cover shows, job by job
         assert after.total == len(job_ids) and after.missing == 1
         assert after.done == states.count("succeeded") == 2
@@ -227,7 +233,7 @@ def test_batch_progress_counts_match_get_cover(
     # And once credits return, the waiting jobs end succeeded, each paid once
     standin.set_credits(1000)
     wait_until(lambda: batch_progress(held).done == 4, 20, 0.1, "the held jobs to succeed")
-    assert all(standin.paid()[get_cover(j)["task_id"]] == 1 for j in held)
+    assert all(standin.paid()[get_cover(j)["music_task_id"]] == 1 for j in held)
 
 
 def test_duplicate_task_ids_in_a_file_are_reported(tmp_path: Path) -> None:

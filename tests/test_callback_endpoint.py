@@ -13,9 +13,13 @@ import pytest
 import requests
 
 from kie_covers import enqueue_cover, get_cover
+from kie_covers.runtime.connections import get_store
 from kie_covers.standin import KieStandin
+from kie_covers.store.run import Run
 from tests.conftest import HMAC_KEY
-from tests.services import WebProcess, wait_until
+from tests.services import StartWorker, WebProcess, wait_until
+
+pytestmark = pytest.mark.e2e
 
 
 def sign(task_id: str, timestamp: int, key: str = HMAC_KEY) -> str:
@@ -41,17 +45,17 @@ def success_body(cover_id: str) -> dict[str, object]:
                                                     "http://127.0.0.1:9/b.png"]}}
 
 
-def submitted_job(standin: KieStandin, start_worker: object) -> tuple[str, str]:
+def submitted_job(standin: KieStandin, start_worker: StartWorker) -> tuple[str, str]:
     """A job Kie has accepted, whose callback we hold back (and no poll comes soon)."""
     standin.set_callback_mode("drop")
-    lazy = start_worker(KIE_POLL_INTERVAL="60")  # type: ignore[operator]
+    lazy = start_worker(KIE_POLL_INTERVAL="60")
     job_id = enqueue_cover(uuid.uuid4().hex, "http://127.0.0.1:9/cb", queue=lazy.queue)
     wait_until(lambda: get_cover(job_id)["state"] == "submitted", 15, message="submit")
     return job_id, str(get_cover(job_id)["cover_task_id"])
 
 
 def test_a_signed_callback_completes_its_job_once(
-    standin: KieStandin, start_worker: object, web: WebProcess
+    standin: KieStandin, start_worker: StartWorker, web: WebProcess
 ) -> None:
     job_id, cover_id = submitted_job(standin, start_worker)
     first = post(web, success_body(cover_id), cover_id)
@@ -65,7 +69,7 @@ def test_a_signed_callback_completes_its_job_once(
 
 
 def test_a_failure_callback_fails_the_job(
-    standin: KieStandin, start_worker: object, web: WebProcess
+    standin: KieStandin, start_worker: StartWorker, web: WebProcess
 ) -> None:
     job_id, cover_id = submitted_job(standin, start_worker)
     body = {"code": 531, "msg": "generation failed, credits refunded",
@@ -86,7 +90,7 @@ def test_a_failure_callback_fails_the_job(
     ],
 )
 def test_a_bad_or_stale_signature_is_refused_and_changes_nothing(
-    standin: KieStandin, start_worker: object, web: WebProcess,
+    standin: KieStandin, start_worker: StartWorker, web: WebProcess,
     timestamp_shift: int, signature: str | None, expected: int,
 ) -> None:
     job_id, cover_id = submitted_job(standin, start_worker)
@@ -159,18 +163,27 @@ def test_a_callback_that_comes_before_the_submit_is_recorded_is_kept_for_it(
     web: WebProcess, standin: KieStandin
 ) -> None:
     # Given a callback for a cover id that no job owns yet
-    from kie_covers.runtime.connections import get_store
-
     store = get_store()
     job_id, _ = store.enqueue(str(uuid.uuid4()), uuid.uuid4().hex, "http://127.0.0.1:9/cb",
                               60, "covers-unused")
     cover_id = "early" + uuid.uuid4().hex
     assert post(web, success_body(cover_id), cover_id).json() == {"status": "unknown"}
-    # When the submit's answer is recorded afterwards
-    marked = store.mark_submitted(job_id, cover_id, 60)
-    # Then the held callback is handed to the job
+    # When a run records the submit's answer afterwards
+    record = store.get(job_id)
+    assert record is not None
+    run = store.begin(job_id, record.music_task_id, record.callback_url, 60, "covers-unused")
+    assert isinstance(run, Run)
+    with run:
+        marked = run.submitted(cover_id, 60)
+        # Then the held callback is handed to the run, which still holds the job
+        assert run.open
     recorded = store.get(job_id)
     assert marked.changed and recorded is not None
     assert recorded.state.value == "submitted" and recorded.cover_task_id == cover_id
-    assert marked.early is not None and json.loads(marked.early) == success_body(cover_id)
-    assert store.mark_submitted(job_id, cover_id, 60) == (False, None)
+    assert marked.early_callback is not None
+    assert json.loads(marked.early_callback) == success_body(cover_id)
+    # And a second record of it changes nothing (the job is no longer queued)
+    again = store.begin(job_id, record.music_task_id, record.callback_url, 60, "covers-unused")
+    assert isinstance(again, Run)
+    with again:
+        assert again.submitted(cover_id, 60) == (False, None)

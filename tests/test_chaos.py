@@ -11,23 +11,23 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from typing import Any
 
 import pytest
 import redis
 
 from kie_covers import enqueue_cover, get_cover
+from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.standin import KieStandin
-from tests.services import wait_until
+from tests.services import StartWorker, WebProcess, wait_until
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
 
 
 def enqueue_batch(count: int, queue: str) -> dict[str, str]:
     """`count` new jobs on `queue`: job id -> music task id."""
-    jobs = {}
+    jobs: dict[str, str] = {}
     for _ in range(count):
         task_id = uuid.uuid4().hex
         jobs[enqueue_cover(task_id, APP_CALLBACK, queue=queue)] = task_id
@@ -58,7 +58,7 @@ def assert_promise(jobs: dict[str, str], standin: KieStandin,
 
 
 def test_workers_killed_at_random_moments_lose_nothing_and_pay_nothing_twice(
-    standin: KieStandin, start_worker: Any
+    standin: KieStandin, start_worker: StartWorker
 ) -> None:
     rng = random.Random(5)
     first = start_worker()
@@ -74,7 +74,7 @@ def test_workers_killed_at_random_moments_lose_nothing_and_pay_nothing_twice(
 
 
 def test_a_broker_connection_cut_mid_run_loses_nothing(
-    standin: KieStandin, start_worker: Any, redis_server: Any
+    standin: KieStandin, start_worker: StartWorker, redis_server: RedisServer
 ) -> None:
     first = start_worker()
     start_worker(queue=first.queue)
@@ -89,7 +89,7 @@ def test_a_broker_connection_cut_mid_run_loses_nothing(
 
 
 def test_a_redis_restart_mid_run_loses_nothing(
-    standin: KieStandin, start_worker: Any, redis_server: Any
+    standin: KieStandin, start_worker: StartWorker, redis_server: RedisServer
 ) -> None:
     # (The suite's redis-server runs with appendonly yes, as the README tells operators.)
     first = start_worker()
@@ -102,7 +102,7 @@ def test_a_redis_restart_mid_run_loses_nothing(
 
 
 def test_a_mix_of_api_faults_ends_every_job_once_and_pays_once(
-    standin: KieStandin, start_worker: Any
+    standin: KieStandin, start_worker: StartWorker
 ) -> None:
     # Given Kie answering a mix of faults on every endpoint, some slower than our timeout
     worker = start_worker(COVERS_MAX_ATTEMPTS="8")
@@ -121,7 +121,7 @@ def test_a_mix_of_api_faults_ends_every_job_once_and_pays_once(
 @pytest.mark.parametrize(("mode", "delay_s"), [("drop", 0.0), ("duplicate", 0.0),
                                                 ("delay", 1.2)])
 def test_lost_duplicated_or_late_callbacks_end_each_job_once(
-    standin: KieStandin, start_worker: Any, web: Any, mode: str, delay_s: float
+    standin: KieStandin, start_worker: StartWorker, web: WebProcess, mode: str, delay_s: float
 ) -> None:
     # poll every 0.5 s: a callback delayed 1.2 s arrives after the poll ended the job
     standin.set_callback_mode(mode, delay_s)

@@ -9,20 +9,27 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
+import redis
 import requests
 
-from kie_covers.runtime.redis_server import free_port
+from kie_covers import enqueue_cover, wait_for_cover
+from kie_covers.runtime.redis_server import RedisServer, free_port
 from kie_covers.standin import KieStandin
-from tests.conftest import process_env
+from tests.conftest import API_KEY, HMAC_KEY, process_env
 from tests.services import ROOT, WorkerProcess, wait_until
+
+pytestmark = pytest.mark.e2e
 
 
 def covers(*args: str, env: dict[str, str] | None = None, timeout: float = 60
            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", *args], cwd=ROOT,
-                          env=env or process_env(), capture_output=True, text=True,
+    # check=False: the tests read the exit code themselves.
+    return subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", *args], check=False,
+                          cwd=ROOT, env=env or process_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -47,7 +54,7 @@ def test_the_demo_runs_on_a_machine_with_nothing_configured(tmp_path: Path) -> N
     env["COVERS_STATE_DIR"] = str(tmp_path / "state")
     try:
         done = subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", "demo",
-                               "--count", "3"],
+                               "--count", "3"], check=False,
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
         # Then it starts its own Redis, the stand-in and a worker, and every cover is made
         assert done.returncode == 0, done.stdout + done.stderr
@@ -81,7 +88,7 @@ def test_the_procfile_lines_run_as_written(standin: KieStandin, run_dir: Path) -
                       COVERS_STATE_DIR=str(run_dir / "procfile"),
                       COVERS_CALLBACK_URL=f"http://127.0.0.1:{port}/kie/callback",
                       PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    processes = {}
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, command in procfile.items():
             argv = _expand(command.strip(), env)
@@ -92,8 +99,6 @@ def test_the_procfile_lines_run_as_written(standin: KieStandin, run_dir: Path) -
                 stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(lambda: _healthy(port), 20, 0.1, "web line")
         task_id = uuid.uuid4().hex
-        from kie_covers import enqueue_cover, wait_for_cover
-
         record = wait_for_cover(enqueue_cover(task_id, "http://127.0.0.1:9/cb", queue=queue),
                                 timeout_s=40)
         assert record["state"] == "succeeded"
@@ -116,32 +121,39 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _all_redis_text(url: str) -> str:
-    import redis
+def _as_bytes(value: object) -> bytes:
+    """A stored value as bytes (a hash item as ``field=value``)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, tuple | list):
+        return b"=".join(_as_bytes(part) for part in value)
+    return b"" if value is None else str(value).encode()
 
+
+def _all_redis_text(url: str) -> str:
+    """Every string, hash, list, sorted set and set stored in Redis, as one text."""
     client = redis.Redis.from_url(url)
     parts: list[bytes] = []
     for key in client.scan_iter():
         kind = client.type(key)
+        values: Iterable[object] = ()
         if kind == b"string":
-            parts.append(client.get(key) or b"")
+            values = [client.get(key)]
         elif kind == b"hash":
-            parts.extend(b"%s=%s" % kv for kv in client.hgetall(key).items())
+            values = client.hgetall(key).items()
         elif kind == b"list":
-            parts.extend(client.lrange(key, 0, -1))
+            values = client.lrange(key, 0, -1)
         elif kind == b"zset":
-            parts.extend(client.zrange(key, 0, -1))
+            values = client.zrange(key, 0, -1)
         elif kind == b"set":
-            parts.extend(client.smembers(key))
+            values = client.smembers(key)
+        parts.extend(_as_bytes(value) for value in values)
     return b"\n".join(parts).decode("utf-8", "replace")
 
 
 def test_no_secret_reaches_the_logs_or_the_stored_records(
-    standin: KieStandin, worker: WorkerProcess, run_dir: Path, redis_server: object
+    standin: KieStandin, worker: WorkerProcess, run_dir: Path, redis_server: RedisServer
 ) -> None:
-    from kie_covers import enqueue_cover, wait_for_cover
-    from tests.conftest import API_KEY, HMAC_KEY
-
     standin.inject("generate", "401", times=1)
     standin.inject("generate", "reset", times=1)
     for fault in ("429", "455", "500", "html", "malformed"):
@@ -155,7 +167,7 @@ def test_no_secret_reaches_the_logs_or_the_stored_records(
     assert "401" in logs or "unauthorized" in logs  # the logs are really there
     assert API_KEY not in logs
     assert HMAC_KEY not in logs
-    stored = _all_redis_text(redis_server.url)  # type: ignore[attr-defined]
+    stored = _all_redis_text(redis_server.url)
     assert "unauthorized" in stored  # the failure record is there
     assert API_KEY not in stored
     assert HMAC_KEY not in stored

@@ -18,10 +18,14 @@ import pytest
 
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
 from kie_covers.core.errors import UnknownJob
+from kie_covers.runtime.connections import get_redis
 from kie_covers.services.failures import count_failures, list_failures
 from kie_covers.standin import KieStandin
+from kie_covers.store.jobs import JobStore, Lifetimes
 from tests.conftest import process_env
-from tests.services import ROOT, wait_until
+from tests.services import ROOT, StartBeat, StartWorker, WebProcess, wait_until
+
+pytestmark = pytest.mark.e2e
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
 
@@ -38,7 +42,7 @@ def _wait_for_retried_end(job_id: str, timeout_s: float) -> dict[str, Any]:
 
 
 def test_an_outage_is_recorded_and_healed_by_scheduled_retries_without_a_command(
-    standin: KieStandin, start_worker: Any, start_beat: Any
+    standin: KieStandin, start_worker: StartWorker, start_beat: StartBeat
 ) -> None:
     # Given Kie fails every generation with 500
     standin.inject("generate", "500", times=None)
@@ -67,7 +71,7 @@ def test_an_outage_is_recorded_and_healed_by_scheduled_retries_without_a_command
 
 
 def test_a_never_retry_failure_is_not_retried_on_schedule(
-    standin: KieStandin, start_worker: Any, start_beat: Any
+    standin: KieStandin, start_worker: StartWorker, start_beat: StartBeat
 ) -> None:
     worker = start_worker(COVERS_RETRY_BASE="0.2")
     start_beat(COVERS_QUEUE=worker.queue, COVERS_RETRY_INTERVAL="0.5")
@@ -80,12 +84,14 @@ def test_a_never_retry_failure_is_not_retried_on_schedule(
 
 
 def covers(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", *args], cwd=ROOT,
-                          env=process_env(), capture_output=True, text=True, timeout=60)
+    # check=False: the test reads the exit code itself.
+    return subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", *args], check=False,
+                          cwd=ROOT, env=process_env(), capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_the_cli_lists_filters_retries_and_forgets(
-    standin: KieStandin, start_worker: Any
+    standin: KieStandin, start_worker: StartWorker
 ) -> None:
     # Given three failures of different kinds
     worker = start_worker(COVERS_MAX_ATTEMPTS="1", COVERS_RETRY_BASE="3600")
@@ -133,13 +139,16 @@ def test_the_cli_lists_filters_retries_and_forgets(
 
 
 class _App:
-    """A tiny app endpoint on loopback that is down for the first `down_for_s` seconds."""
+    """A tiny app endpoint on loopback; it answers 503 while it is down (`come_up` ends that)."""
 
-    def __init__(self, down_for_s: float, key: str) -> None:
-        self.down_until = time.monotonic() + down_for_s
+    def __init__(self, key: str, *, down: bool) -> None:
+        self.down = threading.Event()
+        if down:
+            self.down.set()
         self.key = key
         self.accepted: list[dict[str, Any]] = []
         self.refused = 0
+        self.refused_jobs: set[str] = set()  # whose notices were refused at least once
         self.bad_signatures = 0
         app = self
 
@@ -149,12 +158,13 @@ class _App:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                if time.monotonic() < app.down_until:
+                notice = json.loads(body)
+                if app.down.is_set():
                     app.refused += 1
+                    app.refused_jobs.add(notice["jobId"])
                     self.send_response(503)
                     self.end_headers()
                     return
-                notice = json.loads(body)
                 stamp = self.headers.get("X-Webhook-Timestamp", "")
                 expected = base64.b64encode(hmac.new(
                     app.key.encode(), f"{notice['data']['taskId']}.{stamp}".encode(),
@@ -173,20 +183,28 @@ class _App:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/covers"
 
+    def come_up(self) -> None:
+        """From now on, take notices."""
+        self.down.clear()
+
 
 def test_the_app_gets_one_signed_notice_per_finished_job_even_after_being_down(
-    standin: KieStandin, start_worker: Any, web: Any
+    standin: KieStandin, start_worker: StartWorker, web: WebProcess
 ) -> None:
-    # Given the app's endpoint is down for the first 2 seconds
-    app = _App(down_for_s=2.0, key="app-secret-123")
-    worker = start_worker(COVERS_APP_WEBHOOK_KEY=app.key, COVERS_NOTIFY_MAX_AGE="60")
-    ok = [enqueue_cover(uuid.uuid4().hex, app.url, queue=worker.queue) for _ in range(3)]
-    bad = enqueue_cover("notfound" + uuid.uuid4().hex, app.url, queue=worker.queue)
-    # Then each finished job is announced exactly once, signed, once the app is up
-    wait_until(lambda: len(app.accepted) >= 4, 40, 0.1, "four notices")
-    time.sleep(1.0)
+    # Given the app's endpoint is down
+    app = _App(key="app-secret-123", down=True)
     try:
-        assert app.refused >= 1 and app.bad_signatures == 0
+        worker = start_worker(COVERS_APP_WEBHOOK_KEY=app.key, COVERS_NOTIFY_MAX_AGE="60")
+        ok = [enqueue_cover(uuid.uuid4().hex, app.url, queue=worker.queue) for _ in range(3)]
+        bad = enqueue_cover("notfound" + uuid.uuid4().hex, app.url, queue=worker.queue)
+        # When it comes up only after it has refused every job's notice
+        wait_until(lambda: app.refused_jobs == {*ok, bad}, 40, 0.1,
+                   "every notice refused while the app is down")
+        app.come_up()
+        # Then each finished job is announced exactly once, signed
+        wait_until(lambda: len(app.accepted) >= 4, 40, 0.1, "four notices")
+        time.sleep(1.0)
+        assert app.bad_signatures == 0
         by_job = {n["jobId"]: n for n in app.accepted}
         assert len(app.accepted) == 4 and set(by_job) == {*ok, bad}
         for job_id in ok:
@@ -199,9 +217,9 @@ def test_the_app_gets_one_signed_notice_per_finished_job_even_after_being_down(
 
 
 def test_a_notice_the_app_never_takes_is_given_up_and_recorded(
-    standin: KieStandin, start_worker: Any, web: Any
+    standin: KieStandin, start_worker: StartWorker, web: WebProcess
 ) -> None:
-    app = _App(down_for_s=3600, key="k")
+    app = _App(key="k", down=True)
     worker = start_worker(COVERS_NOTIFY_MAX_AGE="1.5")
     job_id = enqueue_cover(uuid.uuid4().hex, app.url, queue=worker.queue)
     try:
@@ -215,28 +233,26 @@ def test_a_notice_the_app_never_takes_is_given_up_and_recorded(
 
 
 def test_a_notice_whose_process_died_before_sending_it_is_sent_once_after_its_lease(
-    standin: KieStandin, start_worker: Any
+    standin: KieStandin, start_worker: StartWorker
 ) -> None:
-    from kie_covers.runtime.connections import get_redis
-    from kie_covers.store.jobs import JobStore
-
     # Given a worker with 1 s notice timeouts: the notice lock lasts 3 s, its lease 8 s
-    app = _App(down_for_s=0.0, key="k2")
+    app = _App(key="k2", down=False)
     worker = start_worker(COVERS_APP_WEBHOOK_KEY=app.key, COVERS_NOTIFY_TIMEOUT="1",
                           COVERS_NOTIFY_MAX_AGE="60")
     try:
         # When a process ends a job (taking its notice) and dies before sending it
-        store = JobStore(get_redis(), 600, 600, notice_lease_s=8.0, notice_lock_s=3.0)
+        store = JobStore(get_redis(), Lifetimes(result_ttl_s=600, failure_ttl_s=600,
+                                                notice_lease_s=8.0, notice_lock_s=3.0))
         job_id, _ = store.enqueue(str(uuid.uuid4()), uuid.uuid4().hex, app.url, 600,
                                   worker.queue)
+        ending_at = time.monotonic()  # before the lease starts, however slow finish is
         ended = store.finish(job_id, images=["https://cdn.example/a.png"])
         assert ended is not None and ended.notice_locked
-        ended_at = time.monotonic()
         # Then nobody sends it while the lease runs, and a worker sends it once after
         time.sleep(2.0)
         assert app.accepted == []
         wait_until(lambda: len(app.accepted) >= 1, 30, 0.1, "the notice from the due set")
-        assert time.monotonic() - ended_at >= 7.5
+        assert time.monotonic() - ending_at >= 7.5
         time.sleep(1.0)
         assert [n["jobId"] for n in app.accepted] == [job_id]
         assert app.accepted[0]["data"]["images"] == ["https://cdn.example/a.png"]

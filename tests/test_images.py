@@ -7,9 +7,10 @@ or by a poll (in the worker); both must schedule the copy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from kie_covers.runtime.redis_server import free_port
 from kie_covers.services.images import LocalStore, copy_one, retry_images
 from kie_covers.standin import KieStandin
 from tests.conftest import process_env
-from tests.services import WebProcess, WorkerProcess, wait_until
+from tests.services import StartWorker, WebProcess, wait_until
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
 
@@ -62,7 +63,12 @@ def stored_record(job_id: str, count: int, timeout_s: float = 15) -> dict[str, A
     return get_cover(job_id)
 
 
-def assert_copies_match_kie(record: dict[str, Any], location_of: Any) -> None:
+def _stored_count_is(job_id: str, count: int) -> bool:
+    return len(get_cover(job_id)["stored_images"]) == count
+
+
+def assert_copies_match_kie(record: dict[str, Any], location_of: Callable[[str], str]
+                            ) -> None:
     """Each stored copy is byte-identical to what the stand-in serves for its URL."""
     assert record["state"] == "succeeded" and record["images_error"] is None
     assert [entry["url"] for entry in record["stored_images"]] == record["images"]
@@ -73,16 +79,16 @@ def assert_copies_match_kie(record: dict[str, Any], location_of: Any) -> None:
         assert entry["sha256"] == hashlib.sha256(served).hexdigest()
         assert entry["bytes"] == len(served)
         assert entry["content_type"] == "image/png"
-        assert entry["location"].endswith(f"/{record['task_id']}/{record['job_id']}-{n}.png")
+        assert entry["location"].endswith(f"/{record['music_task_id']}/{record['job_id']}-{n}.png")
 
 
+@pytest.mark.e2e
 def test_succeeded_covers_are_copied_once_to_a_local_directory(
-    standin: KieStandin, start_worker: Any, image_web: tuple[WebProcess, Path]
+    standin: KieStandin, start_worker: StartWorker, image_web: tuple[WebProcess, Path]
 ) -> None:
     # Given a worker and a callback endpoint, both with a local image store
     web, store = image_web
-    worker: WorkerProcess = start_worker(COVERS_IMAGE_STORE=str(store),
-                                         COVERS_CALLBACK_URL=web.url)
+    worker = start_worker(COVERS_IMAGE_STORE=str(store), COVERS_CALLBACK_URL=web.url)
     # When covers are made (mostly ended by Kie's callback, in the web process, which
     # must then schedule the copy itself)
     job_ids = [enqueue_cover(music_id(), APP_CALLBACK, queue=worker.queue) for _ in range(3)]
@@ -105,14 +111,14 @@ def test_succeeded_covers_are_copied_once_to_a_local_directory(
     assert get_cover(first["job_id"])["stored_images"] == first["stored_images"]
 
 
+@pytest.mark.e2e
 def test_an_image_over_the_size_limit_is_refused_and_the_job_stays_succeeded(
-    standin: KieStandin, start_worker: Any, tmp_path: Path
+    standin: KieStandin, start_worker: StartWorker, tmp_path: Path
 ) -> None:
     # Given a store that takes nothing over 100 bytes (the stand-in's PNGs are larger)
     store = tmp_path / "small-store"
-    worker: WorkerProcess = start_worker(COVERS_IMAGE_STORE=str(store),
-                                         COVERS_IMAGE_MAX_BYTES="100",
-                                         COVERS_CALLBACK_URL=dead_callback_url())
+    worker = start_worker(COVERS_IMAGE_STORE=str(store), COVERS_IMAGE_MAX_BYTES="100",
+                          COVERS_CALLBACK_URL=dead_callback_url())
     job_id = enqueue_cover(music_id(), APP_CALLBACK, queue=worker.queue)
     assert wait_for_cover(job_id, timeout_s=20)["state"] == "succeeded"
     # Then copying ends with a reason for each image, at once (no retries for this)
@@ -127,16 +133,17 @@ def test_an_image_over_the_size_limit_is_refused_and_the_job_stays_succeeded(
     assert files_in(store) == []
 
 
+@pytest.mark.e2e
 def test_an_fsspec_store_fault_is_retried_then_given_up_and_a_rerun_recovers(
-    standin: KieStandin, start_worker: Any, tmp_path: Path
+    standin: KieStandin, start_worker: StartWorker, tmp_path: Path
 ) -> None:
     # Given a store given as a file:// URL, so fsspec is used (a memory:// store would
     # live and die inside the worker process), whose path is a file for now: no
     # directory can be made in it. Jobs end by the worker's own poll.
     store = tmp_path / "fs-store"
     store.write_bytes(b"not a directory")
-    worker: WorkerProcess = start_worker(COVERS_IMAGE_STORE=f"file://{store}",
-                                         COVERS_CALLBACK_URL=dead_callback_url())
+    worker = start_worker(COVERS_IMAGE_STORE=f"file://{store}",
+                          COVERS_CALLBACK_URL=dead_callback_url())
     job_ids = [enqueue_cover(music_id(), APP_CALLBACK, queue=worker.queue) for _ in range(2)]
     assert all(wait_for_cover(j, timeout_s=20)["state"] == "succeeded" for j in job_ids)
     # Then each copy is tried COVERS_MAX_ATTEMPTS (4) times from the due set, then given up
@@ -151,7 +158,7 @@ def test_an_fsspec_store_fault_is_retried_then_given_up_and_a_rerun_recovers(
     assert all(retry_images(j) for j in job_ids)
     # Then the images are kept through fsspec, named by the store URL, the error gone
     for job_id in job_ids:
-        wait_until(lambda j=job_id: len(get_cover(j)["stored_images"]) == 2, 10, 0.05,
+        wait_until(functools.partial(_stored_count_is, job_id, 2), 10, 0.05,
                    f"re-run of {job_id}")
         record = get_cover(job_id)
         assert record["images_error"] is None

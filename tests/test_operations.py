@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import uuid
-from typing import Any
+from pathlib import Path
 
 import pytest
 import requests
@@ -15,12 +15,14 @@ from kie_covers import enqueue_cover, wait_for_cover
 from kie_covers.runtime.redis_server import free_port
 from kie_covers.standin import KieStandin
 from tests.conftest import process_env
-from tests.services import BROKERS, RABBITMQ_URL, ROOT, wait_until
+from tests.services import BROKERS, RABBITMQ_URL, ROOT, StartWorker, wait_until
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize("broker", BROKERS)
 def test_the_pipeline_runs_on_each_broker(
-    standin: KieStandin, start_worker: Any, broker: str
+    standin: KieStandin, start_worker: StartWorker, broker: str
 ) -> None:
     extra = {"COVERS_BROKER_URL": RABBITMQ_URL} if broker == "rabbitmq" else {}
     worker = start_worker(**extra)
@@ -32,9 +34,9 @@ def test_the_pipeline_runs_on_each_broker(
         "ids = [enqueue_cover(t, 'http://127.0.0.1:9/cb') for t in sys.argv[1:]]\n"
         "print(json.dumps([wait_for_cover(j, timeout_s=40) for j in ids]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, *task_ids], cwd=ROOT, capture_output=True, text=True,
-        env=process_env(COVERS_QUEUE=worker.queue, **extra), timeout=90)
+    done = subprocess.run(  # check=False: the exit code is asserted with the output
+        [sys.executable, "-c", script, *task_ids], check=False, cwd=ROOT, capture_output=True,
+        text=True, env=process_env(COVERS_QUEUE=worker.queue, **extra), timeout=90)
     assert done.returncode == 0, done.stderr[-2000:]
     records = json.loads(done.stdout)
     assert [r["state"] for r in records] == ["succeeded"] * 5
@@ -45,7 +47,7 @@ def test_the_pipeline_runs_on_each_broker(
 
 def _scrape(port: int) -> dict[str, float]:
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    samples = {}
+    samples: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
@@ -54,7 +56,7 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 def test_the_metrics_endpoint_counts_a_runs_known_outcomes(
-    standin: KieStandin, start_worker: Any, run_dir: Any
+    standin: KieStandin, start_worker: StartWorker, run_dir: Path
 ) -> None:
     port = free_port()
     # No COVERS_CALLBACK_URL: jobs end in the worker (by polling), where this test's
@@ -95,7 +97,7 @@ def _up(port: int) -> bool:
 
 
 def test_json_logs_have_one_line_per_job_step_with_the_ids(
-    standin: KieStandin, start_worker: Any
+    standin: KieStandin, start_worker: StartWorker
 ) -> None:
     # No COVERS_CALLBACK_URL: the job ends in this worker, whose log the test reads.
     worker = start_worker(COVERS_LOG_FORMAT="json", COVERS_CALLBACK_URL="")

@@ -12,7 +12,7 @@ from kie_covers import enqueue_cover, get_cover, wait_for_cover
 from kie_covers.core import errors
 from kie_covers.runtime.app import app
 from kie_covers.standin import KieStandin
-from tests.services import WorkerProcess, wait_until
+from tests.services import StartWorker, WebProcess, WorkerProcess, wait_until
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
 
@@ -21,6 +21,7 @@ def music_id() -> str:
     return uuid.uuid4().hex
 
 
+@pytest.mark.e2e
 def test_a_batch_succeeds_with_two_images_each_and_one_paid_call(
     standin: KieStandin, worker: WorkerProcess
 ) -> None:
@@ -32,7 +33,7 @@ def test_a_batch_succeeds_with_two_images_each_and_one_paid_call(
     records = [wait_for_cover(j, timeout_s=30) for j in job_ids]
     assert [r["state"] for r in records] == ["succeeded"] * len(job_ids)
     for record, task_id in zip(records, task_ids, strict=True):
-        assert record["task_id"] == task_id
+        assert record["music_task_id"] == task_id
         assert len(record["images"]) == 2 and len(set(record["images"])) == 2
         assert record["cover_task_id"] and record["error"] is None
         assert record["attempts"] == 1
@@ -45,6 +46,7 @@ def test_a_batch_succeeds_with_two_images_each_and_one_paid_call(
     assert outcome["images"] == records[0]["images"]
 
 
+@pytest.mark.e2e
 def test_a_second_enqueue_for_the_same_music_task_returns_the_same_job(
     standin: KieStandin, worker: WorkerProcess
 ) -> None:
@@ -56,6 +58,7 @@ def test_a_second_enqueue_for_the_same_music_task_returns_the_same_job(
     assert standin.paid() == {task_id: 1}
 
 
+@pytest.mark.e2e
 def test_a_new_enqueue_after_a_failure_makes_a_new_job(
     standin: KieStandin, worker: WorkerProcess
 ) -> None:
@@ -65,11 +68,12 @@ def test_a_new_enqueue_after_a_failure_makes_a_new_job(
     assert enqueue_cover(task_id, APP_CALLBACK) != first
 
 
+@pytest.mark.e2e
 def test_a_callback_completes_the_job_before_any_poll(
-    standin: KieStandin, start_worker: object, web: object
+    standin: KieStandin, start_worker: StartWorker, web: WebProcess
 ) -> None:
     # Given a worker that would poll only after a minute
-    lazy = start_worker(KIE_POLL_INTERVAL="60")  # type: ignore[operator]
+    lazy = start_worker(KIE_POLL_INTERVAL="60")
     job_id = enqueue_cover(music_id(), APP_CALLBACK, queue=lazy.queue)
     # Then the signed callback ends the job, with no poll made
     record = wait_for_cover(job_id, timeout_s=15)
@@ -79,6 +83,7 @@ def test_a_callback_completes_the_job_before_any_poll(
     assert AsyncResult(job_id, app=app).get(timeout=10)["images"] == record["images"]
 
 
+@pytest.mark.e2e
 def test_polling_completes_a_job_whose_callback_never_comes(
     standin: KieStandin, worker: WorkerProcess
 ) -> None:
@@ -90,6 +95,7 @@ def test_polling_completes_a_job_whose_callback_never_comes(
     assert standin.callbacks_sent() == 0
 
 
+@pytest.mark.e2e
 def test_a_duplicated_callback_ends_the_job_once(
     standin: KieStandin, worker: WorkerProcess
 ) -> None:
@@ -101,6 +107,7 @@ def test_a_duplicated_callback_ends_the_job_once(
     assert get_cover(job_id)["finished_at"] == record["finished_at"]
 
 
+@pytest.mark.e2e
 def test_a_failure_raises_the_typed_error_through_async_result(
     standin: KieStandin, worker: WorkerProcess
 ) -> None:
@@ -113,6 +120,7 @@ def test_a_failure_raises_the_typed_error_through_async_result(
     assert record["error"]["retryable"] is False
 
 
+@pytest.mark.e2e
 def test_a_failed_generation_fails_the_job_as_retryable(
     standin: KieStandin, worker: WorkerProcess
 ) -> None:
@@ -128,19 +136,20 @@ def test_an_unknown_job_id_is_a_clear_error() -> None:
         get_cover(str(uuid.uuid4()))
 
 
+@pytest.mark.e2e
 def test_a_worker_killed_mid_job_loses_nothing_and_pays_once(
-    standin: KieStandin, start_worker: object, web: object
+    standin: KieStandin, start_worker: StartWorker, web: WebProcess
 ) -> None:
     # Given a worker inside a slow generate call (Kie accepts after 2.5 s)
     standin.inject("generate", "slow", times=1, delay_s=2.5)
-    first = start_worker()  # type: ignore[operator]
+    first = start_worker()
     task_id = music_id()
     job_id = enqueue_cover(task_id, APP_CALLBACK, queue=first.queue)
     wait_until(lambda: standin.counts()["generate"] == 1, 10, message="generate call")
     time.sleep(0.5)
     # When the worker is killed with SIGKILL mid-call, and a new one starts
     first.kill()
-    start_worker(queue=first.queue)  # type: ignore[operator]
+    start_worker(queue=first.queue)
     # Then the job still ends succeeded, and Kie was paid once for the music task
     record = wait_for_cover(job_id, timeout_s=40)
     assert record["state"] == "succeeded", record

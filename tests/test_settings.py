@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from kie_covers.config.settings import SETTINGS, Secret, SettingsError, load_settings, parse_rate
+from kie_covers.config.settings import SETTINGS, load_settings, parse_rate
+from kie_covers.core.errors import SettingsError
+from kie_covers.core.secret import Secret
 from tests.conftest import process_env
 from tests.services import ROOT
 
@@ -64,22 +66,25 @@ def test_every_setting_is_in_the_readme() -> None:
     assert missing == []
 
 
+@pytest.mark.e2e
 def test_a_worker_without_an_api_key_refuses_to_start() -> None:
     env = process_env()
     env.pop("KIE_API_KEY")
-    done = subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", "worker"], cwd=ROOT,
-                          env=env,
-                          capture_output=True, text=True, timeout=60)
+    # check=False: the exit code is the point
+    done = subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", "worker"],
+                          check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 2
     assert "KIE_API_KEY" in done.stderr
 
 
+@pytest.mark.e2e
 def test_a_celery_worker_with_a_bad_setting_stops_at_start_naming_it() -> None:
     env = process_env(KIE_POLL_INTERVAL="often")
-    done = subprocess.run(
+    done = subprocess.run(  # check=False: the exit code is the point
         [sys.executable, "-m", "celery", "-A", "kie_covers.worker", "worker",
          "--loglevel", "ERROR"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode != 0
     assert "KIE_POLL_INTERVAL" in done.stderr + done.stdout

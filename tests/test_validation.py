@@ -14,6 +14,7 @@ from kie_covers import enqueue_cover, get_cover
 from kie_covers.core.errors import InvalidPayload
 from kie_covers.runtime.app import app
 from kie_covers.runtime.messages import COVER_TASK as TASK_NAME
+from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.standin import KieStandin
 from tests.conftest import QUEUE, process_env
 from tests.services import ROOT, WorkerProcess
@@ -38,19 +39,20 @@ GOOD_URL = "http://127.0.0.1:9/cb"
     ],
 )
 def test_the_producer_api_refuses_bad_input_and_queues_nothing(
-    standin: KieStandin, redis_server: object, task_id: object, url: object,
+    standin: KieStandin, redis_server: RedisServer, task_id: object, url: object,
     bad_field: str, rule: str,
 ) -> None:
     with pytest.raises(InvalidPayload) as caught:
-        enqueue_cover(task_id, url)  # type: ignore[arg-type]
+        enqueue_cover(task_id, url)  # type: ignore[arg-type]  # wrong types on purpose
     assert bad_field in caught.value.fields
     assert rule in " ".join(caught.value.fields[bad_field])
     assert bad_field in str(caught.value)
-    client = redis.Redis.from_url(redis_server.url)  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(redis_server.url)
     assert client.llen(QUEUE) == 0
     assert not list(client.scan_iter("covers:*"))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("kwargs", "args", "bad_field"),
     [
@@ -81,6 +83,7 @@ def test_a_raw_celery_message_with_a_bad_payload_fails_without_calling_kie(
     assert standin.counts()["generate"] == 0
 
 
+@pytest.mark.e2e
 def test_a_valid_raw_celery_message_by_name_is_a_job(
     standin: KieStandin, worker: WorkerProcess
 ) -> None:
@@ -90,16 +93,17 @@ def test_a_valid_raw_celery_message_by_name_is_a_job(
                   task_id=job_id, queue=QUEUE)
     outcome = AsyncResult(job_id, app=app).get(timeout=20)
     assert outcome["state"] == "succeeded"
-    assert outcome["task_id"] == "rawmusic1"
+    assert outcome["music_task_id"] == "rawmusic1"
     assert standin.paid() == {"rawmusic1": 1}
     # and the producer API knows it as the job for that music task
     assert enqueue_cover("rawmusic1", GOOD_URL) == job_id
 
 
+@pytest.mark.e2e
 def test_the_cli_refuses_bad_input_with_the_field_and_exit_code_2(standin: KieStandin) -> None:
-    done = subprocess.run(
+    done = subprocess.run(  # check=False: the exit code is the point
         [sys.executable, "-m", "kie_covers.worker.cli", "enqueue", "bad id!", "ftp://x"],
-        cwd=ROOT, env=process_env(), capture_output=True, text=True, timeout=60,
+        check=False, cwd=ROOT, env=process_env(), capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 2
     assert "taskId" in done.stderr and "callBackUrl" in done.stderr

@@ -30,6 +30,7 @@ import waitress
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
 from kie_covers.config import SettingsError, get_settings
 from kie_covers.core.errors import InvalidPayload, UnknownJob
+from kie_covers.core.states import JobState
 from kie_covers.runtime import logs
 from kie_covers.runtime.connections import redis_url
 from kie_covers.services.failures import (
@@ -125,7 +126,7 @@ def _print_records(records: list[dict[str, Any]], as_json: bool) -> None:
         print(json.dumps(records if len(records) > 1 else records[0], indent=2))
         return
     rows = [[r["job_id"], r["music_task_id"], r["state"],
-             (r["error"] or {}).get("message", "") if r["state"] == "failed"
+             (r["error"] or {}).get("message", "") if r["state"] == JobState.FAILED
              else " ".join(r["images"]) or (r.get("waiting_for") or "")]
             for r in records]
     print(render(["job", "music task", "state", "images / reason"], rows))
@@ -155,7 +156,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         return EXIT_OK
     record = wait_for_cover(job_id, timeout_s=args.timeout)
     _print_records([record], args.json)
-    return EXIT_OK if record["state"] == "succeeded" else EXIT_FAILED
+    return EXIT_OK if record["state"] == JobState.SUCCEEDED else EXIT_FAILED
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -169,7 +170,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             code = EXIT_FAILED
     if records:
         _print_records(records, args.json)
-    if any(r["state"] == "failed" for r in records):
+    if any(r["state"] == JobState.FAILED for r in records):
         code = EXIT_FAILED
     return code
 

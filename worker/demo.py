@@ -20,6 +20,7 @@ from waitress.server import create_server
 
 from kie_covers import enqueue_cover, get_cover
 from kie_covers.core.errors import InvalidPayload
+from kie_covers.core.states import JobState
 from kie_covers.runtime.connections import redis_url
 from kie_covers.runtime.redis_server import free_port
 from kie_covers.standin import KieStandin, StandinConfig
@@ -88,17 +89,16 @@ def _enqueue_and_watch(count: int, timeout_s: float) -> int:
     while time.monotonic() < deadline:
         records = [get_cover(j) for j in job_ids]
         states = Counter(r["state"] for r in records)
-        line = ", ".join(f"{states[s]} {s}" for s in
-                         ("queued", "submitted", "succeeded", "failed"))
+        line = ", ".join(f"{states[s]} {s}" for s in JobState)
         print(f"\r  {line}   ", end="", flush=True)
-        if states["succeeded"] + states["failed"] == len(job_ids):
+        if sum(states[s] for s in JobState if s.final) == len(job_ids):
             break
         time.sleep(0.3)
     print()
-    rows = [[r["job_id"][:8], r["task_id"][:12], r["state"],
+    rows = [[r["job_id"][:8], r["music_task_id"][:12], r["state"],
              " ".join(r["images"]) or
              (r["error"] or {}).get("message", "")] for r in records]
     print(render(["job", "music task", "state", "images"], rows))
-    ok = all(r["state"] == "succeeded" for r in records)
+    ok = all(r["state"] == JobState.SUCCEEDED for r in records)
     print("all covers made" if ok else "some covers did not finish")
     return 0 if ok else 1
