@@ -1,6 +1,6 @@
 """Settings for kie-covers, read once from the environment.
 
-`get_settings()` is the one way to read them; `config.keys` names every Redis key.
+`get_settings()` is the one way to read them; `kie_covers.config.keys` names every Redis key.
 """
 
 from kie_covers.config.settings import Settings, get_settings, load_settings

@@ -14,13 +14,13 @@ DUE = PREFIX + "due"
 
 
 def job(job_id: str) -> str:
-    """Hash: one job's record (see `tasks.jobs.JobStore`)."""
+    """Hash: one job's record (see `kie_covers.store.record`; only the store touches it)."""
     return f"{PREFIX}job:{job_id}"
 
 
-def music(task_id: str) -> str:
+def music(music_task_id: str) -> str:
     """String: the job id currently responsible for a music task id."""
-    return f"{PREFIX}music:{task_id}"
+    return f"{PREFIX}music:{music_task_id}"
 
 
 def cover(cover_task_id: str) -> str:

@@ -2,7 +2,7 @@
 
 Tasks never look at status codes. `interpret` takes an HTTP answer (status,
 headers, raw body) and returns the envelope's ``data`` or raises a
-`tasks.errors.CoverError`. `interpret_callback` does the same for the bodies
+`kie_covers.core.errors.CoverError`. `interpret_callback` does the same for the bodies
 Kie POSTs to our callback endpoint. The code tables are data, and
 ``KIE_CODE_TABLE`` picks one (other providers serve the same API with other
 codes).

@@ -1,6 +1,6 @@
 """Metrics, kept in Redis so every worker process on every host adds to the same numbers.
 
-One exporter (`covers metrics`, `worker.metrics_server`) reads them and serves
+One exporter (`covers metrics`, `kie_covers.worker.metrics_server`) reads them and serves
 Prometheus's text format; no multiprocess directory, no per-process scrape
 targets. Collection is off unless ``COVERS_METRICS_PORT`` is set; then each
 update is one Redis ``HINCRBY``/``HINCRBYFLOAT`` pipeline.

@@ -1,8 +1,8 @@
 """Completing a job from a Kie callback, exactly once.
 
-Used by the web endpoint (`worker.web`). The job record's end is one Lua
+Used by the web endpoint (`kie_covers.worker.web`). The job record's end is one Lua
 compare-and-set (`JobStore.finish`); only the caller that wins writes the
-Celery result (`tasks.endings.job_ended`), so a duplicated callback, or a
+Celery result (`kie_covers.services.endings.job_ended`), so a duplicated callback, or a
 callback racing a poll, ends the job once.
 """
 

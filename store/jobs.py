@@ -125,12 +125,13 @@ class JobStore:
         """
         now = time.time()
         token = secrets.token_hex(8)
-        record = Job.new(job_id, music_task_id, callback_url, queue, now)
-        status, flat = self._begin(
-            keys=[keys.job(job_id), keys.music(music_task_id), Due.JOBS.key,
-                  keys.lock(job_id)],
-            args=[job_id, due_ms(lease_s, now), token, int(lease_s * 1000),
-                  *_flat(record.to_hash())])
+        job_keys = [keys.job(job_id), keys.music(music_task_id), Due.JOBS.key,
+                    keys.lock(job_id)]
+        args: list[str | int] = [job_id, due_ms(lease_s, now), token, int(lease_s * 1000)]
+        status, flat = self._begin(keys=job_keys, args=args)
+        if status == "new":  # a raw message: no record yet, so make one in the same step
+            record = Job.new(job_id, music_task_id, callback_url, queue, now)
+            status, flat = self._begin(keys=job_keys, args=[*args, *_flat(record.to_hash())])
         job = from_flat(flat)
         if status == "busy" or job is None:
             return Busy(job_id)

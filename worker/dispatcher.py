@@ -2,13 +2,13 @@
 
 Each worker process runs one `DueDispatcher` thread beside its pool. Every
 ``COVERS_DISPATCH_INTERVAL`` seconds it claims the jobs whose time in the due
-set (`config.keys.DUE`) has come (a poll, the end of a retry wait, or a run
+set (`kie_covers.store.due.Due.JOBS`) has come (a poll, the end of a retry wait, or a run
 that never reported back) and sends their task message again, under the same
-job id. A round's claim is one Lua script (`JobStore.claim`, one round trip)
+job id. A round's claim is one Lua script (`DueSets.claim`, one round trip)
 that renews the claimed entries' leases, so many workers can run this at once
 without sending a job twice per lease, and a worker that dies after claiming
 loses nothing. Outcome notices
-(`config.keys.NOTIFY_DUE`) and image copies (`config.keys.IMAGES_DUE`) are
+(`Due.NOTICES`) and image copies (`Due.COPIES`) are
 claimed and sent the same way.
 """
 

@@ -1,6 +1,6 @@
 """The Prometheus endpoint: one exporter for the whole cluster, reading Redis.
 
-Workers on every host add to counters in Redis (`tasks.metrics`); this
+Workers on every host add to counters in Redis (`kie_covers.runtime.metrics`); this
 collector turns them into Prometheus metrics on each scrape. Run it with
 ``covers metrics`` (port ``COVERS_METRICS_PORT``, path ``/metrics``).
 """

@@ -2,8 +2,11 @@
 -- no record, stop if the job has ended, take its run lock, renew its lease, read it.
 -- KEYS 1 job, 2 music, 3 due, 4 lock
 -- ARGV 1 job id, 2 lease due ms, 3 token, 4 lock ms, 5.. field, value of a new record
--- Returns {'go' | 'ended' | 'busy', the record or {}}.
+-- Returns {'go' | 'ended' | 'busy', the record or {}}, or {'new', {}} when the job has no
+-- record and none was given: the caller asks again with one (only raw messages, so the
+-- common run does not carry a record it does not need).
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  if #ARGV < 5 then return {'new', {}} end
   redis.call('HSET', KEYS[1], unpack(ARGV, 5))
   redis.call('SET', KEYS[2], ARGV[1], 'NX')
 end
