@@ -52,6 +52,15 @@ def _positive_int(name: str, raw: str) -> int:
     return value
 
 
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be 1 or 0 (true or false), got {raw!r}")
+
+
 def _http_url(name: str, raw: str) -> str:
     value = raw.strip().rstrip("/")
     parts = urlsplit(value)
@@ -186,6 +195,24 @@ SETTINGS: tuple[Spec, ...] = (
          "Log lines as readable text, or one JSON object per line."),
     Spec("COVERS_MAX_CALLBACK_BYTES", "max_callback_bytes", "65536", _positive_int,
          "Largest callback body the web endpoint accepts, in bytes."),
+    Spec("COVERS_CALLBACK_SECRET", "callback_secret", None, _secret,
+         "Secret that makes each job's callback URL unguessable (a per-job token). Unset: "
+         "one is made once and kept in Redis, shared by every process on it; never logged."),
+    Spec("COVERS_CALLBACK_SECRET_PREVIOUS", "callback_secret_previous", None, _secret,
+         "The secret before the last rotation; its tokens stay valid (set it for "
+         "KIE_POLL_TIMEOUT after rotating); never logged."),
+    Spec("COVERS_EARLY_CALLBACK_BYTES", "early_callback_bytes", "1000000", _positive_int,
+         "Most bytes of callbacks kept in all for cover ids no job owns yet (they may come "
+         "before the submit is recorded); more are refused."),
+    Spec("COVERS_MAX_JSON_DEPTH", "max_json_depth", "20", _positive_int,
+         "Deepest nesting of JSON the web endpoint reads; deeper bodies get 400."),
+    Spec("COVERS_WEB_CONNECTION_LIMIT", "web_connection_limit", "100", _positive_int,
+         "Most connections `covers web` holds open at once."),
+    Spec("COVERS_WEB_CHANNEL_TIMEOUT", "web_channel_timeout", "30", _positive_float,
+         "Seconds `covers web` waits on an idle or slow connection before closing it."),
+    Spec("COVERS_ALLOW_PRIVATE_TARGETS", "allow_private_targets", "0", _flag,
+         "1 lets image downloads and app notices go to loopback and private addresses "
+         "(development, the demo and the tests only). 0 (production): only public ones."),
     Spec("COVERS_QUEUE", "queue", "covers", _text,
          "Celery queue the cover tasks use."),
     Spec("COVERS_STATE_DIR", "state_dir", ".covers", _text,
@@ -235,6 +262,13 @@ class Settings:
     metrics_port: int | None
     log_format: str
     max_callback_bytes: int
+    callback_secret: Secret | None
+    callback_secret_previous: Secret | None
+    early_callback_bytes: int
+    max_json_depth: int
+    web_connection_limit: int
+    web_channel_timeout: float
+    allow_private_targets: bool
     queue: str
     state_dir: str
     log_level: str
