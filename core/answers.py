@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kie_covers.core import errors
+from kie_covers.core.masking import PATTERNS_ONLY
 from kie_covers.core.schemas import CallbackSchema, EnvelopeSchema, validate_with
 
 #: Answer code -> error class, per provider. 200 is success everywhere;
@@ -101,8 +102,10 @@ def error_for(
 
 
 def _short(body: bytes) -> str:
-    text = body[:120].decode("utf-8", "replace").replace("\n", " ").strip()
-    return text or "(empty)"
+    """The start of a body, for a message: one line, credentials masked (a key cut in
+    two by the 120-byte limit is masked by the client's literal masking first)."""
+    text = body[:2048].decode("utf-8", "replace").replace("\n", " ").strip()
+    return PATTERNS_ONLY(text)[:120] or "(empty)"
 
 
 def interpret(
@@ -144,7 +147,7 @@ def interpret(
         raise errors.UpstreamError(
             f"malformed answer: {bad.message}", status, retry_after) from None
     code: int = envelope["code"]
-    message: str = envelope["msg"] or ""
+    message: str = PATTERNS_ONLY(envelope["msg"] or "")
     if code == 200:
         return envelope["data"]
     if code in (400, 409) and CODE_TABLES[table].get(code) is errors.AlreadyGenerated:
@@ -169,7 +172,7 @@ def interpret_callback(body: Any) -> CallbackOutcome:
     loaded = validate_with(_callback, body, "callback")
     data = loaded["data"]
     code: int = loaded["code"]
-    message: str = loaded["msg"] or ""
+    message: str = PATTERNS_ONLY(loaded["msg"] or "")
     if code == 200:
         images = data.get("images") or []
         if not images:

@@ -36,6 +36,7 @@ from Kie's ``msg`` or from this module, never from request headers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 
@@ -102,6 +103,13 @@ class CoverError(KieCoversError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message, self.code, self.retry_after, self.detail))
+
+    def masked(self, mask: Callable[[str], str]) -> CoverError:
+        """This error with `mask` applied to its message (same class, code and wait)."""
+        message = mask(self.message)
+        if message == self.message:
+            return self
+        return type(self)(message, self.code, self.retry_after, self.detail)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary for job records: code, kind, message, retryable."""

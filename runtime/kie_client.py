@@ -16,6 +16,7 @@ import requests
 from kie_covers.config import Secret, Settings, get_settings
 from kie_covers.core import errors
 from kie_covers.core.answers import ExistingCover, interpret
+from kie_covers.core.masking import Masker
 from kie_covers.core.schemas import GenerateDataSchema, RecordInfoDataSchema, validate_with
 from kie_covers.runtime import metrics
 from kie_covers.runtime.process import per_process
@@ -80,6 +81,8 @@ class KieClient:
         timeout_s: seconds for connect and for read, on every call.
         code_table: ``KIE_CODE_TABLE`` name.
         session: a `requests.Session` to use (default: a new pooled one).
+        mask: strips secrets from Kie's texts (default: the API key and credential
+            patterns); every error this client raises has been through it.
     """
 
     def __init__(
@@ -89,8 +92,11 @@ class KieClient:
         timeout_s: float,
         code_table: str = "kie",
         session: requests.Session | None = None,
+        mask: Masker | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        #: Strips our secrets from every text Kie sends back before it is kept anywhere.
+        self.mask = mask or Masker([api_key.reveal()])
         self.timeout_s = timeout_s
         self.code_table = code_table
         self._session = session or _session_for(self.base_url)
@@ -128,7 +134,9 @@ class KieClient:
         except errors.CoverError as error:
             metrics.inc("api_answers_total", endpoint=endpoint,
                         code=error.code if error.code is not None else "malformed")
-            raise
+            # Masked here, at the source: the message goes on to the job record, the
+            # failure store, the Celery result and the app's notice.
+            raise error.masked(self.mask) from None
         code = data.code if isinstance(data, ExistingCover) else 200
         metrics.inc("api_answers_total", endpoint=endpoint, code=code)
         return data
@@ -159,8 +167,9 @@ class KieClient:
         flag = int(loaded["successFlag"])
         if flag == SUCCESS and not images:
             raise errors.UpstreamError("record-info says success but lists no images")
+        message = loaded.get("errorMessage")
         return CoverInfo(loaded["taskId"], flag, images, loaded.get("errorCode"),
-                         loaded.get("errorMessage"))
+                         self.mask(message) if message else message)
 
     def credits(self) -> float:
         """Credits left on the account."""
@@ -173,7 +182,15 @@ class KieClient:
 def build_client(settings: Settings) -> KieClient:
     """A new client from settings (requires KIE_API_KEY)."""
     return KieClient(settings.kie_base_url, settings.require_api_key(),
-                     settings.kie_http_timeout, settings.kie_code_table)
+                     settings.kie_http_timeout, settings.kie_code_table,
+                     mask=settings_masker(settings))
+
+
+def settings_masker(settings: Settings) -> Masker:
+    """A masker for every secret in `settings`: the API key and the webhook keys."""
+    return Masker(secret.reveal() for secret in (
+        settings.kie_api_key, settings.kie_webhook_hmac_key, settings.app_webhook_key,
+        settings.callback_secret, settings.callback_secret_previous) if secret is not None)
 
 
 @per_process

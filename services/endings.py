@@ -27,7 +27,7 @@ def record_result(job: Job, record: dict[str, Any]) -> None:
     Args:
         record: ``job.to_dict()``, made once by the caller for every use.
     """
-    # The result backend is always Redis (worker/celeryconfig.py), a key-value backend.
+    # The result backend is always Redis (runtime/celeryconfig.py), a key-value backend.
     backend = app.backend
     # Celery's store_result first reads the stored state, never to overwrite a SUCCESS.
     # A job's end is decided once (JobStore.finish), so that read, one more round trip
@@ -38,7 +38,12 @@ def record_result(job: Job, record: dict[str, Any]) -> None:
         state, result = states.SUCCESS, backend.prepare_value(record)
     meta = {"status": state, "result": result, "traceback": None, "children": [],
             "date_done": app.now().isoformat(), "task_id": job.job_id}
-    backend.set(backend.get_key_for_task(job.job_id), backend.encode(meta))
+    key = backend.get_key_for_task(job.job_id)
+    backend.set(key, backend.encode(meta))  # expires after COVERS_RESULT_TTL (Celery's own)
+    if job.error is not None:
+        # One lifetime per outcome: a failure's result lives as long as its failure
+        # record (COVERS_FAILURE_TTL), so AsyncResult and get_cover agree throughout.
+        backend.expire(key, int(get_settings().failure_ttl))
 
 
 def job_ended(store: JobStore, job: Job | None) -> None:
