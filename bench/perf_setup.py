@@ -198,7 +198,9 @@ def ours_settings(poll_s: float, dispatch_s: float | None) -> dict[str, str]:
     default)."""
     settings = {"KIE_RATE_LIMIT": NO_LIMIT, "KIE_STATUS_RATE_LIMIT": NO_LIMIT,
                 "KIE_POLL_INTERVAL": f"{poll_s:g}", "COVERS_QUEUE": QUEUE_OURS,
-                "COVERS_LOG_LEVEL": "WARNING", "PLAIN_QUEUE": QUEUE_PLAIN}
+                "COVERS_LOG_LEVEL": "WARNING", "PLAIN_QUEUE": QUEUE_PLAIN,
+                # The stand-in and the notice sink listen on 127.0.0.1.
+                "COVERS_ALLOW_PRIVATE_TARGETS": "1"}
     if dispatch_s is not None:
         settings["COVERS_DISPATCH_INTERVAL"] = f"{dispatch_s:g}"
     return settings

@@ -167,6 +167,8 @@ def _run_ours(redis_url: str, base_url: str, api_key: str, jobs: int, workers: i
         "COVERS_RATE_MARGIN": "0.05",
         "COVERS_QUEUE": queue,
         "COVERS_DISPATCH_INTERVAL": "0.05",
+        # The stand-in and the app callback listen on 127.0.0.1.
+        "COVERS_ALLOW_PRIVATE_TARGETS": "1",
     })
     pool = Workers("kie_covers.worker", queue, workers, env, log_dir, concurrency=concurrency)
     try:

@@ -66,6 +66,8 @@ BASE_SETTINGS = {
     "KIE_RATE_LIMIT": "1000/1s",
     "KIE_STATUS_RATE_LIMIT": "1000/1s",
     "COVERS_LOG_LEVEL": "INFO",
+    # The stand-in and the notice sink listen on 127.0.0.1.
+    "COVERS_ALLOW_PRIVATE_TARGETS": "1",
 }
 
 T = TypeVar("T")

@@ -37,6 +37,21 @@ def early_callback(cover_task_id: str) -> str:
     """String: a callback that arrived before its submit was recorded (JSON)."""
     return f"{PREFIX}early:{cover_task_id}"
 
+#: The three keys that cap the bytes of early callbacks kept (COVERS_EARLY_CALLBACK_BYTES),
+#: kept by the finish script only. String: bytes of the early callbacks kept and not yet
+#: expired.
+EARLY_BYTES = PREFIX + "early-bytes"
+#: Sorted set: cover ids of the early callbacks counted in EARLY_BYTES, by when they
+#: expire (ms).
+EARLY_EXPIRY = PREFIX + "early-expiry"
+#: Hash: cover id -> bytes of its early callback counted in EARLY_BYTES.
+EARLY_SIZES = PREFIX + "early-sizes"
+#: String, no expiry: the secret of the callback URLs' per-job tokens when
+#: COVERS_CALLBACK_SECRET is unset; made once (SET NX) and shared by every process on
+#: this Redis. Deleting it invalidates the callback URLs of every job in flight (they are
+#: then tracked by polling).
+CALLBACK_SECRET = PREFIX + "callback-secret"
+
 #: String with a PX expiry: while it exists nobody calls Kie; its value is the reason
 #: (``rate_limited`` after a 429, ``maintenance`` after a 455).
 PAUSE = PREFIX + "pause"

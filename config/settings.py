@@ -10,6 +10,7 @@ malformed value is a
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -32,23 +33,55 @@ def _secret(name: str, raw: str) -> Secret:
     return Secret(value)
 
 
+#: Shortest lifetime, in seconds, of a kept job record or failure (COVERS_RESULT_TTL,
+#: COVERS_FAILURE_TTL): shorter, and a record could expire while the app still polls it
+#: or before the notice and image copies that read it have run.
+MIN_TTL_S = 60.0
+#: Highest TCP port number.
+MAX_PORT = 65535
+
+
 def _positive_float(name: str, raw: str) -> float:
+    """A finite number greater than 0 (seconds, unless the setting says otherwise)."""
     try:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
+    # `not value > 0` also catches nan (every comparison with nan is false).
+    if not value > 0 or not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number greater than 0, got {raw!r}")
+    return value
+
+
+def _ttl(name: str, raw: str) -> float:
+    """Seconds a record is kept: finite and at least `MIN_TTL_S` (60)."""
+    value = _positive_float(name, raw)
+    if value < MIN_TTL_S:
+        raise SettingsError(
+            f"{name} must be at least {MIN_TTL_S:g} seconds, got {raw!r}")
     return value
 
 
 def _positive_int(name: str, raw: str) -> int:
+    """A whole number of at least 1."""
     try:
         value = int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if value < 1:
         raise SettingsError(f"{name} must be at least 1, got {raw!r}")
+    return value
+
+
+def _port(name: str, raw: str) -> int:
+    """A TCP port number, 1 to `MAX_PORT` (65535); never wrapped modulo 65536."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{name} must be a port number from 1 to {MAX_PORT}, got {raw!r}") from None
+    if not 1 <= value <= MAX_PORT:
+        raise SettingsError(f"{name} must be a port number from 1 to {MAX_PORT}, got {raw!r}")
     return value
 
 
@@ -89,7 +122,8 @@ _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s\s*$")
 def parse_rate(name: str, raw: str) -> tuple[int, float]:
     """Parse ``'<count>/<seconds>s'`` (e.g. ``'20/10s'``) into (count, seconds)."""
     match = _RATE.match(raw)
-    if not match or int(match.group(1)) < 1 or float(match.group(2)) <= 0:
+    if (not match or int(match.group(1)) < 1 or float(match.group(2)) <= 0
+            or not math.isfinite(float(match.group(2)))):
         raise SettingsError(f"{name} must look like '20/10s' (count/seconds), got {raw!r}")
     return int(match.group(1)), float(match.group(2))
 
@@ -165,9 +199,9 @@ SETTINGS: tuple[Spec, ...] = (
          "(covers a worker killed mid-job). Must exceed 3 x KIE_HTTP_TIMEOUT."),
     Spec("COVERS_DISPATCH_INTERVAL", "dispatch_interval", "1", _positive_float,
          "Seconds between checks for jobs whose wait is over (each worker checks)."),
-    Spec("COVERS_RESULT_TTL", "result_ttl", "604800", _positive_float,
+    Spec("COVERS_RESULT_TTL", "result_ttl", "604800", _ttl,
          "Seconds a succeeded job's record and result are kept (default 7 days)."),
-    Spec("COVERS_FAILURE_TTL", "failure_ttl", "2592000", _positive_float,
+    Spec("COVERS_FAILURE_TTL", "failure_ttl", "2592000", _ttl,
          "Seconds a failed job's record and result are kept (default 30 days)."),
     Spec("COVERS_RETRY_INTERVAL", "retry_interval", "60", _positive_float,
          "Seconds between the beat's rounds of scheduled retries of failed covers."),
@@ -182,13 +216,14 @@ SETTINGS: tuple[Spec, ...] = (
     Spec("COVERS_NOTIFY_MAX_AGE", "notify_max_age", "3600", _positive_float,
          "Seconds to keep retrying an outcome notice while the app is down, then give up."),
     Spec("COVERS_NOTIFY_TIMEOUT", "notify_timeout", "10", _positive_float,
-         "Seconds to wait for the app to answer an outcome notice."),
+         "Seconds one outcome notice POST may take in all (connect, send, the whole "
+         "answer); the notice lock is 3 x this."),
     Spec("COVERS_IMAGE_STORE", "image_store", None, _text,
          "Where to keep copies of each succeeded cover's images (Kie deletes them after 14 "
          "days): a local directory, or an fsspec URL such as s3://bucket/covers. Unset: off."),
     Spec("COVERS_IMAGE_MAX_BYTES", "image_max_bytes", "20000000", _positive_int,
          "Largest image copied to the image store, in bytes."),
-    Spec("COVERS_METRICS_PORT", "metrics_port", None, _positive_int,
+    Spec("COVERS_METRICS_PORT", "metrics_port", None, _port,
          "Port for the Prometheus endpoint (`covers metrics`, path /metrics). Unset: "
          "metrics are not collected."),
     Spec("COVERS_LOG_FORMAT", "log_format", "text", _choice("text", "json"),

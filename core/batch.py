@@ -21,6 +21,11 @@ Input formats (chosen by the file suffix ``.csv`` / ``.jsonl`` / ``.json`` /
 
 Blank lines are ignored in both; line numbers count every physical line from 1.
 A missing (or empty) callBackUrl takes the batch's default callback URL.
+
+Input is read line by line, never whole, and capped: a line longer than
+`MAX_LINE_BYTES` (8 KiB), more than `MAX_BATCH_LINES` (100,000) lines or more than
+`MAX_BATCH_BYTES` (64 MiB) in all refuses the whole batch (`BatchTooLarge`) as
+soon as the cap is passed, so ``--from /dev/zero`` stops after 8 KiB.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +48,15 @@ BatchFormat = Literal["csv", "jsonl"]
 SUFFIX_FORMATS: dict[str, BatchFormat] = {
     ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
 }
+
+#: Longest line of a batch, in bytes without its line ending (characters for lines
+#: given as ``str``). A valid line is a task id (128) and a URL (2,048) with quotes and
+#: keys: far under this.
+MAX_LINE_BYTES = 8 * 1024
+#: Most physical lines (blank ones too) a batch may have.
+MAX_BATCH_LINES = 100_000
+#: Most bytes a batch may have in all, line endings included (64 MiB).
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 
 #: CSV header names (lower-cased) -> the field name Kie spells.
 CSV_COLUMNS: dict[str, str] = {
@@ -144,6 +158,14 @@ class BatchRefused(InvalidPayload):
                 for d in self.detail.get("bad_lines", [])]
 
 
+class BatchTooLarge(InvalidPayload):
+    """A batch over a size cap (`MAX_LINE_BYTES`, `MAX_BATCH_LINES`,
+    `MAX_BATCH_BYTES`), refused as a whole while reading: nothing was enqueued.
+
+    ``.fields`` has one key: ``"line N"`` for a line too long, else ``"batch"``.
+    """
+
+
 # --- reading ----------------------------------------------------------------------
 
 
@@ -166,23 +188,26 @@ def read_batch(path_or_lines: str | os.PathLike[str] | Iterable[str] | Iterable[
     Raises:
         InvalidPayload: `default_callback_url` itself is not a valid callback URL
             (``fields == {"callBackUrl": [...]}``), rather than one bad line per row.
+        BatchTooLarge: a line is longer than `MAX_LINE_BYTES`, or the batch has more
+            than `MAX_BATCH_LINES` lines or `MAX_BATCH_BYTES` bytes; raised as soon as
+            the cap is passed, without reading further.
         OSError: the file cannot be read.
     """
     if default_callback_url is not None:
         _check_default(default_callback_url)
     fmt: BatchFormat | None = None
+    bad: list[BadLine] = []
     if isinstance(path_or_lines, str | os.PathLike):
         path = Path(path_or_lines)
         source = str(path)
         fmt = SUFFIX_FORMATS.get(path.suffix.lower())
-        # Bytes, split here and decoded line by line: one line that is not UTF-8 is
-        # one bad line, not a failure of the whole file.
-        raw_lines: Iterable[str | bytes] = path.read_bytes().splitlines()
+        # Bytes, read and decoded line by line: one line that is not UTF-8 is one bad
+        # line, not a failure of the whole file.
+        with path.open("rb") as handle:
+            lines = _text_lines(_physical_lines(capped_lines(handle)), bad)
     else:
         source = "<lines>"
-        raw_lines = path_or_lines
-    bad: list[BadLine] = []
-    lines = _text_lines(raw_lines, bad)
+        lines = _text_lines(_physical_lines(capped_lines(path_or_lines)), bad)
     if fmt is None:
         fmt = "jsonl" if lines and lines[0][1].lstrip().startswith("{") else "csv"
     parsed = _parse_jsonl(lines) if fmt == "jsonl" else _parse_csv(lines)
@@ -201,6 +226,60 @@ def _check_default(callback_url: str) -> None:
         raise InvalidPayload(
             f"invalid default callback URL: {' '.join(messages)}",
             detail={"fields": {"callBackUrl": messages}}) from None
+
+
+def capped_lines(source: Iterable[str] | Iterable[bytes]) -> Iterator[str | bytes]:
+    """The lines of `source`, each with its line ending, within the batch caps.
+
+    A source with ``readline`` (an open file, ``sys.stdin.buffer``) is read with a
+    bounded ``readline``, so a line without end (``/dev/zero``) costs at most
+    `MAX_LINE_BYTES` of memory before it is refused.
+
+    Raises:
+        BatchTooLarge: a cap is passed (see `read_batch`).
+    """
+    limit = MAX_LINE_BYTES + 2  # room for the line's own "\r\n"
+    readline = getattr(source, "readline", None)
+    chunks: Iterable[str | bytes] = (
+        _until_empty(readline, limit) if callable(readline) else source)
+    total = 0
+    for line_no, chunk in enumerate(chunks, start=1):
+        if line_no > MAX_BATCH_LINES:
+            raise _too_large("batch", f"more than {MAX_BATCH_LINES:,} lines; split the batch")
+        total += len(chunk)
+        if total > MAX_BATCH_BYTES:
+            raise _too_large("batch", f"more than {MAX_BATCH_BYTES // (1024 * 1024)} MiB; "
+                             "split the batch")
+        if isinstance(chunk, bytes):
+            ends, body = chunk.endswith(b"\n"), len(chunk.rstrip(b"\r\n"))
+        else:
+            ends, body = chunk.endswith("\n"), len(chunk.rstrip("\r\n"))
+        # A full-size read without its newline means the line goes on past the cap.
+        if body > MAX_LINE_BYTES or (not ends and len(chunk) >= limit):
+            raise _too_large(f"line {line_no}", f"longer than {MAX_LINE_BYTES} bytes; "
+                             "is this a batch of cover requests?")
+        yield chunk
+
+
+def _physical_lines(chunks: Iterable[str | bytes]) -> Iterator[str | bytes]:
+    """Split bytes lines at a lone ``\r`` too (old Mac line ends), as
+    ``bytes.splitlines`` does; ``str`` lines are taken as the caller split them."""
+    for chunk in chunks:
+        if isinstance(chunk, bytes) and b"\r" in chunk.rstrip(b"\r\n"):
+            yield from chunk.splitlines()
+        else:
+            yield chunk
+
+
+def _until_empty(readline: Callable[[int], str | bytes], limit: int
+                 ) -> Iterator[str | bytes]:
+    while chunk := readline(limit):
+        yield chunk
+
+
+def _too_large(name: str, message: str) -> BatchTooLarge:
+    return BatchTooLarge(f"batch refused: {name}: {message}; nothing enqueued",
+                         detail={"fields": {name: [message]}})
 
 
 def _text_lines(raw_lines: Iterable[str | bytes], bad: list[BadLine]

@@ -13,6 +13,8 @@ raises `InvalidPayload` whose ``fields`` name each field and the rule it broke.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,8 +26,16 @@ from kie_covers.core.errors import InvalidPayload
 MAX_TASK_ID_CHARS = 128
 #: Longest callback URL we accept, in characters.
 MAX_URL_CHARS = 2048
-#: Characters a task id may hold: letters, digits and ``- _ . :``.
-TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+#: Characters a task id may hold: letters, digits and ``- _ . :``. Matched against
+#: the whole value: ``\Z``, not ``$``, which would also match before a trailing
+#: newline and let ``"x\n"`` pass as a second id for music task ``"x"``.
+TASK_ID_PATTERN = r"\A[A-Za-z0-9][A-Za-z0-9_.:-]*\Z"
+#: Longest job id (a Celery task id) a worker accepts, in characters. Ours are UUIDs
+#: (36); a producer in another language may pick its own ids, within this.
+MAX_JOB_ID_CHARS = 128
+#: A job id: 1 to `MAX_JOB_ID_CHARS` printable ASCII characters, no spaces (so it is
+#: safe in Redis keys, log lines and the image store's object names).
+JOB_ID_PATTERN = re.compile(rf"[!-~]{{1,{MAX_JOB_ID_CHARS}}}")
 
 _task_id_rules = [
     validate.Length(min=1, max=MAX_TASK_ID_CHARS),
@@ -43,8 +53,22 @@ class TaskIdField(fields.String):
         super().__init__(validate=_task_id_rules, **kwargs)
 
 
+def _control_character(value: str) -> str | None:
+    """Why `value` is refused for holding a control character, or None if it holds none.
+
+    Control characters (C0 including NUL, tab, CR and LF; DEL; C1) have no place in a
+    URL: a CR or LF could split an HTTP request line or header, a NUL cuts C strings.
+    """
+    for index, char in enumerate(value):
+        if unicodedata.category(char) == "Cc":
+            return (f"must not contain control characters (found U+{ord(char):04X} "
+                    f"at position {index + 1}); percent-encode it if it is data")
+    return None
+
+
 class HttpUrlField(fields.Url):
-    """An absolute http(s) URL of at most `MAX_URL_CHARS` characters."""
+    """An absolute http(s) URL of at most `MAX_URL_CHARS` characters, without control
+    characters (NUL, tab, CR, LF, ...)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
@@ -58,17 +82,84 @@ class HttpUrlField(fields.Url):
         # The URL validator's regex is slow on huge input; refuse by length first.
         if isinstance(value, str) and len(value) > MAX_URL_CHARS:
             raise ValidationError(f"Longer than maximum length {MAX_URL_CHARS}.")
+        if isinstance(value, str) and (problem := _control_character(value)):
+            raise ValidationError(problem)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+def _ascii_form(host: str) -> str | None:
+    """The IDNA (punycode) form of a non-ASCII host name, or None if it has none.
+
+    Only a form that decodes back to the same name counts: IDNA 2003's mapping turns
+    look-alikes into other names (``⒈.com`` into ``1..com``), which is no hint to give.
+    """
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+        same = ascii_host.encode("ascii").decode("idna") == host.lower()
+    except (UnicodeError, ValueError):
+        return None
+    return ascii_host if same else None
+
+
+def _non_ascii(value: str) -> str | None:
+    """Why `value` is refused for holding non-ASCII characters, or None if it is ASCII.
+
+    An internationalised host name gets a message naming its punycode form.
+    """
+    if value.isascii():
+        return None
+    index = next(i for i, char in enumerate(value) if not char.isascii())
+    found = f"found {value[index]!r} (U+{ord(value[index]):04X}) at position {index + 1}"
+    host = _host_as_written(value)
+    if host is not None and not host.isascii():
+        ascii_host = _ascii_form(host)
+        hint = (f"write the host in its ASCII (punycode) form, {ascii_host!r}"
+                if ascii_host else "the host is not a valid internationalised name")
+        return f"must be ASCII: {found}; {hint}"
+    return f"must be ASCII: {found}; percent-encode non-ASCII characters (UTF-8)"
+
+
+def _host_as_written(value: str) -> str | None:
+    """The host part of URL `value` as written (case kept), or None if none is found."""
+    _scheme, sep, rest = value.partition("://")
+    if not sep:
+        return None
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    host = authority.rpartition("@")[2]
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0]
+
+
+class CallbackUrlField(HttpUrlField):
+    """The app's callback URL: an `HttpUrlField` that is also pure ASCII.
+
+    Non-ASCII is refused, not converted, with a message per case: an
+    internationalised host (``http://bücher.example/cb``) is refused with its
+    punycode form in the message (``xn--bcher-kva.example``) to use instead; any other
+    non-ASCII character is refused with a hint to percent-encode it. Refused rather
+    than converted so the URL kept, shown by `get_cover` and called is exactly the one
+    the app gave (and the same URL compares equal on every enqueue), and no look-alike
+    Unicode host is silently turned into a different ASCII one.
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and len(value) <= MAX_URL_CHARS:
+            problem = _control_character(value) or _non_ascii(value)
+            if problem:
+                raise ValidationError(problem)
         return super()._deserialize(value, attr, data, **kwargs)
 
 
 class CoverRequestSchema(Schema):
-    """A cover job's input: exactly ``taskId`` and ``callBackUrl``."""
+    """A cover job's input: exactly ``taskId`` (`TaskIdField`) and ``callBackUrl``
+    (`CallbackUrlField`)."""
 
     class Meta:
         unknown = RAISE
 
     taskId = TaskIdField(required=True)
-    callBackUrl = HttpUrlField(required=True)
+    callBackUrl = CallbackUrlField(required=True)
 
 
 class EnvelopeSchema(Schema):
@@ -181,3 +272,23 @@ _cover_request = CoverRequestSchema()
 def validate_cover_request(data: Any) -> dict[str, str]:
     """Check a cover job's input; returns ``{"taskId": ..., "callBackUrl": ...}``."""
     return validate_with(_cover_request, data, "cover request")
+
+
+def job_id_problem(job_id: object) -> str | None:
+    """Why `job_id` (a Celery task id from a message) is refused, or None if it is fine.
+
+    A job id is 1 to `MAX_JOB_ID_CHARS` (128) printable ASCII characters without
+    spaces (`JOB_ID_PATTERN`, matched whole: ``"x\n"`` is refused). The message never
+    quotes the id itself, which may be huge.
+    """
+    if not isinstance(job_id, str):
+        return f"must be a string, got {type(job_id).__name__}"
+    if not job_id:
+        return "must not be empty"
+    if len(job_id) > MAX_JOB_ID_CHARS:
+        return f"{len(job_id)} characters, longer than maximum length {MAX_JOB_ID_CHARS}"
+    if JOB_ID_PATTERN.fullmatch(job_id) is None:
+        bad = next(c for c in job_id if not "!" <= c <= "~")
+        return (f"must hold only printable ASCII characters without spaces "
+                f"(found U+{ord(bad):04X})")
+    return None

@@ -186,6 +186,12 @@ def build_client(settings: Settings) -> KieClient:
                      mask=settings_masker(settings))
 
 
+@per_process
+def get_masker() -> Masker:
+    """This process's masker of every secret in its settings (`settings_masker`)."""
+    return settings_masker(get_settings())
+
+
 def settings_masker(settings: Settings) -> Masker:
     """A masker for every secret in `settings`: the API key and the webhook keys."""
     return Masker(secret.reveal() for secret in (

@@ -18,11 +18,11 @@ from typing import Any
 from kie_covers.config import Settings, get_settings
 from kie_covers.core import errors
 from kie_covers.core.retry import Effect, decide, rule_for
-from kie_covers.core.schemas import validate_cover_request
+from kie_covers.core.schemas import job_id_problem, validate_cover_request
 from kie_covers.core.states import CeleryState, JobState, WaitReason
 from kie_covers.runtime import metrics
 from kie_covers.runtime.connections import get_limiters, get_store
-from kie_covers.runtime.kie_client import get_client
+from kie_covers.runtime.kie_client import get_client, get_masker
 from kie_covers.services.endings import job_ended
 from kie_covers.services.step import (
     Accepted,
@@ -48,6 +48,19 @@ class JobBusy(errors.KieCoversError):
     """Another run holds this job (a duplicate message): this one stops quietly."""
 
 
+#: Characters of a refused job id shown in the log line (never the whole id).
+JOB_ID_SHOWN = 40
+
+
+class JobIdRefused(errors.InvalidPayload):
+    """A raw message's job id (its Celery task id) breaks `job_id_problem`'s rule.
+
+    Nothing is written for it, not even a failed record: the id cannot safely name a
+    record, a Redis key or an image file. The task drops the message (Celery's
+    ``Ignore``) after one log line showing at most `JOB_ID_SHOWN` characters of it.
+    """
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a run needs besides the job: the store, settings, and how to show a wait."""
@@ -69,10 +82,20 @@ def run_cover(job_id: str, payload: dict[str, Any], queue: str | None, show: Sho
         The ended job's record, or a short text saying why the job waits.
 
     Raises:
+        JobIdRefused: `job_id` is not a usable job id (see
+            `kie_covers.core.schemas.job_id_problem`); nothing is recorded.
         InvalidPayload: the payload failed validation (the job is recorded failed).
         CoverError: the job had failed (its error, as recorded).
         JobBusy: another run holds the job.
     """
+    # Before anything touches Redis: a 100 KB id must not become a key or a file name.
+    problem = job_id_problem(job_id)
+    if problem is not None:
+        shown = repr(job_id[:JOB_ID_SHOWN]) if isinstance(job_id, str) else "-"
+        more = "..." if isinstance(job_id, str) and len(job_id) > JOB_ID_SHOWN else ""
+        log.warning("message dropped: job id %s%s refused: %s", shown, more, problem)
+        raise JobIdRefused(f"job id refused: {problem}",
+                           detail={"fields": {"job_id": [problem]}})
     context = RunContext(get_store(), get_settings(), show)
     store = context.store
     try:
@@ -151,6 +174,8 @@ def _waits(job: Job, later: Later, context: RunContext) -> str:
 def _end(run: Run, store: JobStore, images: list[str] | None = None,
          error: errors.CoverError | None = None) -> dict[str, Any]:
     job = run.job
+    if error is not None:  # e.g. a kept callback's text: our secrets never get stored
+        error = error.masked(get_masker())
     ended = run.finish(images=images, error=error)
     if ended is not None:
         if error is None:

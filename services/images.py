@@ -206,7 +206,8 @@ def _copy_todo(store: JobStore, copies: _Copies, target: ImageStore,
         try:
             image = copy_one(url, target, folder, f"{safe_part(job.job_id)}-{n}",
                              max_bytes=settings.image_max_bytes,
-                             timeout_s=settings.kie_http_timeout, deadline=deadline)
+                             timeout_s=settings.kie_http_timeout, deadline=deadline,
+                             allow_private=settings.allow_private_targets)
         except ImageRefused as exc:
             copies.refused[url] = str(exc)
             log.warning("job %s: image %d refused: %s", job.job_id, n, exc)

@@ -21,6 +21,7 @@ from kie_covers.config import Settings
 from kie_covers.core import errors
 from kie_covers.core.answers import interpret_callback
 from kie_covers.core.states import JobState, WaitReason
+from kie_covers.runtime.callback_secret import callback_url_for
 from kie_covers.runtime.connections import Limiters
 from kie_covers.runtime.kie_client import FAILED, SUCCESS, KieClient
 from kie_covers.store.limiter import RateLimiter, Verdict
@@ -90,8 +91,11 @@ def advance(job: Job, client: KieClient, limiters: Limiters, settings: Settings,
             throttled = gate(limiters.generate, job, client, count)
             if throttled is not None:
                 return throttled
+            # With COVERS_CALLBACK_URL, the URL names the job and carries its token, so
+            # only Kie (which got the URL) can end the job by a callback.
             answer = client.generate(job.music_task_id,
-                                     settings.callback_url or job.callback_url)
+                                     callback_url_for(settings, job.job_id)
+                                     or job.callback_url)
             return Accepted(answer.cover_task_id, answer.existing)
         throttled = gate(limiters.status, job, client, count)
         return throttled if throttled is not None else poll(job, client, settings)

@@ -34,6 +34,11 @@ from kie_covers.store.scripts import register
 
 #: Jobs read per pipelined round trip by `JobStore.fetch_many`.
 FETCH_CHUNK = 500
+#: Bytes of early callbacks kept in all, by default (COVERS_EARLY_CALLBACK_BYTES's default).
+EARLY_CAP_BYTES = 1_000_000
+#: What `JobStore.finish_by_cover` answers when it ends no job: no job owns the cover
+#: (body kept), the cover is not the named job's, the early-callback cap is reached.
+FINISH_REFUSALS = ("unknown", "mismatch", "full")
 
 
 class Counter(StrEnum):
@@ -239,22 +244,36 @@ class JobStore:
         return ended if isinstance(ended, Job) else None
 
     def finish_by_cover(self, cover_task_id: str, body: str, early_ttl_s: float,
-                        images: list[str] | None = None, error: CoverError | None = None
+                        images: list[str] | None = None, error: CoverError | None = None,
+                        *, job_id: str = "", early_cap_bytes: int = EARLY_CAP_BYTES
                         ) -> Job | str | None:
         """End the job that owns a Kie cover task id, as a callback says (`finish`).
 
         If no job owns it yet (its submit's answer is not recorded yet), the callback
         `body` is kept for `early_ttl_s` seconds for that submit (`Run.submitted`) in
-        the same step, so the two cannot pass each other by.
+        the same step, so the two cannot pass each other by. All bodies kept that way
+        and not yet expired hold at most `early_cap_bytes` bytes together (default
+        1,000,000, as COVERS_EARLY_CALLBACK_BYTES); a body that would go over is not
+        kept.
+
+        Args:
+            job_id: the job the callback's URL names ("" for any). The cover must be
+                that job's: owned by it, or, when no job owns the cover yet, the job
+                must exist and be waiting for its submit's answer (queued); otherwise
+                nothing changes.
 
         Returns:
             The ended record; None if the job had already ended; ``"unknown"`` if no
-            job owns the cover task id (the body was kept).
+            job owns the cover task id (the body was kept); ``"mismatch"`` if the cover
+            is not `job_id`'s; ``"full"`` if the body would have been kept but the cap
+            is reached (nothing kept).
         """
-        return self._run_finish("", images, error, cover_task_id, body, early_ttl_s)
+        return self._run_finish("", images, error, cover_task_id, body, early_ttl_s,
+                                job_id, early_cap_bytes)
 
     def _run_finish(self, job_id: str, images: list[str] | None, error: CoverError | None,
-                    cover_task_id: str = "", body: str = "", early_ttl_s: float = 0.0
+                    cover_task_id: str = "", body: str = "", early_ttl_s: float = 0.0,
+                    expected_job_id: str = "", early_cap_bytes: int = 0
                     ) -> Job | str | None:
         life = self.lifetimes
         state = JobState.FAILED if error is not None else JobState.SUCCEEDED
@@ -263,7 +282,8 @@ class JobStore:
         code = error.code if error is not None else None
         ended = self._finish(
             keys=[Due.JOBS.key, keys.FAILURES, keys.failures_by_kind(kind),
-                  keys.failures_by_code(code), keys.RETRY_DUE, Due.NOTICES.key],
+                  keys.failures_by_code(code), keys.RETRY_DUE, Due.NOTICES.key,
+                  keys.EARLY_BYTES, keys.EARLY_EXPIRY, keys.EARLY_SIZES],
             args=[job_id, state.value, json.dumps(images or []),
                   json.dumps(error.to_dict()) if error is not None else "",
                   repr(time.time()), int(ttl), keys.cover(""),
@@ -273,10 +293,10 @@ class JobStore:
                   int(life.notice_lock_s * 1000),
                   keys.cover(cover_task_id), keys.early_callback(cover_task_id), body,
                   max(1, int(early_ttl_s)), keys.job(""), keys.lock(""),
-                  keys.notify_lock("")],
+                  keys.notify_lock(""), expected_job_id, cover_task_id, early_cap_bytes],
         )
-        if ended == "unknown":
-            return "unknown"
+        if ended in FINISH_REFUSALS:
+            return str(ended)
         if not ended:
             return None
         job = from_flat(ended[0])

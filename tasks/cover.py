@@ -26,7 +26,7 @@ from celery.exceptions import Ignore, Reject
 from kie_covers.core.states import CeleryState
 from kie_covers.runtime.app import app
 from kie_covers.runtime.messages import COVER_TASK
-from kie_covers.services.cover_run import JobBusy, run_cover
+from kie_covers.services.cover_run import JobBusy, JobIdRefused, run_cover
 
 log = logging.getLogger("covers.task")
 
@@ -54,6 +54,10 @@ class CoverTask(Task):
             return run_cover(job_id, payload, queue, self._show)
         except JobBusy as busy:
             log.info("%s; this copy stops", busy)
+            raise Ignore() from None
+        except JobIdRefused:
+            # Already logged (with the id cut short); no record and no result to
+            # write under an id that cannot name one: drop the message.
             raise Ignore() from None
         except REDIS_OUTAGES as outage:
             log.warning("job %s: Redis out of reach (%s); message goes back to the queue",

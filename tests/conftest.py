@@ -48,6 +48,8 @@ BASE_ENV = {
     "COVERS_NOTIFY_MAX_AGE": "3",
     "KIE_RATE_LIMIT": "1000/1s",
     "KIE_STATUS_RATE_LIMIT": "1000/1s",
+    # The stand-in's images and the apps' notice receivers listen on 127.0.0.1.
+    "COVERS_ALLOW_PRIVATE_TARGETS": "1",
 }
 
 _state: dict[str, object] = {}

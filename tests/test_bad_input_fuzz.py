@@ -4,6 +4,7 @@ handled; no crash, no API call for invalid input, no worker left stuck."""
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import json
 import time
 import uuid
@@ -20,14 +21,15 @@ from kombu.messaging import Producer
 
 from kie_covers import enqueue_cover, wait_for_cover
 from kie_covers.core.answers import interpret, interpret_callback
+from kie_covers.core.batch import BatchTooLarge, read_batch
 from kie_covers.core.errors import CoverError, InvalidPayload
-from kie_covers.core.schemas import validate_cover_request
+from kie_covers.core.schemas import MAX_JOB_ID_CHARS, job_id_problem, validate_cover_request
 from kie_covers.runtime.app import app
 from kie_covers.runtime.messages import COVER_TASK as TASK_NAME
 from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.standin import KieStandin
 from tests.conftest import QUEUE
-from tests.services import WebProcess, WorkerProcess
+from tests.services import WebProcess, WorkerProcess, wait_until
 
 json_leaf = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
@@ -191,3 +193,92 @@ def test_a_flood_of_bad_callbacks_leaves_the_endpoint_answering_and_jobs_correct
     records = [wait_for_cover(j, timeout_s=30) for j in job_ids]
     assert [r["state"] for r in records] == ["succeeded"] * 20
     assert sorted(standin.paid().values()) == [1] * 20
+
+
+# --- edges: ids matched whole, URLs without control characters or non-ASCII ---------
+
+task_ids = st.text(alphabet="abcXYZ019_.:-", min_size=1, max_size=100).filter(
+    lambda t: t[0].isalnum())
+url_paths = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126,
+                                           exclude_characters="#?%\\^`{|}<>\"[]"),
+                    max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(task_id=task_ids, ending=st.sampled_from(["\n", "\r\n", "\r", "\n\n", "\x00"]))
+def test_a_valid_task_id_with_a_line_end_is_refused(task_id: str, ending: str) -> None:
+    assert validate_cover_request({"taskId": task_id, "callBackUrl": "http://a.example/"})
+    with pytest.raises(InvalidPayload) as caught:
+        validate_cover_request({"taskId": task_id + ending, "callBackUrl": "http://a.example/"})
+    assert list(caught.value.fields) == ["taskId"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(path=url_paths, bad=st.one_of(
+           st.characters(categories=["Cc"]),
+           st.characters(min_codepoint=128, exclude_categories=["Cc"])),
+       where=st.integers(min_value=0, max_value=60))
+def test_a_control_or_non_ascii_character_anywhere_in_a_callback_url_is_refused(
+    path: str, bad: str, where: int
+) -> None:
+    url = "http://a.example/" + path
+    validate_cover_request({"taskId": "abc", "callBackUrl": url})
+    index = min(where, len(url))
+    spoiled = url[:index] + bad + url[index:]
+    with pytest.raises(InvalidPayload) as caught:
+        validate_cover_request({"taskId": "abc", "callBackUrl": spoiled})
+    [message] = caught.value.fields["callBackUrl"]
+    assert list(caught.value.fields) == ["callBackUrl"]
+    assert ("control characters" in message or "must be ASCII" in message
+            or "Not a valid URL" in message), message
+
+
+@settings(max_examples=300, deadline=None)
+@given(job_id=st.one_of(st.text(max_size=200), st.text(
+    alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=120, max_size=140)))
+def test_a_job_id_is_accepted_exactly_when_short_printable_ascii(job_id: str) -> None:
+    problem = job_id_problem(job_id)
+    fine = 1 <= len(job_id) <= MAX_JOB_ID_CHARS and all("!" <= c <= "~" for c in job_id)
+    assert (problem is None) == fine
+    if problem is not None:
+        assert len(problem) < 150  # names the rule, never quotes the id
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.one_of(st.binary(max_size=20_000), st.builds(
+    lambda head, n, tail: head + b"a" * n + tail, st.binary(max_size=50),
+    st.integers(min_value=8000, max_value=9000), st.binary(max_size=50))))
+def test_any_batch_bytes_are_read_or_refused_as_too_large(data: bytes) -> None:
+    try:
+        plan = read_batch(io.BytesIO(data), default_callback_url="http://127.0.0.1:9/cb")
+    except BatchTooLarge as too_large:
+        assert too_large.fields
+    else:
+        assert all(bad.fields for bad in plan.bad)
+
+
+bad_job_ids = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=129,
+            max_size=5000),
+    st.builds(lambda a, c, b: a + c + b, st.text(alphabet="abc123-", max_size=20),
+              st.sampled_from([" ", "\n", "\t", "é", "\x7f"]),
+              st.text(alphabet="abc123-", max_size=20)),
+)
+
+
+@pytest.mark.e2e
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(job_id=bad_job_ids)
+def test_raw_messages_with_bad_job_ids_are_dropped_and_the_worker_lives(
+    standin_server: KieStandin, worker: WorkerProcess, redis_server: RedisServer, job_id: str
+) -> None:
+    dropped = worker.log().count("message dropped: job id")
+    generates = standin_server.counts()["generate"]
+    app.send_task(TASK_NAME, kwargs={"taskId": "fuzzjobid", "callBackUrl": "http://127.0.0.1:9/cb"},
+                  task_id=job_id, queue=QUEUE)
+    wait_until(lambda: worker.log().count("message dropped: job id") > dropped, 30,
+               message="the worker to drop the message")
+    assert worker.process is not None and worker.process.poll() is None
+    assert standin_server.counts()["generate"] == generates
+    assert not redis.Redis.from_url(redis_server.url).exists(f"covers:job:{job_id}")

@@ -1,4 +1,8 @@
-"""The callback endpoint (`covers web`): signatures, replays, size caps, bad bodies."""
+"""The callback endpoint (`covers web`): signatures, replays, size caps, bad bodies.
+
+Every callback we post carries the job id and token the worker would have put in the
+callBackUrl (`job_url`); tests/test_callback_security.py covers callbacks without them.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import pytest
 import requests
 
 from kie_covers import enqueue_cover, get_cover
+from kie_covers.config import keys
+from kie_covers.runtime.callback_secret import callback_secrets
 from kie_covers.runtime.connections import get_store
 from kie_covers.standin import KieStandin
 from kie_covers.store.run import Run
@@ -27,16 +33,28 @@ def sign(task_id: str, timestamp: int, key: str = HMAC_KEY) -> str:
     return base64.b64encode(digest).decode()
 
 
+def job_url(web: WebProcess, job_id: str, token: str | None = None) -> str:
+    """The callback URL a worker hands Kie for `job_id` (with its right token, unless
+    `token` is given)."""
+    if token is None:
+        return callback_secrets().url(web.url, job_id)
+    return f"{web.url}?job={job_id}&token={token}"
+
+
 def post(web: WebProcess, body: object, task_id: str | None = None, *,
          timestamp: int | None = None, signature: str | None = None,
-         raw: bytes | None = None) -> requests.Response:
+         raw: bytes | None = None, job: str | None = None,
+         url: str | None = None) -> requests.Response:
+    """POST a callback: signed for `task_id` (when given), to `job`'s callback URL (or
+    `url`; with neither, to a URL with the token of a job that does not exist)."""
     headers = {"Content-Type": "application/json"}
     if task_id is not None:
         ts = int(time.time()) if timestamp is None else timestamp
         headers["X-Webhook-Timestamp"] = str(ts)
         headers["X-Webhook-Signature"] = signature or sign(task_id, ts)
     data = raw if raw is not None else json.dumps(body).encode()
-    return requests.post(web.url, data=data, headers=headers, timeout=10)
+    target = url or job_url(web, job or f"no-such-job-{uuid.uuid4()}")
+    return requests.post(target, data=data, headers=headers, timeout=10)
 
 
 def success_body(cover_id: str) -> dict[str, object]:
@@ -58,12 +76,12 @@ def test_a_signed_callback_completes_its_job_once(
     standin: KieStandin, start_worker: StartWorker, web: WebProcess
 ) -> None:
     job_id, cover_id = submitted_job(standin, start_worker)
-    first = post(web, success_body(cover_id), cover_id)
+    first = post(web, success_body(cover_id), cover_id, job=job_id)
     assert first.status_code == 200 and first.json() == {"status": "completed"}
     record = get_cover(job_id)
     assert record["state"] == "succeeded"
     assert record["images"] == ["http://127.0.0.1:9/a.png", "http://127.0.0.1:9/b.png"]
-    again = post(web, success_body(cover_id), cover_id)
+    again = post(web, success_body(cover_id), cover_id, job=job_id)
     assert again.json() == {"status": "duplicate"}
     assert get_cover(job_id)["finished_at"] == record["finished_at"]
 
@@ -74,7 +92,7 @@ def test_a_failure_callback_fails_the_job(
     job_id, cover_id = submitted_job(standin, start_worker)
     body = {"code": 531, "msg": "generation failed, credits refunded",
             "data": {"taskId": cover_id}}
-    assert post(web, body, cover_id).json() == {"status": "completed"}
+    assert post(web, body, cover_id, job=job_id).json() == {"status": "completed"}
     record = get_cover(job_id)
     assert record["state"] == "failed"
     assert record["error"]["code"] == 531
@@ -94,7 +112,7 @@ def test_a_bad_or_stale_signature_is_refused_and_changes_nothing(
     timestamp_shift: int, signature: str | None, expected: int,
 ) -> None:
     job_id, cover_id = submitted_job(standin, start_worker)
-    answer = post(web, success_body(cover_id), cover_id,
+    answer = post(web, success_body(cover_id), cover_id, job=job_id,
                   timestamp=int(time.time()) + timestamp_shift, signature=signature)
     assert answer.status_code == expected
     assert get_cover(job_id)["state"] == "submitted"
@@ -146,12 +164,15 @@ def test_a_malformed_body_is_refused_with_the_field(
         assert field in answer.json()["fields"]
 
 
-def test_a_callback_for_an_unknown_task_is_answered_and_ignored(
+def test_a_callback_naming_no_known_job_is_refused_and_not_kept(
     web: WebProcess, standin: KieStandin
 ) -> None:
+    # A right token for a job id that no job has (say, long expired): nothing to end,
+    # and nothing is kept for a submit that will never come.
     answer = post(web, success_body("never-heard-of-it"), "never-heard-of-it")
-    assert answer.status_code == 200
-    assert answer.json() == {"status": "unknown"}
+    assert answer.status_code == 409
+    assert "error" in answer.json()
+    assert not get_store().redis.exists(keys.early_callback("never-heard-of-it"))
 
 
 def test_only_post_is_allowed(web: WebProcess) -> None:
@@ -167,7 +188,8 @@ def test_a_callback_that_comes_before_the_submit_is_recorded_is_kept_for_it(
     job_id, _ = store.enqueue(str(uuid.uuid4()), uuid.uuid4().hex, "http://127.0.0.1:9/cb",
                               60, "covers-unused")
     cover_id = "early" + uuid.uuid4().hex
-    assert post(web, success_body(cover_id), cover_id).json() == {"status": "unknown"}
+    assert post(web, success_body(cover_id), cover_id, job=job_id).json() == {
+        "status": "unknown"}
     # When a run records the submit's answer afterwards
     record = store.get(job_id)
     assert record is not None

@@ -172,9 +172,34 @@ def test_a_missing_image_or_a_wrong_content_type_is_refused_without_a_file(
     standin: KieStandin, tmp_path: Path
 ) -> None:
     store = LocalStore(str(tmp_path / "store"))
-    for url, reason in [(f"{standin.base_url}/files/no-such-cover/0.png", "HTTP 404"),
-                        (f"{standin.base_url}/_standin/state", "content type")]:
+    # The stand-in is on loopback: allowed here as in development, refused in production.
+    for url, reason, allow_private in [
+        (f"{standin.base_url}/files/no-such-cover/0.png", "HTTP 404", True),
+        (f"{standin.base_url}/_standin/state", "not a PNG, JPEG or WebP file", True),
+        (f"{standin.base_url}/files/no-such-cover/0.png", "is a loopback address", False),
+    ]:
         with pytest.raises(ImageRefused, match=reason):
             copy_one(url, store, "music", "job-0", max_bytes=10_000_000, timeout_s=2,
-                     deadline=float("inf"))
+                     deadline=float("inf"), allow_private=allow_private)
     assert files_in(tmp_path) == []
+
+
+@pytest.mark.e2e
+def test_a_worker_in_production_refuses_loopback_images_at_once(
+    standin: KieStandin, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    # Given a worker with the production default: no loopback or private targets (the
+    # stand-in serves its images on 127.0.0.1). Jobs end by the worker's own poll.
+    store = tmp_path / "prod-store"
+    worker = start_worker(COVERS_IMAGE_STORE=str(store), COVERS_ALLOW_PRIVATE_TARGETS="0",
+                          COVERS_CALLBACK_URL=dead_callback_url())
+    job_id = enqueue_cover(music_id(), APP_CALLBACK, queue=worker.queue)
+    assert wait_for_cover(job_id, timeout_s=20)["state"] == "succeeded"
+    # Then each image is refused for its address, at once (a refusal is final), and the
+    # job stays succeeded with nothing stored
+    record = stored_record(job_id, 2)
+    assert record["state"] == "succeeded" and record["stored_images"] == []
+    assert "image 0:" in record["images_error"] and "image 1:" in record["images_error"]
+    assert "127.0.0.1 is a loopback address" in record["images_error"]
+    assert "to try again" not in worker.log()
+    assert files_in(store) == []

@@ -33,6 +33,11 @@ def test_defaults_load_without_any_environment() -> None:
         ("KIE_API_KEY", "has space", "whitespace"),
         ("KIE_CODE_TABLE", "other", "one of kie, sunoapi"),
         ("COVERS_CALLBACK_URL", "ftp://x", "absolute http(s) URL"),
+        ("KIE_POLL_INTERVAL", "inf", "finite number greater than 0"),
+        ("COVERS_RESULT_TTL", "10", "at least 60 seconds"),
+        ("COVERS_FAILURE_TTL", "nan", "finite number greater than 0"),
+        ("COVERS_METRICS_PORT", "70000", "port number from 1 to 65535"),
+        ("COVERS_METRICS_PORT", "0", "port number from 1 to 65535"),
     ],
 )
 def test_a_malformed_setting_names_itself(name: str, value: str, words: str) -> None:

@@ -242,3 +242,19 @@ def test_a_token_lock_is_released_only_by_its_taker(client: redis.Redis) -> None
     assert client.get("covers:test-lock") == mine.token
     mine.release()
     assert theirs.take()
+
+
+def test_an_early_callback_is_taken_only_by_the_job_its_url_named(store: JobStore) -> None:
+    # A token for job A must not let its holder plant an ending for job B's cover
+    planted_for, victim = new_job(store), new_job(store)
+    body = '{"code": 200}'
+    assert store.finish_by_cover("cover-b", body, 60, images=["x"],
+                                 job_id=planted_for) == "unknown"
+    run = begin(store, victim)
+    assert isinstance(run, Run)
+    recorded = run.submitted("cover-b", 30)
+    assert recorded == (True, None) and not run.open  # not handed over; the run is done
+    run = begin(store, planted_for)
+    assert isinstance(run, Run)
+    with run:
+        assert run.submitted("cover-b", 30) == (True, body)  # its own job takes it

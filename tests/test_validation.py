@@ -36,6 +36,12 @@ GOOD_URL = "http://127.0.0.1:9/cb"
         ("abc", "http://" + "a" * 2100 + ".com/", "callBackUrl", "Longer than maximum"),
         ("abc", "", "callBackUrl", ""),
         ("abc", ["http://x.com"], "callBackUrl", "Not a valid"),
+        ("x\n", GOOD_URL, "taskId", "letters, digits"),
+        ("abc", "http://x.com/cb\x00", "callBackUrl", "control characters"),
+        ("abc", "http://x.com/cb\r\nX-Evil: 1", "callBackUrl", "U+000D"),
+        ("abc", "http://x.com/c\tb", "callBackUrl", "control characters"),
+        ("abc", "http://x.com/lieder/ü", "callBackUrl", "must be ASCII"),
+        ("abc", "http://bücher.example/cb", "callBackUrl", "xn--bcher-kva.example"),
     ],
 )
 def test_the_producer_api_refuses_bad_input_and_queues_nothing(
@@ -65,6 +71,9 @@ def test_the_producer_api_refuses_bad_input_and_queues_nothing(
         ({"task_id": "abc", "callback_url": GOOD_URL}, [], "taskId"),
         ({}, ["abc", GOOD_URL], "_positional"),
         ({"taskId": "\udcff\udcfe", "callBackUrl": GOOD_URL}, [], "taskId"),
+        ({"taskId": "abc\n", "callBackUrl": GOOD_URL}, [], "taskId"),
+        ({"taskId": "abc", "callBackUrl": GOOD_URL + "\n"}, [], "callBackUrl"),
+        ({"taskId": "abc", "callBackUrl": "http://bücher.example/cb"}, [], "callBackUrl"),
     ],
 )
 def test_a_raw_celery_message_with_a_bad_payload_fails_without_calling_kie(

@@ -13,20 +13,23 @@ summary tables instead; with ``--json`` one JSON object), stderr carries the
 rest (bad lines as ``line N: field: message``, ``enqueued N jobs (M skipped)``,
 the live progress line). Exit codes as `kie_covers.worker.cli`: 0 every job
 enqueued (with ``--wait``: every job succeeded), 1 with ``--wait`` a job failed or
-did not end in time, 2 bad input (any bad line without ``--skip-bad``: nothing is
-enqueued).
+did not end in time, 2 bad input (any bad line without ``--skip-bad``, or a batch
+over a size cap of `kie_covers.core.batch`: a line over 8 KiB, over 100,000 lines or
+over 64 MiB; nothing is enqueued).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections import deque
 from collections.abc import Sequence
 from typing import IO, Any
 
+from kie_covers.core.batch import BatchTooLarge
 from kie_covers.core.errors import InvalidPayload
 from kie_covers.core.states import WaitReason
 from kie_covers.services.batch import (
@@ -71,6 +74,30 @@ _WAIT_LABELS: dict[str, str] = {
 }
 
 
+def positive_seconds(raw: str) -> float:
+    """Argparse type: a finite number of seconds greater than 0 (``nan``, ``inf``, 0
+    and negatives are refused with exit 2)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {raw!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds greater than 0, got {raw!r}")
+    return value
+
+
+def positive_count(raw: str) -> int:
+    """Argparse type: a whole number of at least 1 (exit 2 otherwise)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {raw!r}")
+    return value
+
+
 def add_enqueue_from_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--from``, ``--callback-url``, ``--skip-bad`` (and ``--wait``,
     ``--timeout``, ``--json`` unless the parser has them) to `parser`.
@@ -92,7 +119,7 @@ def add_enqueue_from_arguments(parser: argparse.ArgumentParser) -> None:
     if "--wait" not in present:
         parser.add_argument("--wait", action="store_true", help="wait until the jobs end")
     if "--timeout" not in present:
-        parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
+        parser.add_argument("--timeout", type=positive_seconds, default=600.0, metavar="S",
                             help="seconds to wait (default 600)")
     if "--json" not in present:
         parser.add_argument("--json", action="store_true", help="print JSON")
@@ -134,6 +161,9 @@ def _read_plan(source: str, name: str, default_callback_url: str | None
     saying why) when it cannot be read at all."""
     try:
         plan = read_batch(sys.stdin.buffer if source == "-" else source, default_callback_url)
+    except BatchTooLarge as too_large:
+        _err(f"covers enqueue: {name}: {too_large.message}")
+        return None
     except InvalidPayload as bad:
         _err(f"covers enqueue: --callback-url: {bad.message}")
         return None

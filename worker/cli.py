@@ -24,8 +24,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
+import redis
 import waitress
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
 from kie_covers.config import SettingsError, get_settings
@@ -42,7 +46,12 @@ from kie_covers.services.failures import (
 )
 from kie_covers.standin import main as standin_main
 from kie_covers.worker import metrics_server, web
-from kie_covers.worker.batch_cli import add_enqueue_from_arguments, run_enqueue_from
+from kie_covers.worker.batch_cli import (
+    add_enqueue_from_arguments,
+    positive_count,
+    positive_seconds,
+    run_enqueue_from,
+)
 from kie_covers.worker.demo import run_demo
 from kie_covers.worker.table import render
 
@@ -50,6 +59,73 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: A subcommand's handler: the parsed arguments in, the exit code out.
 Handler = Callable[[argparse.Namespace], int]
+
+#: Subcommands that talk to Redis: `main` checks it answers before running them.
+REDIS_COMMANDS = frozenset({"enqueue", "status", "failures", "retry", "forget", "metrics",
+                            "web", "worker", "beat"})
+#: Seconds the start-up check waits for Redis to connect and answer PING (no retries),
+#: so a wrong REDIS_URL is one line and exit 2 at once, not a traceback 10 s later.
+REDIS_CHECK_TIMEOUT_S = 2.0
+#: Redis errors that mean "cannot reach Redis" (wrong address, down, timing out).
+REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+#: Highest TCP port number.
+MAX_PORT = 65535
+
+
+def port_number(raw: str) -> int:
+    """Argparse type: a TCP port, 1 to 65535 (exit 2 otherwise, never wrapped)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {raw!r}") from None
+    if not 1 <= value <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to {MAX_PORT}, got {raw!r}")
+    return value
+
+
+def redis_address(url: str) -> str:
+    """Where `url` points, as ``host:port`` (or a socket path): never a user or password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path or "?"
+    try:
+        port = parts.port or 6379
+    except ValueError:  # a port that is no number: show none rather than fail here
+        port = 6379
+    host = parts.hostname or "localhost"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def unreachable_message(url: str, error: BaseException) -> str:
+    """The one line for Redis out of reach: the address and the reason, no secrets."""
+    if isinstance(error, redis.AuthenticationError):
+        reason = "authentication failed"
+    elif isinstance(error, redis.TimeoutError):
+        reason = "timed out"
+    else:
+        # redis-py says "Error 111 connecting to host:port. Connection refused.": keep
+        # the last sentence; it names no credentials, and any password is masked anyway.
+        reason = str(error).strip().rstrip(".").rsplit(". ", 1)[-1] or type(error).__name__
+        password = urlsplit(url).password
+        if password:
+            reason = reason.replace(password, "***")
+    return (f"covers: cannot reach Redis at REDIS_URL {redis_address(url)} ({reason}); "
+            f"is it running, and is REDIS_URL right?")
+
+
+def check_redis(url: str, timeout_s: float = REDIS_CHECK_TIMEOUT_S) -> None:
+    """PING Redis at `url` once, waiting at most `timeout_s` seconds (default 2) to
+    connect and to read, with no retries.
+
+    Raises:
+        redis.ConnectionError: or redis.TimeoutError: Redis cannot be reached.
+    """
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
+                                  socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
 def _celery_argv(*args: str) -> list[str]:
@@ -97,8 +173,10 @@ def cmd_web(args: argparse.Namespace) -> int:
     """
     logs.configure()
     print(f"callback endpoint on http://{args.host}:{args.port}/kie/callback", flush=True)
-    waitress.serve(web.make_app(), host=args.host, port=args.port, threads=args.threads,
-                   ident="kie-covers")
+    callback_app = web.make_app()
+    # Limits on bodies, headers, connections and idle time (see waitress_options).
+    waitress.serve(callback_app, host=args.host, port=args.port, threads=args.threads,
+                   ident="kie-covers", **callback_app.waitress_options())
     return EXIT_OK
 
 
@@ -248,12 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("beat", help="start the beat scheduler", add_help=False)
     web = sub.add_parser("web", help="serve the callback endpoint")
     web.add_argument("--host", default="127.0.0.1")
-    web.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    web.add_argument("--threads", type=int, default=8)
+    # A string default goes through `type` too: a bad $PORT is an error of `web` only.
+    web.add_argument("--port", type=port_number, default=os.environ.get("PORT") or "8000")
+    web.add_argument("--threads", type=positive_count, default=8)
     sub.add_parser("standin", help="run the Kie stand-in", add_help=False)
     metrics = sub.add_parser("metrics", help="serve the Prometheus endpoint")
     metrics.add_argument("--host", default="127.0.0.1")
-    metrics.add_argument("--port", type=int, default=None,
+    metrics.add_argument("--port", type=port_number, default=None,
                          help="default: COVERS_METRICS_PORT")
     enqueue = sub.add_parser("enqueue", help="queue a cover job")
     # Parsed into music_task_id; shown as task_id, as the help has always shown it.
@@ -262,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("callback_url", nargs="?",
                          help="absolute http(s) URL for the app's callback")
     enqueue.add_argument("--wait", action="store_true", help="wait until the job ends")
-    enqueue.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    enqueue.add_argument("--timeout", type=positive_seconds, default=600.0,
+                         help="seconds to wait (default 600)")
     enqueue.add_argument("--json", action="store_true")
     add_enqueue_from_arguments(enqueue)
     status = sub.add_parser("status", help="show jobs")
@@ -271,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     failures = sub.add_parser("failures", help="list failed jobs, newest first")
     failures.add_argument("--kind", help="only this error kind, e.g. upstream")
     failures.add_argument("--code", help="only this API code, e.g. 500")
-    failures.add_argument("--limit", type=int, default=50)
+    failures.add_argument("--limit", type=positive_count, default=50,
+                          help="most failures to list (default 50)")
     failures.add_argument("--json", action="store_true")
     retry = sub.add_parser("retry", help="queue failed jobs again (same job ids)")
     retry.add_argument("job_ids", nargs="*", metavar="JOB_ID")
@@ -282,8 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     forget = sub.add_parser("forget", help="remove failure records")
     forget.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     demo = sub.add_parser("demo", help="run everything locally on the stand-in")
-    demo.add_argument("--count", type=int, default=5, help="covers to make (default 5)")
-    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+    demo.add_argument("--count", type=positive_count, default=5,
+                      help="covers to make (default 5)")
+    demo.add_argument("--timeout", type=positive_seconds, default=120.0,
+                      help="seconds to wait (default 120)")
     return parser
 
 
@@ -299,18 +382,46 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def _needs_redis(args: argparse.Namespace) -> bool:
+    """Whether the command talks to Redis (``covers worker --help`` does not)."""
+    extra = getattr(args, "extra", None) or []
+    return args.command in REDIS_COMMANDS and not {"-h", "--help"} & set(extra)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``covers``; returns the exit code (0 ok, 1 a job failed or did
-    not finish, 2 bad input or settings, 130 interrupted)."""
+    not finish, 2 bad input or settings or Redis out of reach, 130 interrupted).
+
+    Commands in `REDIS_COMMANDS` first PING Redis once (`check_redis`, 2 s, no
+    retries); Redis out of reach then, or later, is one line naming REDIS_URL's
+    host:port (never its password) and exit 2.
+    """
+    url = ""
     try:
         args = parse(list(sys.argv[1:] if argv is None else argv))
         handler = PASSTHROUGH.get(args.command) or COMMANDS.get(args.command)
-        return handler(args) if handler is not None else EXIT_USAGE
+        if handler is None:
+            return EXIT_USAGE
+        if _needs_redis(args):
+            url = redis_url()  # REDIS_URL, or the private server (started if needed)
+            check_redis(url)
+        return handler(args)
     except SettingsError as bad:
         print(f"covers: setting error: {bad}", file=sys.stderr)
         return EXIT_USAGE
+    except REDIS_UNREACHABLE as outage:
+        print(unreachable_message(url or _configured_redis_url(), outage), file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _configured_redis_url() -> str:
+    """REDIS_URL as configured (for a message), or "" when it is unset or unreadable."""
+    try:
+        return get_settings().redis_url or os.environ.get("REDIS_URL", "")
+    except SettingsError:
+        return ""
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def run_demo(count: int, timeout_s: float) -> int:
         # A queue of its own, so no other worker on the same Redis takes demo jobs.
         "COVERS_QUEUE": f"covers-demo-{os.getpid()}",
         "COVERS_DISPATCH_INTERVAL": "0.2",
+        # The stand-in serves its images on 127.0.0.1, refused by the production default.
+        "COVERS_ALLOW_PRIVATE_TARGETS": "1",
     })
     print(f"redis:      {redis_url()}")
     print(f"stand-in:   {standin.base_url} (Kie API look-alike, no credits spent)")

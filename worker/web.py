@@ -1,7 +1,10 @@
 """The callback endpoint: a small WSGI app Kie POSTs finished covers to.
 
 Routes:
-    POST /kie/callback   Kie's cover callback (signed when KIE_WEBHOOK_HMAC_KEY is set)
+    POST /kie/callback?job=<job id>&token=<token>
+                         Kie's cover callback: the URL we handed to Kie for that job
+                         (`kie_covers.core.signing.callback_token`); also signed when
+                         KIE_WEBHOOK_HMAC_KEY is set
     GET  /healthz        200 when Redis answers
 
 Run it under waitress with ``covers web`` (the Procfile's ``web`` line).
@@ -11,16 +14,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import parse_qs
 
 from kie_covers.config import Settings, get_settings
 from kie_covers.core import errors
-from kie_covers.core.signing import signature_matches
+from kie_covers.core.signing import JOB_PARAM, TOKEN_PARAM, signature_matches
 from kie_covers.runtime.app import app
+from kie_covers.runtime.callback_secret import CallbackSecrets, callback_secrets
 from kie_covers.runtime.connections import get_store
-from kie_covers.services.callbacks import apply_callback
+from kie_covers.services.callbacks import CallbackResult, apply_callback
 from kie_covers.store.jobs import JobStore
 
 log = logging.getLogger("covers.web")
@@ -28,8 +35,38 @@ log = logging.getLogger("covers.web")
 CALLBACK_PATH = "/kie/callback"
 HEALTH_PATH = "/healthz"
 
+#: Bytes a chunked body may exceed COVERS_MAX_CALLBACK_BYTES by on the wire before
+#: waitress stops reading it (waitress counts the chunks' framing too); the body itself
+#: is then held to the cap here.
+CHUNK_SLACK = 4096
+#: Largest request head (request line and headers) waitress reads, in bytes.
+MAX_HEADER_BYTES = 16384
+#: Most query parameters parsed from a callback's URL.
+MAX_QUERY_FIELDS = 10
+#: Longest job id accepted in a callback's URL (ours are 36-character UUIDs).
+MAX_JOB_ID_CHARS = 200
+
+# JSON strings (possessive, so never backtracking), and brackets outside them.
+_STRINGS = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
+
+
+def too_deep(text: str, max_depth: int) -> bool:
+    """True if JSON `text` opens more than `max_depth` arrays or objects inside each
+    other. Brackets inside strings do not count. A loop over the brackets, no
+    recursion; linear in the text's length."""
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > max_depth:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 class Refused(errors.KieCoversError):
@@ -45,30 +82,65 @@ class Refused(errors.KieCoversError):
 class CallbackApp:
     """The WSGI application.
 
+    A callback is checked in this order, each check before anything costlier: its
+    ``Content-Length`` (413 over COVERS_MAX_CALLBACK_BYTES, body unread), the job id
+    and token in its URL (401; no job key in Redis is read), its body (at most the cap
+    read; 413 over it), the body's JSON (400 when not UTF-8 JSON or nested deeper than
+    COVERS_MAX_JSON_DEPTH), Kie's signature when KIE_WEBHOOK_HMAC_KEY is set (401).
+    Then it ends only the job its URL names (409 if the cover is another job's; 503 if
+    it would be kept as an early callback but COVERS_EARLY_CALLBACK_BYTES are kept).
+
     Args:
-        settings: the settings (HMAC key, max age, body cap).
+        settings: the settings (HMAC key, max age, caps).
         store: a function returning the job store (called per request; lazily connects).
+        secrets: a function returning the callback-token secrets (default: this
+            process's, `callback_secrets`).
     """
 
-    def __init__(self, settings: Settings, store: Callable[[], JobStore]) -> None:
+    def __init__(self, settings: Settings, store: Callable[[], JobStore],
+                 secrets: Callable[[], CallbackSecrets] = callback_secrets) -> None:
         self.settings = settings
         self.store = store
+        self.secrets = secrets
+
+    def waitress_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``waitress.serve`` that bound what one client can make
+        the server hold: bodies (COVERS_MAX_CALLBACK_BYTES plus `CHUNK_SLACK` for the
+        framing of chunked bodies; waitress stops reading there and answers 413),
+        headers (`MAX_HEADER_BYTES`), connections (COVERS_WEB_CONNECTION_LIMIT) and how
+        long an idle or stalled connection stays open (COVERS_WEB_CHANNEL_TIMEOUT,
+        rounded up to whole seconds; checked every third of that)."""
+        timeout = max(1, math.ceil(self.settings.web_channel_timeout))
+        return {
+            "max_request_body_size": self.settings.max_callback_bytes + CHUNK_SLACK,
+            "max_request_header_size": MAX_HEADER_BYTES,
+            "connection_limit": self.settings.web_connection_limit,
+            "channel_timeout": timeout,
+            # Waitress closes timed-out connections only when it looks (every
+            # cleanup_interval s, 30 by default): look often enough to honour the timeout.
+            "cleanup_interval": max(1, math.ceil(timeout / 3)),
+        }
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         try:
             if path == HEALTH_PATH and method in ("GET", "HEAD"):
+                # Never reads a body: a slow or huge upload cannot hold /healthz up.
                 self.store().redis.ping()
                 return self._answer(start_response, "200 OK", {"ok": True})
             if path != CALLBACK_PATH:
                 raise Refused("404 Not Found", "no such path")
             if method != "POST":
                 raise Refused("405 Method Not Allowed", "POST only")
-            body = self._read_body(environ)
-            document = self._decode(body)
-            self._verify(environ, document)
-            result = apply_callback(self.store(), document, self.settings.kie_poll_timeout)
+            result = self._callback(environ)
+            if result is CallbackResult.MISMATCH:
+                raise Refused("409 Conflict",
+                              "this cover does not belong to the job named in the URL")
+            if result is CallbackResult.FULL:
+                raise Refused("503 Service Unavailable",
+                              "too many callbacks for unknown covers are kept; send again "
+                              "later")
             return self._answer(start_response, "200 OK", {"status": result.value})
         except Refused as refused:
             log.info("callback refused: %s %s", refused.status, refused.message)
@@ -86,27 +158,72 @@ class CallbackApp:
             return self._answer(start_response, "503 Service Unavailable",
                                 {"error": "temporarily unavailable, send again"})
 
-    def _read_body(self, environ: Environ) -> bytes:
+    def _callback(self, environ: Environ) -> CallbackResult:
+        length = self._declared_length(environ)
+        job_id = self._authorize(environ)
+        body = self._read_body(environ, length)
+        document = self._decode(body, self.settings.max_json_depth)
+        self._verify(environ, document)
+        return apply_callback(self.store(), document, self.settings.kie_poll_timeout,
+                              job_id=job_id,
+                              early_cap_bytes=self.settings.early_callback_bytes)
+
+    def _declared_length(self, environ: Environ) -> int | None:
+        """The body's declared length (None: chunked or absent); 413 over the cap,
+        before any of it is read."""
         cap = self.settings.max_callback_bytes
         raw_length = environ.get("CONTENT_LENGTH") or ""
-        if raw_length:
-            try:
-                length = int(raw_length)
-            except ValueError:
-                raise Refused("400 Bad Request", "bad Content-Length") from None
-            if length > cap:
-                raise Refused("413 Content Too Large", f"body over {cap} bytes")
+        if not raw_length:
+            return None
+        try:
+            length = int(raw_length)
+        except ValueError:
+            raise Refused("400 Bad Request", "bad Content-Length") from None
+        if length < 0:
+            raise Refused("400 Bad Request", "bad Content-Length")
+        if length > cap:
+            raise Refused("413 Content Too Large", f"body over {cap} bytes")
+        return length
+
+    def _authorize(self, environ: Environ) -> str:
+        """The job id the callback's URL names, if its token is that job's (401
+        otherwise). Reads no job key: only, when the token does not match, the shared
+        secret, in case another process has just written a new one."""
+        try:
+            query: dict[str, list[str]] = parse_qs(str(environ.get("QUERY_STRING", "")),
+                                                   max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:
+            raise Refused("401 Unauthorized", "missing job or token in the URL") from None
+        jobs = query.get(JOB_PARAM, [])
+        tokens = query.get(TOKEN_PARAM, [])
+        if len(jobs) != 1 or len(tokens) != 1 or not jobs[0] or not tokens[0]:
+            raise Refused("401 Unauthorized", "missing job or token in the URL")
+        job_id, token = jobs[0], tokens[0]
+        if len(job_id) > MAX_JOB_ID_CHARS or not self.secrets().matches(job_id, token):
+            raise Refused("401 Unauthorized", "bad token for this job")
+        return job_id
+
+    def _read_body(self, environ: Environ, length: int | None) -> bytes:
+        """The body: `length` bytes, or, chunked, at most the cap plus one (413 over)."""
+        cap = self.settings.max_callback_bytes
         stream = environ["wsgi.input"]
-        body: bytes = stream.read(cap + 1) if not raw_length else stream.read(int(raw_length))
+        body: bytes = stream.read(cap + 1 if length is None else length)
         if len(body) > cap:
             raise Refused("413 Content Too Large", f"body over {cap} bytes")
         return body
 
     @staticmethod
-    def _decode(body: bytes) -> Any:
+    def _decode(body: bytes, max_depth: int) -> Any:
         try:
-            return json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refused("400 Bad Request", "body is not UTF-8 JSON") from None
+        # json.loads recurses once per level: check the depth first, without recursing.
+        if too_deep(text, max_depth):
+            raise Refused("400 Bad Request", f"JSON nested deeper than {max_depth} levels")
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):
             raise Refused("400 Bad Request", "body is not UTF-8 JSON") from None
 
     def _verify(self, environ: Environ, document: Any) -> None:
@@ -146,6 +263,7 @@ def make_app() -> CallbackApp:
     # Connect before the first callback: otherwise the first few callbacks wait
     # while Redis, the result backend and the broker producer are set up.
     get_store().redis.ping()
+    callback_secrets()  # reads (or makes) the shared secret once, before any callback
     _ = app.backend
     with app.producer_or_acquire():
         pass

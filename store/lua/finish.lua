@@ -1,22 +1,75 @@
 -- End a job once. Its id is ARGV[1]; or, for a callback (ARGV[1] empty), the owner of
--- the cover key ARGV[14]: if no job owns it yet, the callback body ARGV[16] is kept
--- under ARGV[15] for ARGV[17] s (the submit's record picks it up) and 'unknown' is
--- returned. One script, so a callback and the submit's record cannot pass each other.
--- KEYS 1 due, 2 failures, 3 kind index, 4 code index, 5 retry-due, 6 notify-due
+-- the cover key ARGV[14], which must be the job ARGV[21] named by the callback's URL
+-- when that is given ('mismatch' otherwise, changing nothing). If no job owns the cover
+-- yet, the callback body ARGV[16] is kept under ARGV[15] for ARGV[17] s, as
+-- '<named job id>\n<body>' (the submit's
+-- record picks it up) and 'unknown' is returned; with ARGV[21] given, only while that
+-- job waits for its submit's answer. One script, so a callback and the submit's record
+-- cannot pass each other.
+-- Kept bodies are capped: all kept and unexpired ones together hold at most ARGV[23]
+-- bytes ('full' otherwise, keeping nothing), counted in KEYS 7-9.
+-- KEYS 1 due, 2 failures, 3 kind index, 4 code index, 5 retry-due, 6 notify-due,
+--      7 early bytes (string), 8 early expiry (zset cover id -> ms), 9 early sizes (hash)
 -- ARGV 1 job id, 2 state, 3 images json, 4 error json, 5 now (s), 6 ttl s, 7 cover prefix,
 --      8 retryable (1/0), 9 first retry delay ms, 10 longest retry delay ms,
 --      11 music prefix, 12 notice lease ms (0: the app is not sent notices),
 --      13 notice lock ms, 14-17 see above, 18 job prefix, 19 lock prefix,
---      20 notice lock prefix
+--      20 notice lock prefix, 21 expected job id ('' any), 22 cover id,
+--      23 early bytes cap
 -- Returns {the ended record, 1 if the notice lock was taken}, false if the job had
--- already ended (or is unknown), or 'unknown'.
+-- already ended (or is unknown), 'unknown', 'mismatch' or 'full'.
+
+local function keep_early()
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- Forget the sizes of kept bodies that have expired (a bounded number per call, so
+  -- one call never does much work; a backlog only over-counts for a while).
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now_ms, 'LIMIT', 0, 100)
+  for _, gone in ipairs(expired) do
+    redis.call('DECRBY', KEYS[7], tonumber(redis.call('HGET', KEYS[9], gone) or '0'))
+    redis.call('HDEL', KEYS[9], gone)
+    redis.call('ZREM', KEYS[8], gone)
+  end
+  -- Kept with the job the callback's URL named, so that only that job's submit can
+  -- take it (`submitted.lua`): a token for one job cannot plant an ending for another.
+  local value = ARGV[21] .. '\n' .. ARGV[16]
+  local size = string.len(ARGV[16])  -- the body: the job id before it is bounded (128)
+  local replaced = tonumber(redis.call('HGET', KEYS[9], ARGV[22]) or '0')
+  local total = tonumber(redis.call('GET', KEYS[7]) or '0')
+  if total - replaced + size > tonumber(ARGV[23]) then return 'full' end
+  local ttl_ms = tonumber(ARGV[17]) * 1000
+  redis.call('SET', ARGV[15], value, 'PX', ttl_ms)
+  redis.call('INCRBY', KEYS[7], size - replaced)
+  redis.call('HSET', KEYS[9], ARGV[22], size)
+  redis.call('ZADD', KEYS[8], now_ms + ttl_ms, ARGV[22])
+  -- The counting keys live as long as the newest body they count, never longer: when
+  -- they expire, so has every body in them.
+  for k = 7, 9 do
+    if redis.call('PTTL', KEYS[k]) < ttl_ms then redis.call('PEXPIRE', KEYS[k], ttl_ms) end
+  end
+  return 'unknown'
+end
+
 local id = ARGV[1]
 if id == '' then
+  local expected = ARGV[21]
   id = redis.call('GET', ARGV[14])
-  if not id then
-    redis.call('SET', ARGV[15], ARGV[16], 'EX', ARGV[17])
-    return 'unknown'
+  if id and expected ~= '' and id ~= expected then return 'mismatch' end
+  if not id and expected ~= '' then
+    local named = ARGV[18] .. expected
+    local named_state = redis.call('HGET', named, 'state')
+    local named_cover = redis.call('HGET', named, 'cover_task_id') or ''
+    if not named_state then return 'mismatch' end
+    if named_cover == ARGV[22] then
+      id = expected  -- its cover's key has expired; its record says it is this cover
+    elseif named_state ~= 'queued' then
+      -- Not waiting for a submit's answer: a job with another cover is not this
+      -- callback's; one that ended without a cover has nothing left to end.
+      if named_cover ~= '' then return 'mismatch' end
+      return false
+    end
   end
+  if not id then return keep_early() end
 end
 local job = ARGV[18] .. id
 local state = redis.call('HGET', job, 'state')
