@@ -3,6 +3,7 @@
     KieCoversError                  root of everything kie-covers raises
     ├── SettingsError               a setting is missing or malformed (also a ValueError)
     ├── UnknownJob                  no such job (also a LookupError)
+    ├── BadArgument                 a Python API argument out of range (also a ValueError)
     ├── ImageError                  copying images to the image store
     │   ├── ImageRefused            this image never: 404, wrong type, too large
     │   ├── ImageFault              try later: network, 5xx, store error
@@ -46,6 +47,10 @@ class KieCoversError(Exception):
 
 class SettingsError(KieCoversError, ValueError):
     """A setting is missing or malformed; the message names the variable."""
+
+
+class BadArgument(KieCoversError, ValueError):
+    """A Python API call got an argument it cannot work with (the message says which)."""
 
 
 class UnknownJob(KieCoversError, LookupError):

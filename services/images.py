@@ -233,6 +233,9 @@ def _retry_later(store: JobStore, copies: _Copies, settings: Settings) -> str:
     COVERS_MAX_ATTEMPTS such runs."""
     job_id = copies.job.job_id
     attempts = store.count(job_id, Counter.IMAGES_ATTEMPTS)
+    if attempts is None:  # the job was forgotten or expired meanwhile: nothing to copy
+        store.due.leave(Due.COPIES, job_id)
+        return "nothing"
     if attempts >= settings.max_attempts:
         return _finish(store, copies, gave_up=True, attempts=attempts)
     wait = full_jitter(attempts, settings.backoff_base, settings.backoff_max)

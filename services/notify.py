@@ -301,6 +301,9 @@ def _send(store: JobStore, settings: Settings, held: NoticeLock) -> str:
             log.info("job %s: outcome delivered to the app", job_id)
             return "delivered"
         attempts = store.count(job_id, Counter.NOTICE_ATTEMPTS)
+        if attempts is None:  # the job was forgotten or expired meanwhile: nothing to tell
+            store.due.leave(Due.NOTICES, job_id)
+            return "nothing"
         if final:
             store.notices.gave_up(job_id, problem)
             log.warning("job %s: notice not sent, for good (%s)", job_id, problem)

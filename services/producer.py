@@ -11,12 +11,13 @@ error.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any
 
 from kie_covers.config import get_settings
-from kie_covers.core.errors import UnknownJob
+from kie_covers.core.errors import BadArgument, UnknownJob
 from kie_covers.core.schemas import validate_cover_request
 from kie_covers.core.states import JobState
 from kie_covers.runtime.connections import get_store
@@ -72,7 +73,19 @@ def get_cover(job_id: str) -> dict[str, Any]:
 
 def wait_for_cover(job_id: str, timeout_s: float = 300.0, interval_s: float = 0.2
                    ) -> dict[str, Any]:
-    """Block until the job ends (or `timeout_s` seconds pass); returns `get_cover`."""
+    """Block until the job ends (or `timeout_s` seconds pass); returns `get_cover`.
+
+    Args:
+        timeout_s: seconds to wait at most (default 300); finite, at least 0.
+        interval_s: seconds between reads (default 0.2); finite, greater than 0.
+
+    Raises:
+        BadArgument: a wait that is not a finite number (``nan`` would never end).
+    """
+    if not (math.isfinite(timeout_s) and timeout_s >= 0):
+        raise BadArgument(f"timeout_s must be a finite number of seconds >= 0, got {timeout_s!r}")
+    if not (math.isfinite(interval_s) and interval_s > 0):
+        raise BadArgument(f"interval_s must be a finite number of seconds > 0, got {interval_s!r}")
     deadline = time.monotonic() + timeout_s
     while True:
         record = get_cover(job_id)

@@ -93,6 +93,7 @@ class JobStore:
         self._begin = register(client, "begin")
         self._finish = register(client, "finish")
         self._set_if_exists = register(client, "set_if_exists")
+        self._count = register(client, "count")
         #: The scripts of a `Run`'s exits.
         self.run_scripts = RunScripts(client)
 
@@ -219,9 +220,11 @@ class JobStore:
         fields = encode_fields({**values, "updated_at": time.time()})
         return bool(self._set_if_exists(keys=[keys.job(job_id)], args=_flat(fields)))
 
-    def count(self, job_id: str, counter: Counter) -> int:
-        """Add one to a counter of the job; returns the new value."""
-        return int(self.redis.hincrby(keys.job(job_id), counter.value, 1))
+    def count(self, job_id: str, counter: Counter) -> int | None:
+        """Add one to a counter of the job; returns the new value, or None when the
+        record no longer exists (expired or forgotten: it is never recreated)."""
+        value = int(self._count(keys=[keys.job(job_id)], args=[counter.value]))
+        return None if value < 0 else value
 
     def counter_key(self, job_id: str, counter: Counter) -> tuple[str, str]:
         """(hash key, field) of a job's counter, for a script that counts in its own

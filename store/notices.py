@@ -90,6 +90,9 @@ class Notices:
         self.lease_s = lock_s + LEASE_MARGIN_S if lease_s is None else lease_s
         self._begin = register(client, "begin_notice")
         self._unlock = register(client, "unlock")
+        # Marks go only on a record that still exists: a notice in flight when its job
+        # was forgotten (or expired) must not leave a stray half record behind.
+        self._set_if_exists = register(client, "set_if_exists")
 
     def begin(self, job_id: str) -> NoticeLock | str:
         """Take a job's notice lock for `lock_s` seconds to deliver its notice.
@@ -130,8 +133,8 @@ class Notices:
         trip)."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(keys.job(job_id), items=_flat(encode_fields({"notified_at": now,
-                                                                "updated_at": now})))
+        self._set_if_exists(keys=[keys.job(job_id)], client=pipe, args=_flat(
+            encode_fields({"notified_at": now, "updated_at": now})))
         pipe.zrem(Due.NOTICES.key, job_id)
         self._unlock(keys=[keys.notify_lock(job_id)], args=[token], client=pipe)
         pipe.execute()
@@ -140,8 +143,8 @@ class Notices:
         """Record why a notice was given up and take it out of the due set."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(keys.job(job_id), items=_flat(encode_fields({"notice_error": reason,
-                                                                "updated_at": now})))
+        self._set_if_exists(keys=[keys.job(job_id)], client=pipe, args=_flat(
+            encode_fields({"notice_error": reason, "updated_at": now})))
         pipe.zrem(Due.NOTICES.key, job_id)
         pipe.execute()
 

@@ -17,7 +17,7 @@ from redis.commands.core import Script
 
 #: Every script, by file name (without ``.lua``).
 NAMES = ("enqueue", "begin", "submitted", "release", "finish", "claim", "begin_notice",
-         "unlock", "set_if_exists", "retry_failed", "acquire", "pause")
+         "unlock", "set_if_exists", "retry_failed", "acquire", "pause", "count")
 
 
 @functools.cache

@@ -16,7 +16,7 @@ from kie_covers.config import load_settings
 from kie_covers.core import errors
 from kie_covers.core.retry import decide
 from kie_covers.core.states import JobState, WaitReason
-from kie_covers.services.producer import get_cover
+from kie_covers.services.producer import get_cover, wait_for_cover
 from kie_covers.services.step import Done, Failed, from_callback
 from kie_covers.store.limiter import Gate, Verdict
 from kie_covers.store.record import FIELDS, SHOWN, Job
@@ -147,3 +147,9 @@ def test_wait_reasons_and_states_are_enums_with_stable_values() -> None:
     assert [s.value for s in JobState if s.final] == ["succeeded", "failed"]
     # The limiter's own wait and Kie's 429 no longer differ by one letter
     assert re.sub(r"\W", "", WaitReason.RATE_SLOT) != re.sub(r"\W", "", WaitReason.RATE_LIMITED)
+
+
+@pytest.mark.parametrize("timeout_s", [float("nan"), float("inf"), -1.0])
+def test_wait_for_cover_refuses_a_wait_that_would_never_end(timeout_s: float) -> None:
+    with pytest.raises(errors.BadArgument, match="timeout_s"):
+        wait_for_cover("any-job", timeout_s=timeout_s)

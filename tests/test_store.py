@@ -258,3 +258,12 @@ def test_an_early_callback_is_taken_only_by_the_job_its_url_named(store: JobStor
     assert isinstance(run, Run)
     with run:
         assert run.submitted("cover-b", 30) == (True, body)  # its own job takes it
+
+
+def test_counters_and_notice_marks_never_recreate_a_vanished_record(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.redis.delete(keys.job(job_id))  # forgotten (or expired) while work was in flight
+    assert store.count(job_id, Counter.NOTICE_ATTEMPTS) is None
+    store.notices.delivered(job_id, "token")
+    store.notices.gave_up(job_id, "late")
+    assert not store.redis.exists(keys.job(job_id))
