@@ -25,6 +25,9 @@ from kie_covers.store.jobs import JobStore
 from kie_covers.store.record import Job
 from tests.notice_apps import FastApp, SlowApp
 
+# Real apps on loopback answering slowly, timed against the notice caps: seconds each.
+pytestmark = pytest.mark.e2e
+
 #: A queue no worker reads: only this module's threads deliver these notices.
 QUEUE = "covers-notice-tests-nobody"
 

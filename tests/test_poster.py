@@ -96,6 +96,7 @@ def test_refused_and_malformed_urls_raise() -> None:
         poster.post("http://127.0.0.1:9/x", b"", {}, 1, allow_private=True)
 
 
+@pytest.mark.e2e  # an app that trickles its answer for seconds
 def test_an_answer_trickled_a_byte_a_second_is_cut_at_the_total_cap() -> None:
     # Given an app that answers one byte a second: every read gets a byte well within
     # any per-read timeout, so only a cap on the whole request ends it

@@ -56,6 +56,7 @@ def _hammer(url: str, name: str, jobs: int,
     out.put(seen)
 
 
+@pytest.mark.e2e  # four processes hammering the limiter
 def test_several_processes_sharing_one_limiter_never_exceed_it_in_any_window(
     redis_server: RedisServer, standin: KieStandin
 ) -> None:
