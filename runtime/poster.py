@@ -74,32 +74,10 @@ def _arm(sock: socket.socket, deadline: float) -> None:
 
 
 class _CappedSocket(socket.socket):
-    """A TCP socket whose every send and receive ends by `deadline` (monotonic s)."""
+    """A TCP socket whose every send and receive ends by `deadline` (monotonic s).
 
-    deadline = 0.0
-
-    def recv(self, *args: Any, **kwargs: Any) -> bytes:
-        _arm(self, self.deadline)
-        return super().recv(*args, **kwargs)
-
-    def recv_into(self, *args: Any, **kwargs: Any) -> int:
-        _arm(self, self.deadline)
-        return super().recv_into(*args, **kwargs)
-
-    def send(self, *args: Any, **kwargs: Any) -> int:
-        _arm(self, self.deadline)
-        return super().send(*args, **kwargs)
-
-    def sendall(self, *args: Any, **kwargs: Any) -> None:
-        # A socket timeout bounds a whole sendall (not each chunk), since Python 3.5.
-        _arm(self, self.deadline)
-        super().sendall(*args, **kwargs)
-
-
-class _CappedTLSSocket(ssl.SSLSocket):
-    """A TLS socket whose every send and receive ends by `deadline` (monotonic s).
-
-    `ssl.SSLSocket.sendall` loops over `send`, so both are capped.
+    A socket timeout bounds a whole `sendall` (not each chunk), since Python 3.5;
+    `ssl.SSLSocket.sendall` loops over `send`, so both are capped there too.
     """
 
     deadline = 0.0
@@ -119,6 +97,10 @@ class _CappedTLSSocket(ssl.SSLSocket):
     def sendall(self, *args: Any, **kwargs: Any) -> None:
         _arm(self, self.deadline)
         super().sendall(*args, **kwargs)
+
+
+class _CappedTLSSocket(_CappedSocket, ssl.SSLSocket):
+    """A TLS socket capped by `deadline` (see `_CappedSocket`)."""
 
 
 @functools.cache

@@ -25,6 +25,7 @@ class Received:
     body: bytes
     started: float
     ended: float | None = None  # when the client closed (slow app) or it was answered
+    answered_bytes: int = 0  # bytes of the answer sent before the client closed (slow app)
 
     @property
     def notice_id(self) -> str:
@@ -143,6 +144,7 @@ class SlowApp:
                     if readable and not conn.recv(1):
                         break
                     conn.sendall(SLOW_ANSWER[i:i + 1])
+                    request.answered_bytes += 1
                 except OSError:
                     break
             request.ended = time.monotonic()
