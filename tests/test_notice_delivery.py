@@ -14,10 +14,11 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 
 from kie_covers.config import get_settings, keys
 from kie_covers.core import errors
-from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.connections import get_limiters, get_redis, get_store, redis_url
 from kie_covers.services import notify
 from kie_covers.standin import KieStandin
 from kie_covers.store.due import Due
@@ -28,6 +29,8 @@ from tests.notice_apps import SLOW_ANSWER, FastApp, SlowApp
 # Real apps on loopback answering slowly, timed against the notice caps: seconds each.
 pytestmark = pytest.mark.e2e
 
+#: A Redis database no other test uses (see `configure`).
+NOTICE_DB = 11
 #: A queue no worker reads: only this module's threads deliver these notices.
 QUEUE = "covers-notice-tests-nobody"
 
@@ -42,14 +45,18 @@ def configure(standin: KieStandin) -> Iterator[Configure]:
     made anew from the environment, and again from the old one afterwards.
     """
     saved = dict(os.environ)
+    # A Redis database of its own: the session's workers dispatch from the due sets of
+    # database 0, and one that claimed a notice here would lease it for seconds.
+    own_db = saved["REDIS_URL"].rsplit("/", 1)[0] + f"/{NOTICE_DB}"
+    redis.Redis.from_url(own_db).flushdb()
 
     def reset() -> None:
         get_settings.cache_clear()
-        get_store.reset()
-        notify._senders.reset()
+        for cached in (redis_url, get_redis, get_limiters, get_store, notify._senders):
+            cached.reset()
 
     def apply(**overrides: str) -> JobStore:
-        os.environ.update(overrides)
+        os.environ.update({"REDIS_URL": own_db, **overrides})
         reset()
         return get_store()
 
