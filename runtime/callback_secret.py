@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 
 import redis
+from redis.commands.core import Script
 
 from kie_covers.config import Settings, get_settings, keys
 from kie_covers.core.secret import Secret
@@ -61,6 +62,7 @@ class CallbackSecrets:
         self._lock = threading.Lock()
         #: Redis secrets seen by this process, newest first (empty when configured).
         self._seen: list[Secret] = []
+        self._script: Script | None = None
         if self._configured is None:
             self._sync()
 
@@ -108,7 +110,9 @@ class CallbackSecrets:
             mine = self._seen[0].reveal() if self._seen else secrets.token_urlsafe(SECRET_BYTES)
         # A script, not a pipeline: redis-py writes a failed pipeline command's
         # arguments (here the secret) into the exception's text.
-        value = self._client().eval(SYNC_SCRIPT, 1, keys.CALLBACK_SECRET, mine)
+        if self._script is None:  # registered once: later calls send its SHA, not its text
+            self._script = self._client().register_script(SYNC_SCRIPT)
+        value = self._script(keys=[keys.CALLBACK_SECRET], args=[mine])
         current = Secret(str(value) if value else mine)
         with self._lock:
             if not self._seen or self._seen[0] != current:

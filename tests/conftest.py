@@ -7,6 +7,7 @@ worker processes. Settings go through the environment, as in production.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -128,6 +129,24 @@ def standin(standin_server: KieStandin, redis_server: RedisServer) -> KieStandin
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushdb()
     return standin_server
+
+
+#: Redis databases that in-process tests keep to themselves (the suite's workers,
+#: web process and producer use database 0, whose due sets they dispatch from).
+STORE_DB, TOKENS_DB, NOTICE_DB = 9, 10, 11
+
+
+@contextlib.contextmanager
+def empty_db(server: RedisServer, db: int) -> Iterator[redis.Redis]:
+    """A client (decoded strings) on database `db` of the suite's Redis, emptied before
+    and after."""
+    conn = redis.Redis(host="127.0.0.1", port=server.port, db=db, decode_responses=True)
+    conn.flushdb()
+    try:
+        yield conn
+    finally:
+        conn.flushdb()
+        conn.close()
 
 
 def process_env(**overrides: str) -> dict[str, str]:

@@ -25,21 +25,16 @@ from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.store.jobs import JobStore, Lifetimes
 from kie_covers.store.run import Run
 from kie_covers.worker.web import too_deep
+from tests.conftest import TOKENS_DB, empty_db
 
-#: A database no other test uses.
-TOKENS_DB = 10
 CALLBACK = "http://127.0.0.1:9/cb"
 
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A client on an emptied database of the suite's Redis."""
-    conn = redis.Redis(host="127.0.0.1", port=redis_server.port, db=TOKENS_DB,
-                       decode_responses=True)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-    conn.close()
+    """A client on an emptied database of the suite's Redis, this module's own."""
+    with empty_db(redis_server, TOKENS_DB) as conn:
+        yield conn
 
 
 @pytest.fixture

@@ -24,13 +24,12 @@ from kie_covers.standin import KieStandin
 from kie_covers.store.due import Due
 from kie_covers.store.jobs import JobStore
 from kie_covers.store.record import Job
+from tests.conftest import NOTICE_DB
 from tests.notice_apps import SLOW_ANSWER, FastApp, SlowApp
 
 # Real apps on loopback answering slowly, timed against the notice caps: seconds each.
 pytestmark = pytest.mark.e2e
 
-#: A Redis database no other test uses (see `configure`).
-NOTICE_DB = 11
 #: A queue no worker reads: only this module's threads deliver these notices.
 QUEUE = "covers-notice-tests-nobody"
 

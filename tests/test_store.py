@@ -22,21 +22,16 @@ from kie_covers.store.due import Due
 from kie_covers.store.jobs import Counter, JobStore, Lifetimes
 from kie_covers.store.locks import TokenLock
 from kie_covers.store.run import Busy, Ended, Run
+from tests.conftest import STORE_DB, empty_db
 
-#: A database no end-to-end test uses.
-STORE_DB = 9
 CALLBACK = "http://127.0.0.1:9/cb"
 
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A client on an emptied database of the suite's Redis."""
-    conn = redis.Redis(host="127.0.0.1", port=redis_server.port, db=STORE_DB,
-                       decode_responses=True)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-    conn.close()
+    """A client on an emptied database of the suite's Redis, this module's own."""
+    with empty_db(redis_server, STORE_DB) as conn:
+        yield conn
 
 
 @pytest.fixture
