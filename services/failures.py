@@ -5,11 +5,17 @@ seconds, far longer than successes. `JobStore.finish` indexes each failure once
 in sorted sets (all, by kind, by code; see `kie_covers.store.failures`), so
 listing newest first, filtering and counting never scan Redis.
 
+A music task has at most one failure row, its newest job's: when a music task
+whose job failed gets a new job (`enqueue_cover`, a batch run again), the old
+job leaves the index in the same Redis step; its record stays readable by job
+id until it expires. So `list_failures`, `count_failures`, retry rounds and
+`forget_jobs` see one row per music task.
+
 Retrying keeps the job id, so ``get_cover`` and ``AsyncResult`` follow the
 job. A retry is one Lua compare-and-set (failed → queued), so two beat
 processes, or a person and the beat, cannot retry a job twice; and a job whose
-music task has since got another live or succeeded job is never retried (it
-would pay twice).
+music task has since got another job is never retried (`superseded`: a live or
+succeeded one would make it pay twice; a failed one is the row to retry).
 
 Python API for an app's admin page: `list_failures`, `count_failures`,
 `retry_jobs`, `retry_where`, `forget_jobs`.
@@ -37,7 +43,7 @@ class RetryOutcome:
     """What happened to one retry request: ``ok``, or why not.
 
     ``not_failed`` (it is queued, running or succeeded), ``unknown`` (no record),
-    ``superseded`` (its music task has another live or succeeded job),
+    ``superseded`` (its music task has a newer job: retry that one, if failed),
     ``invalid_payload`` (a refused raw message: nothing to retry).
     """
 

@@ -5,6 +5,13 @@ code; see `kie_covers.config.keys`), so listing newest first, filtering and
 counting never scan Redis. Failed jobs keep their record for
 ``COVERS_FAILURE_TTL`` seconds; entries whose record has expired (or was
 retried) are tidied away as they are met.
+
+A music task has at most one failure row, its newest job's: the scripts that give
+a music task a newer job (enqueue, a retry, a raw message's job ending) take the
+older failed job out of every index in the same step (``lua/failure_rows.lua``).
+Rows written before that rule (several failed jobs of one music task) are tidied
+away as they are met: a failed job whose music task now names another job is
+not listed.
 """
 
 from __future__ import annotations
@@ -53,20 +60,31 @@ class FailureIndex:
     def failed_jobs(self, job_ids: Sequence[str], index: str = keys.FAILURES) -> list[Job]:
         """The records of those jobs that are still failed, in order (pipelined).
 
-        Ids whose record expired or is no longer failed are taken out of `index`.
+        Ids whose record expired or is no longer failed are taken out of `index`;
+        failed jobs whose music task has a newer job since (rows from before one row
+        per music task was kept) out of every index.
         """
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hgetall(keys.job(job_id))
+        records = pipe.execute()
+        for raw in records:
+            pipe.get(keys.music(raw.get("music_task_id") or ""))
+        owners = pipe.execute()
         found: list[Job] = []
         gone: list[str] = []
-        for job_id, raw in zip(job_ids, pipe.execute(), strict=True):
-            if raw.get("job_id") and raw.get("state") == JobState.FAILED.value:
-                found.append(Job.from_hash(raw))
-            else:
+        superseded: list[Job] = []
+        for job_id, raw, owner in zip(job_ids, records, owners, strict=True):
+            if not (raw.get("job_id") and raw.get("state") == JobState.FAILED.value):
                 gone.append(job_id)
+            elif raw.get("music_task_id") and owner and owner != job_id:
+                superseded.append(Job.from_hash(raw))
+            else:
+                found.append(Job.from_hash(raw))
         if gone:
             self.redis.zrem(index, *gone)
+        for job in superseded:
+            self._unindex(job)
         return found
 
     def newest(self, kind: str | None = None, code: int | str | None = None,
@@ -114,9 +132,10 @@ class FailureIndex:
 
         Returns:
             ``ok``, or why not: ``not_failed`` (queued, running or succeeded),
-            ``unknown`` (no record), ``superseded`` (its music task has another live
-            or succeeded job: a retry would pay twice), ``invalid_payload`` (a
-            refused raw message: nothing to retry).
+            ``unknown`` (no record), ``superseded`` (its music task has a newer job:
+            a live or succeeded one, where a retry would pay twice, or a failed one,
+            which is the music task's failure row and the one to retry),
+            ``invalid_payload`` (a refused raw message: nothing to retry).
         """
         now = time.time()
         return str(self._retry(
@@ -127,16 +146,21 @@ class FailureIndex:
 
     def forget(self, job: Job) -> None:
         """Delete a failed job's record and every index entry of it."""
+        self._unindex(job, delete_record=True)
+        if job.music_task_id and self.redis.get(keys.music(job.music_task_id)) == job.job_id:
+            self.redis.delete(keys.music(job.music_task_id))
+
+    def _unindex(self, job: Job, delete_record: bool = False) -> None:
+        """Take a failed job out of every index (and off the retry schedule)."""
         error = job.error or {}
         pipe = self.redis.pipeline()
-        pipe.delete(keys.job(job.job_id))
+        if delete_record:
+            pipe.delete(keys.job(job.job_id))
         pipe.zrem(keys.FAILURES, job.job_id)
         pipe.zrem(keys.failures_by_kind(str(error.get("kind"))), job.job_id)
         pipe.zrem(keys.failures_by_code(error.get("code")), job.job_id)
         pipe.zrem(keys.RETRY_DUE, job.job_id)
         pipe.execute()
-        if job.music_task_id and self.redis.get(keys.music(job.music_task_id)) == job.job_id:
-            self.redis.delete(keys.music(job.music_task_id))
 
     # --- the schedule of automatic retries ------------------------------------------
 

@@ -104,6 +104,9 @@ class JobStore:
         """Record a new job unless one for `music_task_id` is queued, submitted or
         succeeded.
 
+        A failed job it replaces leaves the failure index (its record stays until it
+        expires): a music task has at most one failure row, its newest job's.
+
         The job is put in the due set `lease_s` seconds ahead, so that it is sent
         again if its first message is lost; `queue` is where its messages go.
 
@@ -113,8 +116,9 @@ class JobStore:
         now = time.time()
         record = Job.new(job_id, music_task_id, callback_url, queue, now)
         result = self._enqueue(
-            keys=[keys.music(music_task_id), Due.JOBS.key],
-            args=[keys.job(""), job_id, due_ms(lease_s, now), *_flat(record.to_hash())])
+            keys=[keys.music(music_task_id), Due.JOBS.key, keys.FAILURES, keys.RETRY_DUE],
+            args=[keys.job(""), job_id, due_ms(lease_s, now), keys.failures_by_kind(""),
+                  keys.failures_by_code(""), *_flat(record.to_hash())])
         return str(result[0]), bool(int(result[1]))
 
     def begin(self, job_id: str, music_task_id: str, callback_url: str, lease_s: float,
@@ -296,7 +300,8 @@ class JobStore:
                   int(life.notice_lock_s * 1000),
                   keys.cover(cover_task_id), keys.early_callback(cover_task_id), body,
                   max(1, int(early_ttl_s)), keys.job(""), keys.lock(""),
-                  keys.notify_lock(""), expected_job_id, cover_task_id, early_cap_bytes],
+                  keys.notify_lock(""), expected_job_id, cover_task_id, early_cap_bytes,
+                  keys.failures_by_kind(""), keys.failures_by_code("")],
         )
         if ended in FINISH_REFUSALS:
             return str(ended)

@@ -19,12 +19,23 @@ from redis.commands.core import Script
 NAMES = ("enqueue", "begin", "submitted", "release", "finish", "claim", "begin_notice",
          "unlock", "set_if_exists", "retry_failed", "acquire", "pause", "count")
 
+#: Shared Lua functions (``lua/<name>.lua``) put before the scripts that call them.
+#: ``failure_rows``: a music task keeps at most one failure row (``unindex_failure``).
+INCLUDES: dict[str, tuple[str, ...]] = {
+    "enqueue": ("failure_rows",), "finish": ("failure_rows",),
+    "retry_failed": ("failure_rows",),
+}
+
 
 @functools.cache
 def source(name: str) -> str:
-    """The text of script `name` (read from the package once per process)."""
+    """The text of script `name`, its `INCLUDES` first (read once per process)."""
     if name not in NAMES:
         raise KeyError(f"no Lua script {name!r}")
+    return "".join(_read(part) for part in (*INCLUDES.get(name, ()), name))
+
+
+def _read(name: str) -> str:
     return (resources.files("kie_covers.store") / "lua" / f"{name}.lua").read_text()
 
 

@@ -11,23 +11,143 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import redis
 
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
+from kie_covers.config import keys
+from kie_covers.core import errors
 from kie_covers.core.errors import UnknownJob
+from kie_covers.core.states import JobState
 from kie_covers.runtime.connections import get_redis
+from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.services.failures import count_failures, list_failures
 from kie_covers.standin import KieStandin
 from kie_covers.store.jobs import JobStore, Lifetimes
-from tests.conftest import process_env
+from tests.conftest import STORE_DB, empty_db, process_env
 from tests.services import ROOT, StartBeat, StartWorker, WebProcess, wait_until
 
-pytestmark = pytest.mark.e2e
-
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client on an emptied database of the suite's Redis (the in-process store
+    tests' own; test modules run one after another)."""
+    with empty_db(redis_server, STORE_DB) as conn:
+        yield conn
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> JobStore:
+    """A job store with short lifetimes and app notices off."""
+    return JobStore(client, Lifetimes(result_ttl_s=60, failure_ttl_s=120, retry_base_s=5,
+                                      retry_max_delay_s=40))
+
+
+def _enqueue(store: JobStore, music_task_id: str) -> str:
+    job_id, created = store.enqueue(uuid.uuid4().hex, music_task_id, APP_CALLBACK, 30, "q")
+    assert created
+    return job_id
+
+
+def _rows(client: redis.Redis, job_id: str, kind: str, code: object) -> list[bool]:
+    """Whether `job_id` is in: all failures, its kind's, its code's, the retry schedule."""
+    return [client.zscore(key, job_id) is not None
+            for key in (keys.FAILURES, keys.failures_by_kind(kind),
+                        keys.failures_by_code(code), keys.RETRY_DUE)]
+
+
+def test_a_music_task_keeps_one_failure_row_its_newest_jobs(
+    store: JobStore, client: redis.Redis
+) -> None:
+    music = uuid.uuid4().hex
+    # Given a music task whose job failed (retryable: on the retry schedule too)
+    first = _enqueue(store, music)
+    assert store.finish(first, error=errors.UpstreamError("boom", 502)) is not None
+    assert _rows(client, first, "upstream", 502) == [True] * 4
+    # When it is enqueued again: a new job, and the old one leaves every index at once
+    second = _enqueue(store, music)
+    assert second != first
+    assert _rows(client, first, "upstream", 502) == [False] * 4
+    assert store.failures.count() == 0 and store.failures.newest() == []
+    old = store.get(first)
+    assert old is not None and old.state is JobState.FAILED  # still readable by id
+    # When the new job fails too: one row, the newest, of its own kind and code
+    assert store.finish(second, error=errors.NotFound("no such music", 404)) is not None
+    assert [j.job_id for j in store.failures.newest()] == [second]
+    assert store.failures.count() == 1 and store.failures.count(code=404) == 1
+    assert store.failures.count("upstream") == 0 and store.failures.count(code=502) == 0
+    # Then the old job cannot be retried (its music task's row is the newer job's)...
+    assert store.failures.requeue(first, 30) == "superseded"
+    # ...the newest can, and failing again still leaves one row
+    assert store.failures.requeue(second, 30) == "ok"
+    assert store.failures.count() == 0
+    assert store.finish(second, error=errors.UpstreamError("boom", 500)) is not None
+    assert [j.job_id for j in store.failures.newest()] == [second]
+    assert store.failures.count() == 1 and store.failures.count(code=404) == 0
+    # And forgetting it leaves none, the old record untouched
+    newest = store.get(second)
+    assert newest is not None
+    store.failures.forget(newest)
+    assert store.failures.count() == 0 and store.get(first) is not None
+
+
+def test_a_raw_messages_job_takes_its_music_tasks_row_only_from_a_failed_job(
+    store: JobStore, client: redis.Redis
+) -> None:
+    # Given a music task whose own job failed, and a raw message's job for it (begun
+    # with an id of its own: it does not own the music task)
+    music = uuid.uuid4().hex
+    own = _enqueue(store, music)
+    assert store.finish(own, error=errors.UpstreamError("boom", 500)) is not None
+    raw = uuid.uuid4().hex
+    assert store.begin(raw, music, APP_CALLBACK, 30, "q") is not None
+    assert client.get(keys.music(music)) == own
+    # When the raw job fails: it is the newest failure, the only row
+    assert store.finish(raw, error=errors.GenerationFailed("bad", 501)) is not None
+    assert [j.job_id for j in store.failures.newest()] == [raw]
+    assert _rows(client, own, "upstream", 500) == [False] * 4
+    assert client.get(keys.music(music)) == raw
+    # Given another music task whose own job is live, and a raw job for it that fails
+    live_music = uuid.uuid4().hex
+    live = _enqueue(store, live_music)
+    stray = uuid.uuid4().hex
+    assert store.begin(stray, live_music, APP_CALLBACK, 30, "q") is not None
+    assert store.finish(stray, error=errors.UpstreamError("boom", 500)) is not None
+    # Then that failure gets no row (the live job speaks for its music task)
+    assert store.failures.count() == 1 and _rows(client, stray, "upstream", 500) == [
+        False] * 4
+    # And when the live job fails, it has the row
+    assert store.finish(live, error=errors.UpstreamError("boom", 500)) is not None
+    assert sorted(j.job_id for j in store.failures.newest()) == sorted([raw, live])
+
+
+def test_rows_from_before_one_row_per_music_task_are_tidied_as_they_are_met(
+    store: JobStore, client: redis.Redis
+) -> None:
+    # Given two failed jobs of one music task both indexed (as stored before the rule)
+    music = uuid.uuid4().hex
+    older = _enqueue(store, music)
+    assert store.finish(older, error=errors.UpstreamError("boom", 502)) is not None
+    newer = _enqueue(store, music)
+    assert store.finish(newer, error=errors.UpstreamError("boom", 502)) is not None
+    score = time.time() * 1000 - 1000
+    for key in (keys.FAILURES, keys.failures_by_kind("upstream"),
+                keys.failures_by_code(502), keys.RETRY_DUE):
+        client.zadd(key, {older: score})
+    assert store.failures.count() == 2
+    # When the failures are listed: only the music task's own job...
+    assert [j.job_id for j in store.failures.newest()] == [newer]
+    # Then the older row has left every index, so counts agree with the list
+    assert _rows(client, older, "upstream", 502) == [False] * 4
+    assert store.failures.count() == 1 and store.failures.count("upstream") == 1
+    assert store.failures.count(code=502) == 1
+    assert [j.job_id for j in store.failures.due_for_retry(time.time() + 3600)] == [newer]
 
 
 def _wait_for_retried_end(job_id: str, timeout_s: float) -> dict[str, Any]:
@@ -41,6 +161,7 @@ def _wait_for_retried_end(job_id: str, timeout_s: float) -> dict[str, Any]:
         time.sleep(0.1)
 
 
+@pytest.mark.e2e
 def test_an_outage_is_recorded_and_healed_by_scheduled_retries_without_a_command(
     standin: KieStandin, start_worker: StartWorker, start_beat: StartBeat
 ) -> None:
@@ -70,6 +191,7 @@ def test_an_outage_is_recorded_and_healed_by_scheduled_retries_without_a_command
     assert count_failures() == 0
 
 
+@pytest.mark.e2e
 def test_a_never_retry_failure_is_not_retried_on_schedule(
     standin: KieStandin, start_worker: StartWorker, start_beat: StartBeat
 ) -> None:
@@ -90,6 +212,7 @@ def covers(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60)
 
 
+@pytest.mark.e2e
 def test_the_cli_lists_filters_retries_and_forgets(
     standin: KieStandin, start_worker: StartWorker
 ) -> None:
@@ -188,6 +311,7 @@ class _App:
         self.down.clear()
 
 
+@pytest.mark.e2e
 def test_the_app_gets_one_signed_notice_per_finished_job_even_after_being_down(
     standin: KieStandin, start_worker: StartWorker, web: WebProcess
 ) -> None:
@@ -216,6 +340,7 @@ def test_the_app_gets_one_signed_notice_per_finished_job_even_after_being_down(
         app.server.shutdown()
 
 
+@pytest.mark.e2e
 def test_a_notice_the_app_never_takes_is_given_up_and_recorded(
     standin: KieStandin, start_worker: StartWorker, web: WebProcess
 ) -> None:
@@ -232,6 +357,7 @@ def test_a_notice_the_app_never_takes_is_given_up_and_recorded(
         app.server.shutdown()
 
 
+@pytest.mark.e2e
 def test_a_notice_whose_process_died_before_sending_it_is_sent_once_after_its_lease(
     standin: KieStandin, start_worker: StartWorker
 ) -> None:

@@ -15,7 +15,7 @@
 --      11 music prefix, 12 notice lease ms (0: the app is not sent notices),
 --      13 notice lock ms, 14-17 see above, 18 job prefix, 19 lock prefix,
 --      20 notice lock prefix, 21 expected job id ('' any), 22 cover id,
---      23 early bytes cap
+--      23 early bytes cap, 24 kind index prefix, 25 code index prefix
 -- Returns {the ended record, 1 if the notice lock was taken}, false if the job had
 -- already ended (or is unknown), 'unknown', 'mismatch' or 'full'.
 
@@ -79,8 +79,27 @@ redis.call('HSET', job, 'state', ARGV[2], 'images', ARGV[3], 'error', ARGV[4],
 redis.call('EXPIRE', job, ARGV[6])
 redis.call('ZREM', KEYS[1], id)
 redis.call('DEL', ARGV[19] .. id)
-local music = ARGV[11] .. (redis.call('HGET', job, 'music_task_id') or '')
-if redis.call('GET', music) == id then redis.call('EXPIRE', music, ARGV[6]) end
+local music_task_id = redis.call('HGET', job, 'music_task_id') or ''
+local music = ARGV[11] .. music_task_id
+local owner = redis.call('GET', music)
+-- A music task has at most one failure row, its newest job's. A job that is not its
+-- music task's own (a raw message's, started while that job was live) takes the music
+-- task over if that job has failed since (dropping its row), and otherwise gets no
+-- failure row: the music task's own job, live or succeeded, speaks for it.
+local listed = true
+if owner == id then
+  redis.call('EXPIRE', music, ARGV[6])
+elseif owner and music_task_id ~= '' then
+  local owner_state = redis.call('HGET', ARGV[18] .. owner, 'state')
+  if not owner_state or owner_state == 'failed' then
+    if owner_state then
+      unindex_failure(ARGV[18], owner, {KEYS[2], ARGV[24], ARGV[25], KEYS[5]})
+    end
+    redis.call('SET', music, id, 'EX', ARGV[6])
+  else
+    listed = false
+  end
+end
 local cover = redis.call('HGET', job, 'cover_task_id')
 if cover and cover ~= '' then redis.call('EXPIRE', ARGV[7] .. cover, ARGV[6]) end
 if ARGV[2] == 'failed' then
@@ -89,10 +108,12 @@ if ARGV[2] == 'failed' then
     redis.call('HSET', job, 'first_failed_at', ARGV[5])
   end
   redis.call('HSET', job, 'last_failed_at', ARGV[5])
-  redis.call('ZADD', KEYS[2], now_ms, id)
-  redis.call('ZADD', KEYS[3], now_ms, id)
-  redis.call('ZADD', KEYS[4], now_ms, id)
-  if ARGV[8] == '1' then
+  if listed then
+    redis.call('ZADD', KEYS[2], now_ms, id)
+    redis.call('ZADD', KEYS[3], now_ms, id)
+    redis.call('ZADD', KEYS[4], now_ms, id)
+  end
+  if listed and ARGV[8] == '1' then
     local rounds = tonumber(redis.call('HGET', job, 'retry_rounds') or '0') or 0
     local delay = math.min(tonumber(ARGV[10]), tonumber(ARGV[9]) * (2 ^ math.min(rounds, 30)))
     redis.call('ZADD', KEYS[5], now_ms + delay, id)

@@ -1,5 +1,6 @@
 -- Queue a failed job again (failed -> queued), unless its music task has since got
--- another live or succeeded job (that would pay twice).
+-- another job (live or succeeded: a retry would pay twice; failed: that newer failure is
+-- the music task's row, and the one to retry).
 -- KEYS 1 job, 2 failures, 3 retry-due, 4 due
 -- ARGV 1 job id, 2 now s, 3 due ms, 4 job prefix, 5 music prefix, 6 kind prefix,
 --      7 code prefix, 8.. field, value to reset (the record's RETRY_RESETS)
@@ -10,24 +11,13 @@ local music_task_id = redis.call('HGET', KEYS[1], 'music_task_id')
 if not music_task_id or music_task_id == '' then return 'invalid_payload' end
 local music = ARGV[5] .. music_task_id
 local owner = redis.call('GET', music)
-if owner and owner ~= ARGV[1] then
-  local other = redis.call('HGET', ARGV[4] .. owner, 'state')
-  if other and other ~= 'failed' then return 'superseded' end
+if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[4] .. owner) == 1 then
+  return 'superseded'
 end
-local err = redis.call('HGET', KEYS[1], 'error')
-local kind, code = 'error', 'none'
-if err and err ~= '' then
-  local decoded = cjson.decode(err)
-  kind = decoded['kind'] or kind
-  if decoded['code'] and decoded['code'] ~= cjson.null then code = tostring(decoded['code']) end
-end
+unindex_failure(ARGV[4], ARGV[1], {KEYS[2], ARGV[6], ARGV[7], KEYS[3]})
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], unpack(ARGV, 8))
 redis.call('HINCRBY', KEYS[1], 'retry_rounds', 1)
 redis.call('PERSIST', KEYS[1])
 redis.call('SET', music, ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', ARGV[6] .. kind, ARGV[1])
-redis.call('ZREM', ARGV[7] .. code, ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 return 'ok'
