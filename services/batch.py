@@ -40,7 +40,7 @@ from kie_covers.services.producer import enqueue_cover
 
 __all__ = ["CSV_COLUMNS", "SUFFIX_FORMATS", "BadLine", "BatchFormat",
            "BatchPlan", "BatchRefused", "BatchRow", "Progress", "batch_progress",
-           "batch_records", "enqueue_batch", "read_batch"]
+           "batch_records", "enqueue_batch", "enqueued_lines", "read_batch"]
 
 #: The two fields `batch_progress` reads of each job.
 PROGRESS_FIELDS = ("state", "wait_reason")
@@ -113,6 +113,20 @@ def enqueue_batch(plan: BatchPlan, *, skip_bad: bool = False, queue: str | None 
         raise BatchRefused.from_bad_lines(plan.bad, plan.source)
     return [enqueue_cover(row.music_task_id, row.callback_url, queue=queue)
             for row in plan.rows]
+
+
+def enqueued_lines(plan: BatchPlan, job_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Each enqueued line with its job, in file order (JSON-ready).
+
+    ``[{"line": 2, "taskId": "<music task id>", "job_id": "<job id>"}, ...]``: `line`
+    is the physical line (1-based), `taskId` the line's music task id.
+
+    Args:
+        plan: the plan given to `enqueue_batch`.
+        job_ids: what `enqueue_batch` returned for it (one per row of `plan`).
+    """
+    return [{"line": row.line_no, "taskId": row.music_task_id, "job_id": job_id}
+            for row, job_id in zip(plan.rows, job_ids, strict=True)]
 
 
 def batch_progress(job_ids: Sequence[str]) -> Progress:

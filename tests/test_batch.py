@@ -16,12 +16,16 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from kie_covers import get_cover
+from kie_covers.config import keys
 from kie_covers.core.states import HELD_BACK
+from kie_covers.runtime.connections import get_redis
+from kie_covers.runtime.redis_server import free_port
 from kie_covers.services.batch import (
     BadLine,
     BatchRefused,
@@ -29,10 +33,11 @@ from kie_covers.services.batch import (
     enqueue_batch,
     read_batch,
 )
+from kie_covers.services.failures import count_failures, list_failures, run_retry_round
 from kie_covers.standin import KieStandin
 from kie_covers.worker.batch_cli import add_enqueue_from_arguments, wait_for_batch
 from tests.conftest import process_env
-from tests.services import ROOT, WorkerProcess, wait_until
+from tests.services import ROOT, StartWorker, WorkerProcess, wait_until
 
 CALLBACK = "http://127.0.0.1:9/cb"
 OTHER_CALLBACK = "http://127.0.0.1:9/other-cb"
@@ -42,13 +47,19 @@ def music_id() -> str:
     return uuid.uuid4().hex
 
 
-def batch_cli(*args: str, stdin: str | None = None, timeout: float = 60
-              ) -> subprocess.CompletedProcess[str]:
-    """Run the batch command as a real process with the suite's settings."""
+def covers(*args: str, stdin: str | None = None, timeout: float = 60, **env: str
+           ) -> subprocess.CompletedProcess[str]:
+    """Run ``covers ARGS`` as a real process with the suite's settings (and `env`)."""
     # check=False: the tests read the exit code themselves.
-    return subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", "enqueue", *args],
-                          check=False, cwd=ROOT, env=process_env(), input=stdin,
+    return subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", *args],
+                          check=False, cwd=ROOT, env=process_env(**env), input=stdin,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def batch_cli(*args: str, stdin: str | None = None, timeout: float = 60, **env: str
+              ) -> subprocess.CompletedProcess[str]:
+    """Run the batch command (``covers enqueue ARGS``) as a real process."""
+    return covers("enqueue", *args, stdin=stdin, timeout=timeout, **env)
 
 
 def paid(standin: KieStandin, task_ids: list[str]) -> dict[str, int]:
@@ -125,6 +136,11 @@ def test_json_lines_from_stdin_with_skip_bad_enqueue_the_good_ones(
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert [s["line"] for s in out["skipped"]] == [4, 5, 6, 7]
+    # And --json pairs each job id with its line and taskId, in file order
+    assert [(j["line"], j["taskId"]) for j in out["jobs"]] == [(1, first), (3, second),
+                                                              (8, third)]
+    assert [j["job_id"] for j in out["jobs"]] == out["job_ids"]
+    assert len(set(out["job_ids"])) == 3
     assert "enqueued 3 jobs (4 skipped)" in done.stderr
     assert "line 5: json: not valid JSON" in done.stderr
     assert "line 6: json: expected one object per line" in done.stderr
@@ -234,6 +250,117 @@ def test_batch_progress_counts_match_get_cover(
     standin.set_credits(1000)
     wait_until(lambda: batch_progress(held).done == 4, 20, 0.1, "the held jobs to succeed")
     assert all(standin.paid()[get_cover(j)["music_task_id"]] == 1 for j in held)
+
+
+def _jobs_by_task(out: dict[str, Any]) -> dict[str, str]:
+    return {j["taskId"]: j["job_id"] for j in out["jobs"]}
+
+
+def _failure_rows() -> dict[str, list[str]]:
+    """``covers failures --json``: music task -> its listed job ids."""
+    listed = covers("failures", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows: dict[str, list[str]] = {}
+    for row in json.loads(listed.stdout):
+        rows.setdefault(row["music_task_id"], []).append(row["job_id"])
+    return rows
+
+
+@pytest.mark.e2e
+def test_running_a_batch_again_leaves_one_failure_row_per_music_task(
+    standin: KieStandin, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    # Given a batch with a good line, an unknown music task and one Kie fails to draw
+    good, missing, broken = music_id(), f"notfound-{music_id()}", f"genfail-{music_id()}"
+    path = tmp_path / "songs.csv"
+    path.write_text(f"taskId\n{good}\n{missing}\n{broken}\n")
+    # When it is run three times, each run waiting for the end
+    runs = []
+    for _ in range(3):
+        done = batch_cli("--from", str(path), "--callback-url", CALLBACK, "--wait",
+                         "--timeout", "30", "--json")
+        assert done.returncode == 1, done.stdout + done.stderr
+        out = json.loads(done.stdout)
+        assert [(j["line"], j["taskId"]) for j in out["jobs"]] == [
+            (2, good), (3, missing), (4, broken)]
+        assert [r["state"] for r in out["records"]] == ["succeeded", "failed", "failed"]
+        runs.append(_jobs_by_task(out))
+    # Then the good line kept its job; each failed line got a new job per run...
+    assert len({run[good] for run in runs}) == 1
+    assert len({run[missing] for run in runs}) == len({run[broken] for run in runs}) == 3
+    # ...and each failed music task has one failure row: its newest job's
+    last = runs[-1]
+    assert _failure_rows() == {missing: [last[missing]], broken: [last[broken]]}
+    assert count_failures() == 2
+    assert count_failures(kind="not_found") == count_failures(kind="generation_failed") == 1
+    assert "2 shown of 2" in covers("failures").stdout
+    # (the older jobs stay readable by id, failed)
+    assert get_cover(runs[0][missing])["state"] == "failed"
+
+    # When one music task is enqueued by hand twice (the single-job form)
+    single = f"notfound-{music_id()}"
+    by_hand = []
+    for _ in range(2):
+        done = covers("enqueue", single, CALLBACK, "--wait", "--timeout", "30", "--json")
+        assert done.returncode == 1, done.stdout + done.stderr
+        by_hand.append(json.loads(done.stdout)["job_id"])
+    # Then it too has one row, the newest job's
+    assert by_hand[0] != by_hand[1]
+    assert _failure_rows()[single] == [by_hand[1]]
+    assert count_failures() == 3
+
+    # When a scheduled retry round comes (the retryable failure's time has come)
+    client = get_redis()
+    assert client.zrange(keys.RETRY_DUE, 0, -1) == [last[broken]]
+    due_at = float(client.zscore(keys.RETRY_DUE, last[broken]) or 0) / 1000
+    assert run_retry_round(now=due_at + 1, interval_s=0.5)["retried"] == 1
+    # Then only the newest job is retried, and failing again it is still the one row
+    wait_until(lambda: get_cover(last[broken])["retry_rounds"] == 1
+               and get_cover(last[broken])["state"] == "failed", 30, 0.1,
+               "the retried job to fail again")
+    assert _failure_rows()[broken] == [last[broken]]
+    assert count_failures() == 3
+    # And an older job of that music task is not retried: the newer one is its row
+    old = covers("retry", runs[0][broken])
+    assert old.returncode == 1 and "superseded" in old.stdout
+
+    # When the newest failure of a music task is forgotten
+    assert "1 forgotten" in covers("forget", last[missing]).stdout
+    # Then no older job of it comes back in its place
+    rows = _failure_rows()
+    assert missing not in rows and count_failures() == 2 == len(list_failures())
+
+
+@pytest.mark.e2e
+def test_status_shows_where_the_images_are_kept(
+    standin: KieStandin, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    # Given a worker keeping images in a local directory (jobs end by its own poll)
+    store = tmp_path / "images"
+    worker = start_worker(COVERS_IMAGE_STORE=str(store),
+                          COVERS_CALLBACK_URL=f"http://127.0.0.1:{free_port()}/kie/callback")
+    task_ids = [music_id(), music_id(), f"notfound-{music_id()}"]
+    done = batch_cli("--from", "-", "--callback-url", CALLBACK, "--json",
+                     stdin="".join(f"{t}\n" for t in task_ids), COVERS_QUEUE=worker.queue)
+    assert done.returncode == 0, done.stderr
+    *kept_ids, missing = json.loads(done.stdout)["job_ids"]
+
+    def kept() -> bool:
+        return (all(len(get_cover(j)["stored_images"]) == 2 for j in kept_ids)
+                and get_cover(missing)["state"] == "failed")
+
+    wait_until(kept, 30, 0.1, "the images of the good jobs to be kept")
+    expected = [[job_id, str(n), image["location"]] for job_id in kept_ids
+                for n, image in enumerate(get_cover(job_id)["stored_images"], 1)]
+    assert all(row[2].startswith(str(store) + "/") for row in expected)
+    # When the three jobs' status is shown as text (exit 1: one failed)
+    shown = covers("status", *kept_ids, missing)
+    assert shown.returncode == 1, shown.stderr
+    # Then every stored location is listed under its job and image number
+    table = shown.stdout.split("\nstored images:\n", 1)[1].splitlines()
+    assert [line.split() for line in table[2:]] == expected
+    # And a job with no stored images shows no such table
+    assert "stored images" not in covers("status", missing).stdout
 
 
 def test_duplicate_task_ids_in_a_file_are_reported(tmp_path: Path) -> None:

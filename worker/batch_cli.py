@@ -9,7 +9,9 @@
 ``--from`` is given.
 
 Output: stdout carries data (the job ids one per line; with ``--wait`` the
-summary tables instead; with ``--json`` one JSON object), stderr carries the
+summary tables instead; with ``--json`` one JSON object, see `_json_out`; with
+``--wait --json`` it also has ``progress``, ``timed_out`` and ``records``, the
+`get_cover` record of each job in file order), stderr carries the
 rest (bad lines as ``line N: field: message``, ``enqueued N jobs (M skipped)``,
 the live progress line). Exit codes as `kie_covers.worker.cli`: 0 every job
 enqueued (with ``--wait``: every job succeeded), 1 with ``--wait`` a job failed or
@@ -39,6 +41,7 @@ from kie_covers.services.batch import (
     batch_progress,
     batch_records,
     enqueue_batch,
+    enqueued_lines,
     read_batch,
 )
 from kie_covers.worker.table import render
@@ -352,7 +355,10 @@ def summary(progress: Progress) -> str:
 
 
 def _json_out(job_ids: Sequence[str], plan: BatchPlan) -> dict[str, Any]:
-    return {"job_ids": list(job_ids), "skipped": [b.to_dict() for b in plan.bad]}
+    """``--json``: ``jobs`` (each enqueued line's number, taskId and job id), ``job_ids``
+    (the same ids alone) and ``skipped`` (the bad lines)."""
+    return {"jobs": enqueued_lines(plan, job_ids), "job_ids": list(job_ids),
+            "skipped": [b.to_dict() for b in plan.bad]}
 
 
 def _duration(seconds: float) -> str:

@@ -208,6 +208,11 @@ def _print_records(records: list[dict[str, Any]], as_json: bool) -> None:
              else " ".join(r["images"]) or (r.get("waiting_for") or "")]
             for r in records]
     print(render(["job", "music task", "state", "images / reason"], rows))
+    # The copies kept in COVERS_IMAGE_STORE: Kie's own links expire after 14 days.
+    stored = [[r["job_id"], n, image.get("location", "")]
+              for r in records for n, image in enumerate(r.get("stored_images") or [], 1)]
+    if stored:
+        print("\nstored images:\n" + render(["job", "image", "location"], stored))
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
