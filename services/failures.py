@@ -65,7 +65,8 @@ def list_failures(kind: str | None = None, code: int | str | None = None,
 
 
 def count_failures(kind: str | None = None, code: int | str | None = None) -> int:
-    """How many failed jobs are recorded (of a kind, or a code)."""
+    """How many failures are listed (of a kind, or a code): at most one per music task,
+    as `list_failures` shows them."""
     return get_store().failures.count(kind, code)
 
 

@@ -116,7 +116,8 @@ class FailureIndex:
         return out
 
     def count(self, kind: str | None = None, code: int | str | None = None) -> int:
-        """How many failed jobs are recorded (of a kind, or a code, or both)."""
+        """How many failures are indexed (of a kind, or a code, or both): at most one
+        per music task."""
         if kind and code is not None:
             return len(self.newest(kind, code, limit=10**9))
         index = index_key(kind, code)
