@@ -95,8 +95,12 @@ class Demo:
                 stack.enter_context(self._callback_endpoint(self.log))
                 stack.enter_context(self._worker(self.log))
                 code = self._enqueue_and_watch()
+        except KeyboardInterrupt:
+            print(flush=True)  # end the progress line; everything started is stopped
+            raise
         except Exception:
-            self._show_log_tail()
+            if self.worker is not None:  # before that the log holds nothing worth showing
+                self._show_log_tail()
             raise
         if code != 0:
             self._show_log_tail()
