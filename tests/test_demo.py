@@ -223,10 +223,18 @@ def test_the_demo_needs_only_python_shows_only_progress_and_table_and_cleans_up(
 
 
 @pytest.mark.e2e
-def test_demo_keep_leaves_the_private_redis_and_redis_stop_stops_it(
+def test_a_failed_demo_shows_its_log_and_keep_leaves_the_private_redis_for_redis_stop(
         demo_env: dict[str, str], tmp_path: Path) -> None:
-    done = covers(demo_env, "demo", "--count", "1", "--keep", timeout=240)
-    assert done.returncode == 0, done.stdout + done.stderr
+    # A cover takes the stand-in 1.5 s, so none can be made in half a second.
+    done = covers(demo_env, "demo", "--count", "1", "--timeout", "0.5", "--keep",
+                  timeout=240)
+    assert done.returncode == 1, done.stdout + done.stderr
+    progress = done.stdout.split("\n")[0]
+    assert all(PROGRESS.match(part) for part in progress.split("\r") if part), progress
+    # Something failed: the screen shows the log's tail, and where the log is.
+    log = tmp_path / "state" / "demo.log"
+    assert f"the last 40 lines of {log}:" in done.stderr
+    assert "demo: not every cover ended within 0.5 s" in done.stderr
     # Kept: the private Redis still runs, and holds the job (shown by its full id).
     status = covers(demo_env, "redis", "status")
     assert status.returncode == 0, status.stderr
@@ -236,7 +244,7 @@ def test_demo_keep_leaves_the_private_redis_and_redis_stop_stops_it(
     assert kept.running and kept.pid is not None and f"pid:       {kept.pid}" in status.stdout
     job_id = done.stdout.split("\n")[3].split()[0]
     shown = covers(demo_env, "status", job_id)
-    assert shown.returncode == 0 and "succeeded" in shown.stdout, shown.stderr
+    assert shown.returncode == 0 and job_id in shown.stdout, shown.stderr
     # `covers redis stop` stops it (and only it); a second stop finds nothing to stop.
     stopped = covers(demo_env, "redis", "stop")
     assert stopped.returncode == 0 and f"pid {kept.pid}" in stopped.stdout
