@@ -251,7 +251,8 @@ SETTINGS: tuple[Spec, ...] = (
     Spec("COVERS_QUEUE", "queue", "covers", _text,
          "Celery queue the cover tasks use."),
     Spec("COVERS_STATE_DIR", "state_dir", ".covers", _text,
-         "Directory for the private Redis server's files when REDIS_URL is unset."),
+         "Directory for the private Redis server's files (redis/, when REDIS_URL is "
+         "unset), beat's schedule and the demo's log (demo.log)."),
     Spec("COVERS_LOG_LEVEL", "log_level", "INFO",
          _choice("debug", "info", "warning", "error"),
          "Log level of workers and the web endpoint."),

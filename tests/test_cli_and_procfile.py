@@ -1,4 +1,4 @@
-"""The `covers` command, the demo on an unconfigured machine, and the Procfile lines."""
+"""The `covers` command and the Procfile lines (the demo: tests/test_demo.py)."""
 
 from __future__ import annotations
 
@@ -45,27 +45,6 @@ def test_enqueue_wait_and_status(standin: KieStandin, worker: WorkerProcess) -> 
     assert record["job_id"] in shown.stdout and "succeeded" in shown.stdout
     missing = covers("status", str(uuid.uuid4()))
     assert missing.returncode == 1 and "no cover job" in missing.stderr
-
-
-def test_the_demo_runs_on_a_machine_with_nothing_configured(tmp_path: Path) -> None:
-    # Given no REDIS_URL, no KIE_* and no COVERS_* settings at all
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("REDIS_", "KIE_", "COVERS_"))}
-    env["COVERS_STATE_DIR"] = str(tmp_path / "state")
-    try:
-        done = subprocess.run([sys.executable, "-m", "kie_covers.worker.cli", "demo",
-                               "--count", "3"], check=False,
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-        # Then it starts its own Redis, the stand-in and a worker, and every cover is made
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "all covers made" in done.stdout
-        assert done.stdout.count("succeeded") >= 3
-        assert "/files/" in done.stdout
-        assert (tmp_path / "state" / "redis" / "port").exists()
-    finally:
-        pid_file = tmp_path / "state" / "redis" / "redis.pid"
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
 
 
 def _procfile() -> dict[str, str]:

@@ -11,7 +11,8 @@
     covers failures [--kind K] [--code C] [--limit N] [--json]
     covers retry JOB_ID... | --kind K | --code C | --all-retryable
     covers forget JOB_ID...
-    covers demo [--count N]                 everything, on a private Redis and the stand-in
+    covers demo [--count N] [--keep]        everything, on a private Redis and the stand-in
+    covers redis status | stop              the private Redis under COVERS_STATE_DIR
 
 Exit codes: 0 ok, 1 a job failed or did not finish, 2 bad input or settings.
 """
@@ -37,6 +38,7 @@ from kie_covers.core.errors import InvalidPayload, UnknownJob
 from kie_covers.core.states import JobState
 from kie_covers.runtime import logs
 from kie_covers.runtime.connections import redis_url
+from kie_covers.runtime.redis_server import private_redis_status, stop_private_redis
 from kie_covers.services.failures import (
     count_failures,
     forget_jobs,
@@ -306,8 +308,38 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run everything on a private Redis and the stand-in: ``args.count`` covers
-    (default 5), waiting at most ``args.timeout`` seconds (default 120)."""
-    return run_demo(args.count, args.timeout)
+    (default 5), waiting at most ``args.timeout`` seconds (default 120); with
+    ``args.keep``, the private Redis it started keeps running."""
+    return run_demo(args.count, args.timeout, keep=args.keep)
+
+
+def cmd_redis(args: argparse.Namespace) -> int:
+    """``status`` or ``stop`` (``args.action``) the private Redis under
+    COVERS_STATE_DIR: never REDIS_URL's server, never a process it did not start.
+
+    status exits 0 when it runs, 1 when not; stop exits 0 (stopped, or nothing ran).
+    """
+    settings = get_settings()
+    if args.action == "stop":
+        stopped = stop_private_redis(settings.state_dir)
+        if stopped is None:
+            where = private_redis_status(settings.state_dir).directory
+            print(f"no private Redis running under {where}")
+        else:
+            print(f"stopped the private Redis (pid {stopped.pid}, port {stopped.port}) "
+                  f"under {stopped.directory}")
+        return EXIT_OK
+    status = private_redis_status(settings.state_dir)
+    rows = [["state", "running" if status.running else "not running"],
+            ["directory", str(status.directory)]]
+    if status.running:
+        rows += [["url", status.url], ["pid", str(status.pid)],
+                 ["binary", status.executable]]
+    if settings.redis_url:
+        rows.append(["note", "REDIS_URL is set: commands use that server, not this one"])
+    for name, value in rows:
+        print(f"{name + ':':<11}{value}")
+    return EXIT_OK if status.running else EXIT_FAILED
 
 
 #: Subcommands whose arguments go, unparsed, to the program they start (Celery, the
@@ -319,6 +351,7 @@ PASSTHROUGH: dict[str, Handler] = {
 COMMANDS: dict[str, Handler] = {
     "web": cmd_web, "metrics": cmd_metrics, "enqueue": cmd_enqueue, "status": cmd_status,
     "failures": cmd_failures, "retry": cmd_retry, "forget": cmd_forget, "demo": cmd_demo,
+    "redis": cmd_redis,
 }
 
 
@@ -372,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="covers to make (default 5)")
     demo.add_argument("--timeout", type=positive_seconds, default=120.0,
                       help="seconds to wait (default 120)")
+    demo.add_argument("--keep", action="store_true",
+                      help="leave the private Redis it started running, with the jobs")
+    private = sub.add_parser(
+        "redis", help="the private Redis under COVERS_STATE_DIR (never REDIS_URL's)")
+    private.add_argument("action", choices=("status", "stop"),
+                         help="status: where it lives, its pid and port; stop: stop it")
     return parser
 
 
