@@ -35,7 +35,7 @@ def _subcommands() -> list[str]:
 def test_s3_without_s3fs_is_refused_naming_s3fs() -> None:
     # Given fsspec installed (the test extra) but not s3fs
     assert importlib.util.find_spec("fsspec") is not None
-    assert importlib.util.find_spec("s3fs") is None
+    assert importlib.util.find_spec("s3fs") is None, "needs a protocol whose backend is absent"
     with pytest.raises(StoreUnusable) as refused:
         check_store("s3://bucket/x")
     assert "pip install s3fs" in str(refused.value)
@@ -43,7 +43,7 @@ def test_s3_without_s3fs_is_refused_naming_s3fs() -> None:
 
 
 def test_each_part_of_an_fsspec_chain_is_checked() -> None:
-    assert importlib.util.find_spec("gcsfs") is None
+    assert importlib.util.find_spec("gcsfs") is None, "needs a protocol whose backend is absent"
     with pytest.raises(StoreUnusable) as refused:
         check_store("simplecache::gcs://bucket/covers")
     assert "pip install gcsfs" in str(refused.value)
