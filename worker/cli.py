@@ -424,8 +424,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     """Parse a ``covers`` command line (without the program name).
 
     A passthrough command (`PASSTHROUGH`) is not parsed: its options belong to the
-    program it starts (``covers worker --help`` is Celery's help), so they are kept
-    as they are in ``extra``.
+    program it starts, so they are kept as they are in ``extra`` (its handler answers
+    -h/--help itself, reading no setting).
     """
     if argv and argv[0] in PASSTHROUGH:
         return argparse.Namespace(command=argv[0], extra=list(argv[1:]))
