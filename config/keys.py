@@ -101,6 +101,8 @@ def notify_lock(job_id: str) -> str:
 
 #: Hash: every metric counter, field ``name|label=value,...`` -> count.
 METRIC_COUNTERS = PREFIX + "metrics:counters"
+#: Hash: every metric gauge, field ``name`` -> its newest value (last writer wins).
+METRIC_GAUGES = PREFIX + "metrics:gauges"
 
 
 def metric_histogram(name: str) -> str:

@@ -243,6 +243,9 @@ SETTINGS: tuple[Spec, ...] = (
          "Deepest nesting of JSON the web endpoint reads; deeper bodies get 400."),
     Spec("COVERS_WEB_CONNECTION_LIMIT", "web_connection_limit", "100", _positive_int,
          "Most connections `covers web` holds open at once."),
+    Spec("COVERS_WEB_PORT", "web_port", "8000", _port,
+         "Port `covers web` listens on (its --port wins). $PORT is not read: Procfile "
+         "runners set it per process, so COVERS_CALLBACK_URL must name this port."),
     Spec("COVERS_WEB_CHANNEL_TIMEOUT", "web_channel_timeout", "30", _positive_float,
          "Seconds `covers web` waits on an idle or slow connection before closing it."),
     Spec("COVERS_ALLOW_PRIVATE_TARGETS", "allow_private_targets", "0", _flag,
@@ -303,6 +306,7 @@ class Settings:
     early_callback_bytes: int
     max_json_depth: int
     web_connection_limit: int
+    web_port: int
     web_channel_timeout: float
     allow_private_targets: bool
     queue: str

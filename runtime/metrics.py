@@ -15,6 +15,8 @@ Names (all prefixed ``covers_``):
   was told to wait by the cluster-wide limiter, and for how long in all
 - ``pauses_total{reason}``: cluster-wide pauses (429, 455) and credit holds started
 - ``images_stored_total``, ``image_bytes_stored_total``: cover images copied to the store
+- ``callback_endpoint_up``: gauge, 1 when COVERS_CALLBACK_URL's ``/healthz`` answered
+  the newest check of any worker, 0 when it did not (absent without a callback URL)
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ HELP = {
     "pauses_total": "Cluster-wide pauses and credit holds started, by reason.",
     "images_stored_total": "Cover images copied to the image store.",
     "image_bytes_stored_total": "Bytes of cover images copied to the image store.",
+    "callback_endpoint_up": "1 when COVERS_CALLBACK_URL's /healthz answered a worker's "
+                            "newest check, 0 when it did not.",
 }
+#: The metrics above that are gauges (kept in `keys.METRIC_GAUGES`, not counted).
+GAUGES = frozenset({"callback_endpoint_up"})
 
 
 def _field(name: str, labels: dict[str, object]) -> str:
@@ -85,4 +91,18 @@ def observe(name: str, value: float) -> None:
         pipe.hincrbyfloat(key, "sum", value)
         pipe.execute()
     except redis.RedisError:
+        log.debug("metric %s not recorded", name, exc_info=True)
+
+
+def set_gauge(name: str, value: float) -> None:
+    """Set gauge `name` to `value` for the whole cluster (no-op when metrics are off).
+
+    The newest value written by any process wins: gauges here say what the last
+    check saw, not a sum over processes.
+    """
+    if not enabled():
+        return
+    try:
+        _client().hset(keys.METRIC_GAUGES, name, value)
+    except redis.RedisError:  # metrics must never break a worker
         log.debug("metric %s not recorded", name, exc_info=True)

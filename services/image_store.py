@@ -218,6 +218,65 @@ def is_url(value: str) -> bool:
     return bool(_URL_VALUE.match(value.strip()))
 
 
+def _protocols(value: str) -> list[str]:
+    """The fsspec protocols a store URL uses: one per part of a ``::`` chain
+    (``simplecache::s3://b`` -> simplecache, s3)."""
+    found = []
+    for part in value.split("::"):
+        protocol = part.split("://", 1)[0] if "://" in part else part
+        if protocol:
+            found.append(protocol.lower())
+    return found
+
+
+def _install_hint(protocol: str, error: str) -> str:
+    """What to ``pip install`` for `protocol`: the packages fsspec's message quotes
+    (``requires "aiohttp"``), else the package its implementation lives in (s3fs)."""
+    quoted = sorted(set(re.findall(r'"([A-Za-z0-9_.-]+)"', error)))
+    if quoted:
+        return "pip install " + " ".join(quoted)
+    from fsspec.registry import (  # noqa: PLC0415 - optional: only URL stores need it
+        known_implementations,
+    )
+
+    known = known_implementations.get(protocol, {})
+    package = str(known.get("class", "")).split(".", 1)[0]
+    return f"pip install {package}" if package and package != "fsspec" else ""
+
+
+def check_store(value: str) -> None:
+    """Refuse, at start-up, a COVERS_IMAGE_STORE that no copy could use: a URL when
+    fsspec is not installed, or whose protocol is unknown or whose backend package
+    is missing. Imports each backend; opens no connection. A local path passes.
+
+    Raises:
+        StoreUnusable: the message names the package to install.
+    """
+    value = value.strip()
+    if not is_url(value):
+        return
+    display = redact(value)
+    try:
+        import fsspec  # noqa: PLC0415 - optional: only stores given as URLs need it
+    except ImportError:
+        raise StoreUnusable(
+            f"COVERS_IMAGE_STORE is a URL ({display}), which needs fsspec: {FSSPEC_HINT}, "
+            f"plus the backend of its protocol (e.g. s3fs for s3://)") from None
+    for protocol in _protocols(value):
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as exc:
+            hint = _install_hint(protocol, str(exc))
+            raise StoreUnusable(
+                f"COVERS_IMAGE_STORE {display} needs the fsspec backend for {protocol}://, "
+                f"which is not installed: {hint or exc}"
+                + (f" ({exc})" if hint else "")) from None
+        except ValueError:
+            raise StoreUnusable(
+                f"COVERS_IMAGE_STORE {display}: fsspec knows no protocol {protocol!r}"
+            ) from None
+
+
 def open_store(value: str) -> ImageStore:
     """The store COVERS_IMAGE_STORE names (surrounding spaces ignored).
 

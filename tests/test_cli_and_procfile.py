@@ -63,7 +63,9 @@ def test_the_procfile_lines_run_as_written(standin: KieStandin, run_dir: Path) -
     assert set(procfile) == {"worker", "beat", "web"}
     port = free_port()
     queue = f"covers-procfile-{uuid.uuid4().hex[:6]}"
-    env = process_env(PORT=str(port), COVERS_QUEUE=queue, WORKER_CONCURRENCY="1",
+    # PORT as a Procfile runner sets it, on another port: the web line ignores it.
+    env = process_env(PORT=str(free_port()), COVERS_WEB_PORT=str(port), COVERS_QUEUE=queue,
+                      WORKER_CONCURRENCY="1",
                       COVERS_STATE_DIR=str(run_dir / "procfile"),
                       COVERS_CALLBACK_URL=f"http://127.0.0.1:{port}/kie/callback",
                       PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")

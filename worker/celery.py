@@ -2,25 +2,63 @@
 
 ``celery -A kie_covers.worker worker`` (and ``covers worker``) loads this module:
 it is the app of `kie_covers.runtime.app` plus what only a worker needs, the due
-dispatcher (`kie_covers.worker.dispatcher`), warm clients in each pool child, and
-the log filter that masks secrets.
+dispatcher (`kie_covers.worker.dispatcher`), warm clients in each pool child, the
+log filter that masks secrets, a start-up refusal of an image store whose backend
+is missing, and the watch on COVERS_CALLBACK_URL's ``/healthz``
+(`kie_covers.runtime.callback_health`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+)
 
+from kie_covers.config import get_settings
+from kie_covers.core.errors import StoreUnusable
 from kie_covers.runtime.app import app
+from kie_covers.runtime.callback_health import start_callback_watch
 from kie_covers.runtime.connections import get_limiters, get_store
 from kie_covers.runtime.kie_client import get_client
 from kie_covers.runtime.logs import install_filter
+from kie_covers.services.image_store import check_store
 from kie_covers.worker.dispatcher import DispatcherStep
 
 __all__ = ["app"]
 
 app.steps["worker"].add(DispatcherStep)
+
+
+#: Exit code of a worker refused at start-up for a setting (as ``covers`` uses).
+EXIT_SETTINGS = 2
+
+
+@worker_init.connect(weak=False)
+def _refuse_an_unusable_image_store(**_: object) -> None:
+    """Stop before any task is taken when COVERS_IMAGE_STORE's backend is missing:
+    otherwise every succeeded cover's copy would fail, one job at a time."""
+    store = get_settings().image_store
+    if not store:
+        return
+    try:
+        check_store(store)
+    except StoreUnusable as unusable:
+        print(f"covers: setting error: {unusable}", file=sys.stderr, flush=True)
+        # SystemExit passes through Celery's signal dispatch (it logs only Exception).
+        raise SystemExit(EXIT_SETTINGS) from None
+
+
+@worker_ready.connect(weak=False)
+def _watch_callback_endpoint(**_: object) -> None:
+    """Check, in the background, that COVERS_CALLBACK_URL reaches a `covers web`."""
+    start_callback_watch(get_settings())
 
 
 @worker_process_init.connect(weak=False)

@@ -3,6 +3,7 @@
     covers worker [CELERY WORKER OPTIONS]   start a worker (same as celery -A worker worker)
     covers beat                             start the beat scheduler
     covers web [--host H] [--port P]        serve the callback endpoint under waitress
+                                            (port: --port, else COVERS_WEB_PORT; never $PORT)
     covers metrics [--host H] [--port P]    serve Prometheus metrics (/metrics)
     covers standin [--port P] ...           run the Kie stand-in (no credits spent)
     covers enqueue TASK_ID CALLBACK_URL [--wait] [--timeout S] [--json]
@@ -34,7 +35,7 @@ from redis.retry import Retry
 
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
 from kie_covers.config import SettingsError, get_settings
-from kie_covers.core.errors import InvalidPayload, UnknownJob
+from kie_covers.core.errors import InvalidPayload, StoreUnusable, UnknownJob
 from kie_covers.core.states import JobState
 from kie_covers.runtime import logs
 from kie_covers.runtime.connections import redis_url
@@ -46,6 +47,7 @@ from kie_covers.services.failures import (
     retry_jobs,
     retry_where,
 )
+from kie_covers.services.image_store import check_store
 from kie_covers.standin import main as standin_main
 from kie_covers.worker import metrics_server, web
 from kie_covers.worker.batch_cli import (
@@ -134,13 +136,51 @@ def _celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "kie_covers.worker", *args]
 
 
+#: What ``covers worker --help`` prints (it reads no setting and reaches no server).
+WORKER_HELP = """usage: covers worker [CELERY WORKER OPTIONS]
+
+Checks the settings (KIE_API_KEY is required; COVERS_IMAGE_STORE's backend must be
+installed), then runs
+  celery -A kie_covers.worker worker -Q $COVERS_QUEUE --loglevel $COVERS_LOG_LEVEL [OPTIONS]
+e.g. covers worker --concurrency 4
+
+Celery's worker options: celery -A kie_covers.worker worker --help"""
+#: What ``covers beat --help`` prints.
+BEAT_HELP = """usage: covers beat [CELERY BEAT OPTIONS]
+
+Runs the beat scheduler of the scheduled retries of failed covers:
+  celery -A kie_covers.worker beat --schedule $COVERS_STATE_DIR/celerybeat-schedule [OPTIONS]
+
+Celery's beat options: celery -A kie_covers.worker beat --help"""
+
+
+def _asks_help(args: argparse.Namespace) -> bool:
+    """Whether a passthrough command's options ask for help (-h or --help)."""
+    return bool({"-h", "--help"} & set(getattr(args, "extra", None) or []))
+
+
+def check_image_store(store: str | None) -> None:
+    """Refuse a COVERS_IMAGE_STORE whose backend is not installed (`check_store`), as
+    a `SettingsError` naming the package to install."""
+    if store:
+        try:
+            check_store(store)
+        except StoreUnusable as unusable:
+            raise SettingsError(str(unusable)) from None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Check the settings, then become a Celery worker on COVERS_QUEUE.
 
-    ``args.extra``: the rest of the command line, passed to ``celery worker`` as is.
+    ``args.extra``: the rest of the command line, passed to ``celery worker`` as is;
+    with -h or --help, print `WORKER_HELP` instead (no setting read).
     """
+    if _asks_help(args):
+        print(WORKER_HELP)
+        return EXIT_OK
     settings = get_settings()
     settings.require_api_key()
+    check_image_store(settings.image_store)
     redis_url()  # starts the private Redis when REDIS_URL is unset, and exports it
     argv = _celery_argv("worker", "-Q", settings.queue, "--loglevel", settings.log_level,
                         *args.extra)
@@ -151,8 +191,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_beat(args: argparse.Namespace) -> int:
     """Become the Celery beat scheduler (its schedule file lives in COVERS_STATE_DIR).
 
-    ``args.extra``: the rest of the command line, passed to ``celery beat`` as is.
+    ``args.extra``: the rest of the command line, passed to ``celery beat`` as is;
+    with -h or --help, print `BEAT_HELP` instead (no setting read, no Redis started).
     """
+    if _asks_help(args):
+        print(BEAT_HELP)
+        return EXIT_OK
     settings = get_settings()
     redis_url()
     os.makedirs(settings.state_dir, exist_ok=True)
@@ -170,14 +214,18 @@ def cmd_standin(args: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     """Serve the callback endpoint with waitress until interrupted.
 
-    ``args.host`` (default 127.0.0.1), ``args.port`` (default $PORT, else 8000) and
-    ``args.threads`` (default 8).
+    ``args.host`` (default 127.0.0.1), ``args.port`` (default COVERS_WEB_PORT, 8000;
+    never $PORT, which Procfile runners set per process) and ``args.threads``
+    (default 8).
     """
+    settings = get_settings()
+    port = args.port or settings.web_port
     logs.configure()
-    print(f"callback endpoint on http://{args.host}:{args.port}/kie/callback", flush=True)
+    print(f"callback endpoint on http://{args.host}:{port}/kie/callback", flush=True)
+    web.warn_if_callback_url_misses(settings.callback_url, port)
     callback_app = web.make_app()
     # Limits on bodies, headers, connections and idle time (see waitress_options).
-    waitress.serve(callback_app, host=args.host, port=args.port, threads=args.threads,
+    waitress.serve(callback_app, host=args.host, port=port, threads=args.threads,
                    ident="kie-covers", **callback_app.waitress_options())
     return EXIT_OK
 
@@ -364,8 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("beat", help="start the beat scheduler", add_help=False)
     web = sub.add_parser("web", help="serve the callback endpoint")
     web.add_argument("--host", default="127.0.0.1")
-    # A string default goes through `type` too: a bad $PORT is an error of `web` only.
-    web.add_argument("--port", type=port_number, default=os.environ.get("PORT") or "8000")
+    # Not $PORT: honcho and foreman set it per process (5000 + 100 x line), and the
+    # callback URL handed to Kie must name the port this listens on.
+    web.add_argument("--port", type=port_number, default=None,
+                     help="default: COVERS_WEB_PORT (8000)")
     web.add_argument("--threads", type=positive_count, default=8)
     sub.add_parser("standin", help="run the Kie stand-in", add_help=False)
     metrics = sub.add_parser("metrics", help="serve the Prometheus endpoint")
@@ -418,8 +468,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     """Parse a ``covers`` command line (without the program name).
 
     A passthrough command (`PASSTHROUGH`) is not parsed: its options belong to the
-    program it starts (``covers worker --help`` is Celery's help), so they are kept
-    as they are in ``extra``.
+    program it starts, so they are kept as they are in ``extra`` (its handler answers
+    -h/--help itself, reading no setting).
     """
     if argv and argv[0] in PASSTHROUGH:
         return argparse.Namespace(command=argv[0], extra=list(argv[1:]))
@@ -428,8 +478,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def _needs_redis(args: argparse.Namespace) -> bool:
     """Whether the command talks to Redis (``covers worker --help`` does not)."""
-    extra = getattr(args, "extra", None) or []
-    return args.command in REDIS_COMMANDS and not {"-h", "--help"} & set(extra)
+    return args.command in REDIS_COMMANDS and not _asks_help(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

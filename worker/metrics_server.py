@@ -12,12 +12,16 @@ from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from kie_covers.config import keys
 from kie_covers.runtime.connections import get_redis
-from kie_covers.runtime.metrics import DURATION_BUCKETS_S, HELP
+from kie_covers.runtime.metrics import DURATION_BUCKETS_S, GAUGES, HELP
 
 PREFIX = "covers_"
 
@@ -62,6 +66,10 @@ class RedisCollector(Collector):
                                           HELP["job_duration_seconds"])
         histogram.add_metric([], buckets, sum_value=float(hist.get("sum", 0)))
         yield histogram
+        gauges: dict[str, str] = self.redis.hgetall(keys.METRIC_GAUGES)  # type: ignore[assignment]
+        for name, value in sorted(gauges.items()):
+            if name in GAUGES:  # only known gauges: a stray field is no metric
+                yield GaugeMetricFamily(PREFIX + name, HELP[name], value=float(value))
 
 
 def make_app() -> Any:

@@ -12,6 +12,7 @@ Run it under waitress with ``covers web`` (the Procfile's ``web`` line).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -19,21 +20,19 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from kie_covers.config import Settings, get_settings
 from kie_covers.core import errors
 from kie_covers.core.signing import JOB_PARAM, TOKEN_PARAM, signature_matches
 from kie_covers.runtime.app import app
+from kie_covers.runtime.callback_health import CALLBACK_PATH, HEALTH_PATH
 from kie_covers.runtime.callback_secret import CallbackSecrets, callback_secrets
 from kie_covers.runtime.connections import get_store
 from kie_covers.services.callbacks import CallbackResult, apply_callback
 from kie_covers.store.jobs import JobStore
 
 log = logging.getLogger("covers.web")
-
-CALLBACK_PATH = "/kie/callback"
-HEALTH_PATH = "/healthz"
 
 #: Bytes a chunked body may exceed COVERS_MAX_CALLBACK_BYTES by on the wire before
 #: waitress stops reading it (waitress counts the chunks' framing too); the body itself
@@ -256,6 +255,43 @@ class CallbackApp:
         start_response(status, [("Content-Type", "application/json"),
                                 ("Content-Length", str(len(body))), *(headers or [])])
         return [body]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def callback_port_mismatch(callback_url: str | None, port: int) -> str | None:
+    """Why COVERS_CALLBACK_URL cannot reach this endpoint on `port`, or None.
+
+    Only a loopback callback URL (this machine, no proxy in between) is judged: its
+    port (80/443 when it names none) must be `port`. A public URL reaches us through
+    a proxy whose port mapping is not ours to know.
+    """
+    if not callback_url:
+        return None
+    parts = urlsplit(callback_url)
+    try:
+        named = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if not _is_loopback(parts.hostname or "") or named == port:
+        return None
+    return (f"COVERS_CALLBACK_URL names port {named} on this machine, but covers web "
+            f"listens on {port}: Kie's callbacks will not arrive (set COVERS_WEB_PORT, or "
+            f"the port in COVERS_CALLBACK_URL, so that they agree)")
+
+
+def warn_if_callback_url_misses(callback_url: str | None, port: int) -> None:
+    """Log one warning when `callback_port_mismatch` finds one."""
+    reason = callback_port_mismatch(callback_url, port)
+    if reason:
+        log.warning("%s", reason)
 
 
 def make_app() -> CallbackApp:
