@@ -86,6 +86,7 @@ class KieStandin:
             daemon=True,
         )
         self._thread.start()
+        self._state.start_callbacks()
         return self
 
     def stop(self) -> None:
