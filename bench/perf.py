@@ -42,8 +42,9 @@ Parts (``--only`` picks one):
    polling only (the stand-in drops callbacks; KIE_POLL_INTERVAL 1).
 4. ``calls``: generate and record-info calls per ended cover (the stand-in's
    counts) in the throughput run and in both latency runs.
-5. ``scale``: ``--in-flight`` covers waiting at once (covers take 600 s,
-   callbacks dropped, KIE_POLL_INTERVAL 300): enqueue them all, wait until every
+5. ``scale``: ``--in-flight`` covers waiting at once (covers take 2 hours,
+   callbacks dropped, KIE_POLL_INTERVAL 1 hour, so none ends or polls even when
+   100,000 take many minutes to submit): enqueue them all, wait until every
    one is ``submitted``; worker RSS (main + pool processes, /proc VmRSS, sampled
    every 0.25 s) at start, after a warm-up of 50 jobs, and at its peak; Redis
    ``used_memory``; and whether anything ran twice (generate calls == covers, no
@@ -81,7 +82,7 @@ from typing import Any
 from bench.common import exit_on_stop_signals, positive_int, run_child, stderr
 from bench.perf_latency import run_enqueue, run_latency
 from bench.perf_report import build_table, fmt, profile_text
-from bench.perf_scale import run_scale
+from bench.perf_scale import run_scale, scale_child_timeout_s
 from bench.perf_throughput import run_throughput_ours, run_throughput_plain
 
 #: Parts, in the order they run.
@@ -95,14 +96,15 @@ RUNS_OF_PART: dict[str, tuple[str, ...]] = {
     "scale": ("scale",),
     "profile": ("profile",),
 }
-#: The runs in the order they go: the scale run last, as stopping its stand-in wakes
-#: --in-flight timer threads at once and the load average stays up for a while.
+#: The runs in the order they go: the scale run last, as it leaves the most behind
+#: (its Redis holds --in-flight jobs until stopped).
 RUNS = ("throughput-ours", "throughput-plain", "enqueue", "latency-callback",
         "latency-polling", "profile", "scale")
 
 #: Prefix of a child's result line on stdout.
 RESULT_MARK = "PERF-RESULT "
-#: Seconds the parent gives a child run, and then, after SIGTERM, to clean up.
+#: Seconds the parent gives a child run (the scale run may get more, see
+#: `scale_child_timeout_s`), and then, after SIGTERM, to clean up.
 CHILD_TIMEOUT_S = 1500.0
 CHILD_GRACE_S = 60.0
 
@@ -154,8 +156,10 @@ def spawn(run: str, args: argparse.Namespace) -> dict[str, Any]:
                "--in-flight", str(args.in_flight)]
     if args.keep_logs:
         command.append("--keep-logs")
+    timeout_s = (scale_child_timeout_s(args.in_flight, CHILD_TIMEOUT_S) if run == "scale"
+                 else CHILD_TIMEOUT_S)
     started = time.monotonic()
-    result, returncode = run_child(command, RESULT_MARK, CHILD_TIMEOUT_S, CHILD_GRACE_S)
+    result, returncode = run_child(command, RESULT_MARK, timeout_s, CHILD_GRACE_S)
     if result is None:
         return {"error": f"child exited with {returncode} and no result"}
     result["wall_s"] = time.monotonic() - started

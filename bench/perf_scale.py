@@ -1,10 +1,13 @@
 """The ``scale`` part of `bench.perf`: many covers waiting at once.
 
 ``--in-flight`` covers are enqueued while every cover takes SCALE_COVER_S in the
-stand-in, its callbacks are dropped and KIE_POLL_INTERVAL is SCALE_POLL_S, so all
-of them wait at the same time. Measured: worker RSS (main and pool processes,
-sampled every RSS_SAMPLE_S) at start, after a warm-up, at its peak and at the
-end; Redis ``used_memory``; and whether anything ran twice.
+stand-in, its callbacks are dropped and KIE_POLL_INTERVAL is SCALE_POLL_S (with
+KIE_POLL_TIMEOUT SCALE_POLL_TIMEOUT_S), so all of them wait at the same time, even
+when submitting 100,000 takes many minutes. The stand-in finishes covers from one
+scheduler thread, so a pending cover costs it a heap entry, not a thread.
+Measured: worker RSS (main and pool processes, sampled every RSS_SAMPLE_S) at
+start, after a warm-up, at its peak and at the end; Redis ``used_memory``; and
+whether anything ran twice.
 """
 
 from __future__ import annotations
@@ -23,23 +26,32 @@ from kie_covers import enqueue_cover
 from kie_covers.config import keys
 from kie_covers.runtime.connections import get_redis
 
-#: Scale part: cover seconds, KIE_POLL_INTERVAL (s), warm-up jobs before the "warm" RSS.
-SCALE_COVER_S = 600.0
-SCALE_POLL_S = 300.0
+#: Scale part: cover seconds, KIE_POLL_INTERVAL and KIE_POLL_TIMEOUT (s), warm-up jobs
+#: before the "warm" RSS. Long enough that no cover ends and no job polls during a
+#: run of 100,000 on 2 shared cores (about half an hour at the slowest seen).
+SCALE_COVER_S = 7200.0
+SCALE_POLL_S = 3600.0
+SCALE_POLL_TIMEOUT_S = 14400.0
 SCALE_WARM_JOBS = 50
 #: Seconds between RSS samples.
 RSS_SAMPLE_S = 0.25
-#: Thread stack size (bytes) in the scale run: the stand-in keeps one timer thread per
-#: cover, and --in-flight of them must fit.
-SCALE_STACK_BYTES = 512 * 1024
 #: Seconds to wait for the warm-up jobs' generates, and for every job to be seen
 #: ``submitted`` once all generates were accepted.
 WARM_WAIT_S = 60.0
 SUBMITTED_WAIT_S = 120.0
+#: Slowest submit rate (covers/s) the wait for all generates allows, so the wait
+#: grows with --in-flight (never below WAIT_TIMEOUT_S).
+MIN_SUBMIT_PER_S = 40.0
 #: Seconds the workers are left to settle before an RSS reading, and after all jobs
 #: are submitted (anything that would run twice has its chance).
 SETTLE_S = 1.0
 TWICE_WAIT_S = 2.0
+
+
+def scale_child_timeout_s(in_flight: int, floor_s: float) -> float:
+    """Seconds the parent gives the scale run: `floor_s`, or more when enqueuing and
+    submitting `in_flight` covers at MIN_SUBMIT_PER_S, twice over, could take longer."""
+    return max(floor_s, 2 * in_flight / MIN_SUBMIT_PER_S)
 
 
 def rss_by_process(mains: Sequence[int]) -> dict[str, float]:
@@ -100,9 +112,9 @@ def run_scale(in_flight: int, workers: int, concurrency: int, keep_logs: bool
     would show anything done twice (generate calls, paid twice, 400 answers, jobs
     with more than one attempt).
     """
-    threading.stack_size(SCALE_STACK_BYTES)
-    with stage("scale", SCALE_COVER_S, ours_settings(SCALE_POLL_S, None), web=False,
-               keep_logs=keep_logs) as st:
+    settings = {**ours_settings(SCALE_POLL_S, None),
+                "KIE_POLL_TIMEOUT": f"{SCALE_POLL_TIMEOUT_S:g}"}
+    with stage("scale", SCALE_COVER_S, settings, web=False, keep_logs=keep_logs) as st:
         st.standin.set_callback_mode("drop")
         redis_client = get_redis()
         pool = start_ours(st, workers, concurrency)
@@ -126,8 +138,8 @@ def run_scale(in_flight: int, workers: int, concurrency: int, keep_logs: bool
             ids.extend(enqueue_cover(m, st.sink.url) for m in music[warm:])
             enqueue_s = time.monotonic() - started
             stderr(f"scale: enqueued in {enqueue_s:.1f}s; waiting until all are submitted")
-            wait_for(lambda: len(st.standin.generate_times()) >= in_flight, WAIT_TIMEOUT_S,
-                     interval_s=0.25)
+            wait_for(lambda: len(st.standin.generate_times()) >= in_flight,
+                     max(WAIT_TIMEOUT_S, in_flight / MIN_SUBMIT_PER_S), interval_s=0.25)
 
             def submitted(job_id: str) -> bool:
                 return redis_client.hget(keys.job(job_id), "state") == "submitted"

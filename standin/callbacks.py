@@ -84,16 +84,17 @@ class CallbackSender:
         self._base_url = base_url
 
     def cover_done(self, cover_id: str, epoch: int) -> None:
-        """Timer thread: the cover just finished; announce it per its callback mode.
+        """Scheduler pool: the cover just finished; announce it per its callback mode.
 
         Nothing is sent when the stand-in was reset or stopped since
         ``epoch``, for mode ``"drop"``, or when the callback URL is not
-        loopback. Blocks for ``"delay"`` and while the receiver answers.
+        loopback. For ``"delay"`` the scheduler already called this the
+        extra seconds late. Blocks while the receiver answers.
         """
         cover = self._state.finish_cover(cover_id, epoch)
         if cover is None:
             return
-        mode, delay_s = cover.callback_mode, cover.callback_delay_s
+        mode = cover.callback_mode
         if cover.fails:
             payload: dict[str, Any] = {
                 "code": 501,
@@ -108,8 +109,6 @@ class CallbackSender:
             }
         if mode == "drop" or not is_loopback_callback(cover.callback_url):
             return  # never contact anything off this machine
-        if mode == "delay" and delay_s > 0:
-            time.sleep(delay_s)
         for _ in range(2 if mode == "duplicate" else 1):
             self._send(cover.callback_url, payload, epoch)
 

@@ -13,7 +13,8 @@ It only ever binds to and contacts loopback addresses.
 This module holds :class:`KieStandin` (the public face: lifecycle, control,
 observation) and :func:`main`, the command line. The parts: ``config``,
 ``state``, ``faults``, ``routes`` and ``admin`` (what each request answers),
-``callbacks``, ``http_server`` (the sockets), ``covers``, ``protocol``, ``png``.
+``callbacks``, ``scheduler`` (when covers finish), ``http_server`` (the
+sockets), ``covers``, ``protocol``, ``png``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class KieStandin:
             daemon=True,
         )
         self._thread.start()
+        self._state.start_callbacks()
         return self
 
     def stop(self) -> None:

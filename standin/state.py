@@ -2,9 +2,10 @@
 
 Covers, the ledger of paid generations per music task, calls and answers
 counted, credits, the per-key sliding windows of the rate limit, injected
-faults and the timers of pending callbacks. Handler threads, callback timers
-and the test thread all go through :class:`StandinState`; none of them holds
-its lock while sleeping or doing I/O.
+faults and the pending callbacks (entries in one :class:`Scheduler`, not a
+thread each, so 100,000 covers can be in flight). Handler threads, the
+scheduler's threads and the test thread all go through :class:`StandinState`;
+none of them holds its lock while sleeping or doing I/O.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .config import StandinConfig
 from .covers import CALLBACK_MODES, FAILING_MUSIC_PREFIX, FLAG_FAILED, Cover
 from .faults import Fault, FaultQueue
 from .protocol import ENDPOINTS
+from .scheduler import Scheduler
 
 #: Accepted-generation times remembered per key for the rate window.
 _WINDOW_MAX = 100_000
@@ -66,6 +68,8 @@ class StandinState:
         # One lock around all mutable state below.
         self._lock = threading.Lock()
         self._epoch = 0
+        # Finishes covers when due; its own lock is only ever taken inside ours.
+        self._scheduler = Scheduler("kie-standin-covers")
         self._init()
 
     def _init(self) -> None:
@@ -83,7 +87,6 @@ class StandinState:
         self._generate_times: list[float] = []
         self._windows: dict[str, deque[float]] = {}
         self._callbacks_sent = 0
-        self._timers: dict[str, threading.Timer] = {}
         # Bumped by reset() so callbacks already under way are not counted
         # against the fresh state.
         self._epoch += 1
@@ -93,19 +96,19 @@ class StandinState:
     def reset(self) -> None:
         """Back to the starting state (see ``KieStandin.reset``); cancels pending callbacks."""
         with self._lock:
-            timers = list(self._timers.values())
             self._init()
-        for timer in timers:
-            timer.cancel()
+            self._scheduler.cancel_all()
+
+    def start_callbacks(self) -> None:
+        """Start the scheduler that finishes covers and sends callbacks (on start)."""
+        self._scheduler.start()
 
     def cancel_callbacks(self) -> None:
-        """Cancel pending callbacks and disown those under way (on stop); keeps the rest."""
+        """Cancel pending callbacks, disown those under way and stop the scheduler
+        (on stop); keeps the rest."""
         with self._lock:
             self._epoch += 1
-            timers = list(self._timers.values())
-            self._timers.clear()
-        for timer in timers:
-            timer.cancel()
+        self._scheduler.stop()
 
     def add_fault(self, fault: Fault) -> None:
         """Queue an injected fault rule after those already queued."""
@@ -186,6 +189,10 @@ class StandinState:
         with self._lock:
             return self._callbacks_sent
 
+    def pending_callbacks(self) -> int:
+        """Covers whose finish (and callback) is still waiting for its time."""
+        return self._scheduler.pending()
+
     def credits(self) -> float:
         """The credits left."""
         with self._lock:
@@ -240,8 +247,9 @@ class StandinState:
         Checks, in order, ``key``'s rate window, an existing cover for
         ``music_id`` (one that failed does not count) and the credits. On
         acceptance, records the cover and the charge and calls
-        ``on_finished(cover_id, epoch)`` on a timer thread once the cover is
-        finished (after ``config.cover_seconds``, at least 0).
+        ``on_finished(cover_id, epoch)`` from the scheduler's pool once the
+        cover is finished (after ``config.cover_seconds``, at least 0), or for
+        callback mode ``"delay"`` that many seconds later again.
         """
         with self._lock:
             now = time.monotonic()
@@ -265,12 +273,10 @@ class StandinState:
             # Recorded even while unlimited, so a limit set later counts
             # recent calls; bounded so an unlimited benchmark cannot grow it forever.
             self._windows.setdefault(key, deque(maxlen=_WINDOW_MAX)).append(now)
-            timer = threading.Timer(
-                cover.duration_s, on_finished, args=(cover.cover_id, self._epoch)
-            )
-            timer.daemon = True
-            self._timers[cover.cover_id] = timer
-            timer.start()
+            due = now + cover.duration_s
+            if cover.callback_mode == "delay":
+                due += cover.callback_delay_s  # waits in the heap, not in a thread
+            self._scheduler.call_at(due, on_finished, cover.cover_id, self._epoch)
         return Accepted(cover.cover_id)
 
     def _retry_after_s(self, key: str, now: float) -> int | None:
@@ -303,9 +309,8 @@ class StandinState:
     # -- callbacks ------------------------------------------------------------
 
     def finish_cover(self, cover_id: str, epoch: int) -> Cover | None:
-        """Forget the cover's timer; the cover, or None when reset or stopped since ``epoch``."""
+        """The finished cover, or None when reset or stopped since ``epoch``."""
         with self._lock:
-            self._timers.pop(cover_id, None)
             cover = self._covers.get(cover_id)
             if epoch != self._epoch or cover is None:
                 return None
