@@ -29,14 +29,10 @@ from marshmallow import RAISE, Schema, fields
 
 from kie_covers.core.errors import InvalidPayload
 from kie_covers.core.problems import FieldError, field_errors
-from kie_covers.core.schemas import validate_cover_request, validate_with
+from kie_covers.core.schemas import BULK, validate_cover_request, validate_lane, validate_with
 
 #: The priority a batch's items get unless the batch or the item says otherwise.
-BATCH_DEFAULT_PRIORITY = "bulk"
-#: Keys at the top of a batch that are every item's defaults.
-ITEM_DEFAULTS = ("priority", "tenant")
-#: A valid music task id and callback URL, to check a batch's defaults on their own.
-_PROBE = {"taskId": "probe", "callBackUrl": "http://127.0.0.1/probe"}
+BATCH_DEFAULT_PRIORITY = BULK
 
 
 class BatchEnvelopeSchema(Schema):
@@ -111,13 +107,13 @@ def check_batch(body: Any, max_items: int) -> CheckedBatch:
 
 def _defaults(envelope: Mapping[str, Any], checked: CheckedBatch) -> dict[str, Any]:
     """The items' defaults, checked once (errors, without an index, go to `checked`)."""
-    defaults = {name: envelope[name] for name in ITEM_DEFAULTS if envelope[name] is not None}
     try:
-        validate_cover_request({**_PROBE, **defaults})
+        priority, tenant = validate_lane(envelope["priority"], envelope["tenant"])
     except InvalidPayload as invalid:
-        checked.errors.extend(field_errors(
-            {name: msgs for name, msgs in invalid.fields.items() if name in defaults}))
-    return defaults
+        checked.errors.extend(field_errors(invalid.fields))
+        return {}
+    return {"priority": priority} if tenant is None else {"priority": priority,
+                                                           "tenant": tenant}
 
 
 def _check_item(index: int, item: Any, defaults: Mapping[str, Any]

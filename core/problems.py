@@ -40,7 +40,8 @@ TITLES: dict[str, str] = {
 }
 
 #: (rule, fragment of the message) in the order tried: the first fragment found in a
-#: message names its rule. Marshmallow's default messages and our schemas' own.
+#: message (ignoring case) names its rule. Marshmallow's default messages and our
+#: schemas' own.
 RULES: tuple[tuple[str, str], ...] = (
     ("required", "Missing data for required field"),
     ("unknown_field", "Unknown field"),
@@ -89,8 +90,9 @@ class FieldError:
 
 def rule_of(message: str) -> str:
     """The rule a validation `message` reports (`RULES`), or ``invalid``."""
+    lowered = message.lower()
     for rule, fragment in RULES:
-        if fragment in message:
+        if fragment.lower() in lowered:
             return rule
     return "invalid"
 

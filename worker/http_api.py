@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from kie_covers.config import Settings
 from kie_covers.core.addresses import is_loopback
@@ -119,15 +119,38 @@ def _invalid(detail: str, errors: Sequence[FieldError]) -> Problem:
     return Problem(422, "validation", detail, errors)
 
 
-#: (method, path pattern, handler name) in the order tried.
-ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
-    ("POST", re.compile(r"/v1/covers"), "create"),
-    ("POST", re.compile(r"/v1/covers/batch"), "create_batch"),
-    ("GET", re.compile(r"/v1/covers/(?P<job_id>[^/]+)"), "read"),
-    ("POST", re.compile(r"/v1/covers/(?P<job_id>[^/]+)/retry"), "retry"),
-    ("GET", re.compile(r"/v1/failures"), "failures"),
-    ("GET", re.compile(r"/v1/openapi\.json"), "openapi"),
+#: (method, path segments, handler name) in the order tried; ``None`` is the job id.
+ROUTES: tuple[tuple[str, tuple[str | None, ...], str], ...] = (
+    ("POST", ("v1", "covers"), "create"),
+    ("POST", ("v1", "covers", "batch"), "create_batch"),
+    ("GET", ("v1", "covers", None), "read"),
+    ("POST", ("v1", "covers", None, "retry"), "retry"),
+    ("GET", ("v1", "failures"), "failures"),
+    ("GET", ("v1", "openapi.json"), "openapi"),
 )
+
+
+def path_segments(environ: Mapping[str, Any]) -> list[str]:
+    """The request path's segments, each percent-decoded on its own (so a job id may
+    hold an encoded ``/``): from the raw ``REQUEST_URI`` when the server gives it (as
+    waitress does), else from ``PATH_INFO``."""
+    raw = environ.get("REQUEST_URI")
+    if not raw:
+        raw = quote(str(environ.get("PATH_INFO", "")), safe="/")
+    return [unquote(segment) for segment in urlsplit(str(raw)).path.split("/")[1:]]
+
+
+def _match(route: tuple[str | None, ...], segments: Sequence[str]) -> dict[str, str] | None:
+    """The route's parameters if `segments` match it, else None."""
+    if len(route) != len(segments):
+        return None
+    params: dict[str, str] = {}
+    for expected, segment in zip(route, segments, strict=True):
+        if expected is None:
+            params["job_id"] = segment
+        elif expected != segment:
+            return None
+    return params
 
 
 class ProducerApi:
@@ -148,7 +171,7 @@ class ProducerApi:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
         try:
-            handler, params = self._route(method, path)
+            handler, params = self._route(method, path_segments(environ))
             if handler != "openapi":
                 self._authorize(environ)
             status, payload = getattr(self, handler)(environ, **params)
@@ -170,14 +193,14 @@ class ProducerApi:
     # --- routing, auth and bodies ---------------------------------------------------
 
     @staticmethod
-    def _route(method: str, path: str) -> tuple[str, dict[str, str]]:
+    def _route(method: str, segments: Sequence[str]) -> tuple[str, dict[str, str]]:
         allowed: list[str] = []
-        for route_method, pattern, handler in ROUTES:
-            match = pattern.fullmatch(path)
-            if match is None:
+        for route_method, route, handler in ROUTES:
+            params = _match(route, segments)
+            if params is None:
                 continue
             if route_method == method:
-                return handler, match.groupdict()
+                return handler, params
             allowed.append(route_method)
         if allowed:
             raise Problem(405, "method-not-allowed", f"{method} is not allowed here",
@@ -289,7 +312,8 @@ _RETRY_REFUSALS = {
 
 
 def _enqueue(request: Mapping[str, Any]) -> str:
-    return enqueue_cover(request["taskId"], request["callBackUrl"])
+    return enqueue_cover(request["taskId"], request["callBackUrl"],
+                         priority=request["priority"], tenant=request["tenant"])
 
 
 def _record(job_id: str) -> dict[str, Any]:

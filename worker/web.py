@@ -98,6 +98,10 @@ class CallbackApp:
             # Waitress closes timed-out connections only when it looks (every
             # cleanup_interval s, 30 by default): look often enough to honour the timeout.
             "cleanup_interval": max(1, math.ceil(timeout / 3)),
+            # Keep Forwarded / X-Forwarded-For in the environ (waitress 3 drops them by
+            # default): without COVERS_API_TOKEN the producer API refuses a request a
+            # proxy forwarded, even from loopback (`http_api.local_client`).
+            "clear_untrusted_proxy_headers": False,
         }
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
