@@ -25,6 +25,7 @@ from openapi_spec_validator import validate
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import (
+    negative_data_rejection,
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -421,5 +422,5 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     if params and "jobId" in params and len(str(params["jobId"])) % 3:
         params["jobId"] = known_jobs[len(str(params["jobId"])) % 2]
     case.call_and_validate(base_url=api.base, headers=api.headers, timeout=10, checks=[
-        not_a_server_error, status_code_conformance, content_type_conformance,
+        not_a_server_error, status_code_conformance, content_type_conformance, negative_data_rejection,
         response_schema_conformance])
