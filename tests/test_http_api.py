@@ -422,5 +422,5 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     if params and "jobId" in params and len(str(params["jobId"])) % 3:
         params["jobId"] = known_jobs[len(str(params["jobId"])) % 2]
     case.call_and_validate(base_url=api.base, headers=api.headers, timeout=10, checks=[
-        not_a_server_error, status_code_conformance, content_type_conformance, negative_data_rejection,
-        response_schema_conformance])
+        not_a_server_error, status_code_conformance, content_type_conformance,
+        response_schema_conformance, negative_data_rejection])
