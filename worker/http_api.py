@@ -176,12 +176,12 @@ class ProducerApi:
                 self._authorize(environ)
             status, payload = getattr(self, handler)(environ, **params)
         except Problem as refused:
-            log.info("api %s %s refused: %d %s", method, path[:200], refused.status,
+            log.info("api %s %r refused: %d %s", method, path[:200], refused.status,
                      refused.detail)
             return _send(start_response, refused.status, refused.document(),
                          PROBLEM_MEDIA_TYPE, refused.headers)
         except Exception:
-            log.exception("api %s %s failed", method, path[:200])
+            log.exception("api %s %r failed", method, path[:200])
             answer = Problem(503, "unavailable", "temporarily unavailable; send again "
                              "(every write is idempotent)")
             return _send(start_response, 503, answer.document(), PROBLEM_MEDIA_TYPE,
