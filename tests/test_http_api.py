@@ -387,12 +387,12 @@ def test_the_served_document_is_the_repository_file(api: Api) -> None:
 
 # --- property-based: schemathesis against the live API -----------------------------
 
-#: Bounded and deterministic: a fixed seed, derandomized, a few examples per operation,
+#: Bounded and deterministic: a fixed seed, derandomized, 25 examples per operation,
 #: the schema's examples and generated data (valid and invalid); no coverage or
 #: stateful phase (they would take minutes).
 SCHEMATHESIS_CONFIG = SchemathesisConfig.from_dict({
     "seed": 16,
-    "generation": {"mode": "all", "max-examples": 12, "deterministic": True,
+    "generation": {"mode": "all", "max-examples": 25, "deterministic": True,
                    "database": "none"},
     "phases": {"coverage": {"enabled": False}, "stateful": {"enabled": False}},
 })
@@ -410,7 +410,7 @@ def known_jobs(api: Api) -> list[str]:
 
 @pytest.mark.e2e
 @SCHEMA.parametrize()
-@settings(max_examples=12, derandomize=True, deadline=None, database=None,
+@settings(max_examples=25, derandomize=True, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     case: schemathesis.Case[Any], api: Api, known_jobs: list[str]

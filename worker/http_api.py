@@ -26,6 +26,7 @@ batch (422).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -72,8 +73,10 @@ Environ = dict[str, Any]
 Answer = tuple[int, dict[str, Any] | bytes]
 
 
+@functools.cache
 def openapi_document() -> bytes:
-    """The OpenAPI document as kept in the repository (package data), unchanged."""
+    """The OpenAPI document as kept in the repository (package data), unchanged; read
+    once per process."""
     return (resources.files("kie_covers.worker") / "openapi" / "covers-api.json").read_bytes()
 
 
