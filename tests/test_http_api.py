@@ -11,6 +11,7 @@ answers do not need. Schemathesis then fuzzes the live API from the document.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -38,6 +39,8 @@ from kie_covers.core.cover_items import check_batch
 from kie_covers.core.errors import NotFound, UpstreamError
 from kie_covers.core.problems import rule_of
 from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.kie_client import settings_masker
+from kie_covers.runtime.logs import secret_filter
 from kie_covers.runtime.redis_server import RedisServer, free_port
 from kie_covers.standin import KieStandin
 from kie_covers.worker.http_api import ROUTES, ProducerApi, local_client, openapi_document
@@ -101,6 +104,15 @@ def test_without_a_token_a_client_off_this_host_gets_403_before_anything_is_read
     with_token = ProducerApi(load_settings({"COVERS_API_TOKEN": TOKEN}))
     status, _, body = call_app(with_token, {**environ, "HTTP_AUTHORIZATION": "Bearer nope"})
     assert status.startswith("401") and "nope" not in json.dumps(body)
+
+
+def test_the_api_token_is_masked_in_log_lines_and_stored_texts() -> None:
+    settings = load_settings({"COVERS_API_TOKEN": TOKEN})
+    record = logging.LogRecord("covers.api", logging.INFO, __file__, 1,
+                               "header was Bearer %s", (TOKEN,), None)
+    assert secret_filter(settings).filter(record)
+    assert TOKEN not in record.getMessage() and "***" in record.getMessage()
+    assert TOKEN not in settings_masker(settings)(f"echoed {TOKEN} back")
 
 
 def test_batch_checking_names_each_item_field_and_rule() -> None:
