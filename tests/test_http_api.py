@@ -45,7 +45,7 @@ from kie_covers.runtime.redis_server import RedisServer, free_port
 from kie_covers.standin import KieStandin
 from kie_covers.worker.http_api import ROUTES, ProducerApi, local_client, openapi_document
 from tests.conftest import process_env
-from tests.services import ROOT, WebProcess
+from tests.services import ROOT, StartWorker, WebProcess, wait_until
 
 #: The document as kept in the repository.
 OPENAPI_FILE = ROOT / "worker" / "openapi" / "covers-api.json"
@@ -186,6 +186,8 @@ class Api:
 
     def __init__(self, web: WebProcess, token: str | None) -> None:
         self.web = web
+        #: The Celery queue its jobs go to (no worker takes it unless a test starts one).
+        self.queue = web.env["COVERS_QUEUE"]
         self.base = f"http://127.0.0.1:{web.port}"
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -381,6 +383,25 @@ def test_failures_filter_and_retry(standin: KieStandin, api: Api) -> None:
     twice = assert_problem(api.post(f"/v1/covers/{jobs[1]}/retry"), 409, "conflict")
     assert twice["result"] == "not_failed" and twice["jobId"] == jobs[1]
     assert api.get("/v1/failures").json()["total"] == 2
+
+
+@pytest.mark.e2e
+def test_a_cover_queued_over_http_is_made_and_read_over_http(
+    standin: KieStandin, api: Api, start_worker: StartWorker
+) -> None:
+    start_worker(queue=api.queue)
+    task = uuid.uuid4().hex
+    job_id = api.post("/v1/covers", {"taskId": task, "callBackUrl": APP_CALLBACK}).json()[
+        "jobId"]
+    wait_until(lambda: api.get(f"/v1/covers/{job_id}").json()["state"] == "succeeded", 30,
+               0.1, "the cover over HTTP")
+    record = api.get(f"/v1/covers/{job_id}").json()
+    assert record["images"] and record["cover_task_id"] and record == get_cover(job_id)
+    assert standin.paid()[task] == 1
+    # A succeeded job is the music task's answer from now on: same id, nothing paid again
+    assert api.post("/v1/covers", {"taskId": task, "callBackUrl": APP_CALLBACK}).json() == {
+        "jobId": job_id, "state": "succeeded"}
+    assert standin.paid()[task] == 1
 
 
 @pytest.mark.e2e
