@@ -248,6 +248,13 @@ SETTINGS: tuple[Spec, ...] = (
          "runners set it per process, so COVERS_CALLBACK_URL must name this port."),
     Spec("COVERS_WEB_CHANNEL_TIMEOUT", "web_channel_timeout", "30", _positive_float,
          "Seconds `covers web` waits on an idle or slow connection before closing it."),
+    Spec("COVERS_API_TOKEN", "api_token", None, _secret,
+         "Bearer token the producer API (`covers web`, paths /v1/...) requires. Unset: the "
+         "API answers only clients on loopback that no proxy forwarded; never logged."),
+    Spec("COVERS_MAX_API_BYTES", "max_api_bytes", "1048576", _positive_int,
+         "Largest request body the producer API accepts, in bytes (a batch included)."),
+    Spec("COVERS_API_MAX_BATCH", "api_max_batch", "1000", _positive_int,
+         "Most items one POST /v1/covers/batch may hold; more are refused (422)."),
     Spec("COVERS_ALLOW_PRIVATE_TARGETS", "allow_private_targets", "0", _flag,
          "1 lets image downloads and app notices go to loopback and private addresses "
          "(development, the demo and the tests only). 0 (production): only public ones."),
@@ -308,6 +315,9 @@ class Settings:
     web_connection_limit: int
     web_port: int
     web_channel_timeout: float
+    api_token: Secret | None
+    max_api_bytes: int
+    api_max_batch: int
     allow_private_targets: bool
     queue: str
     state_dir: str

@@ -54,6 +54,22 @@ def refusal(address: str, allow_private: bool = False) -> str | None:
     return None
 
 
+def is_loopback(address: str) -> bool:
+    """True if `address` (a literal IPv4 or IPv6 address, e.g. a WSGI ``REMOTE_ADDR``)
+    is a loopback address: 127.0.0.0/8, ``::1``, or ``::ffff:127.x.y.z``.
+
+    Anything that is not an IP address literal (a host name, ``""``, a Unix socket
+    path) is not loopback.
+    """
+    try:
+        ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
 def pick_address(answers: Iterable[str], allow_private: bool = False) -> str:
     """The address to connect to, from a resolver's answers for one host.
 

@@ -19,6 +19,9 @@ Input formats (chosen by the file suffix ``.csv`` / ``.jsonl`` / ``.json`` /
   either order). Cells are stripped of surrounding spaces.
 - JSON lines: one ``{"taskId": ..., "callBackUrl": ...}`` object per line.
 
+Either format may also give a line its own ``priority`` and ``tenant`` (JSON keys,
+or CSV header columns); lines without them take the batch's (`enqueue_batch`).
+
 Blank lines are ignored in both; line numbers count every physical line from 1.
 A missing (or empty) callBackUrl takes the batch's default callback URL.
 
@@ -62,7 +65,10 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024
 CSV_COLUMNS: dict[str, str] = {
     "taskid": "taskId", "task_id": "taskId",
     "callbackurl": "callBackUrl", "callback_url": "callBackUrl",
+    "priority": "priority", "tenant": "tenant",
 }
+#: Optional fields a line may leave empty (then the batch's value holds).
+_LANE_FIELDS = ("priority", "tenant")
 
 @dataclass(frozen=True)
 class BatchRow:
@@ -72,11 +78,16 @@ class BatchRow:
         line_no: the physical line it came from (1-based).
         music_task_id: the music task id (the line's ``taskId``), validated.
         callback_url: the app's callback URL (its own or the batch default), validated.
+        priority: the line's own priority lane, validated; None (the default): the
+            batch's.
+        tenant: the line's own tenant, validated; None (the default): the batch's.
     """
 
     line_no: int
     music_task_id: str
     callback_url: str
+    priority: str | None = None
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -417,6 +428,9 @@ def _header(cells: Sequence[str]) -> tuple[list[str | None], str]:
 def _validate(line_no: int, item: Mapping[str, Any], default_callback_url: str | None
               ) -> BatchRow | BadLine:
     data = dict(item)
+    for name in _LANE_FIELDS:
+        if data.get(name) in (None, ""):
+            data.pop(name, None)
     if data.get("callBackUrl") in (None, ""):
         data.pop("callBackUrl", None)
         if default_callback_url is not None:
@@ -429,4 +443,5 @@ def _validate(line_no: int, item: Mapping[str, Any], default_callback_url: str |
             fields_["callBackUrl"] = ["missing: give the line one, or a default callback URL"]
         message = "; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in sorted(fields_.items()))
         return BadLine(line_no, fields_, message)
-    return BatchRow(line_no, clean["taskId"], clean["callBackUrl"])
+    return BatchRow(line_no, clean["taskId"], clean["callBackUrl"],
+                    clean["priority"] if "priority" in data else None, clean["tenant"])

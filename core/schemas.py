@@ -1,7 +1,7 @@
 """Marshmallow schemas for every way data comes in.
 
 - `CoverRequestSchema`: the producer API and raw Celery messages (``taskId``,
-  ``callBackUrl``, spelled as Kie spells them).
+  ``callBackUrl``, spelled as Kie spells them; optional ``priority`` and ``tenant``).
 - `EnvelopeSchema` and the ``*DataSchema`` classes: Kie's answers. A malformed
   answer is an upstream fault (`UpstreamError`), never a crash.
 - `CallbackSchema`: the body Kie POSTs to our callback endpoint.
@@ -36,6 +36,17 @@ MAX_JOB_ID_CHARS = 128
 #: A job id: 1 to `MAX_JOB_ID_CHARS` printable ASCII characters, no spaces (so it is
 #: safe in Redis keys, log lines and the image store's object names).
 JOB_ID_PATTERN = re.compile(rf"[!-~]{{1,{MAX_JOB_ID_CHARS}}}")
+
+#: The priority lanes of the rate limit: `INTERACTIVE` goes first, `BULK` gets at
+#: least COVERS_BULK_MIN_SHARE of the slots while interactive jobs wait.
+INTERACTIVE = "interactive"
+BULK = "bulk"
+PRIORITIES = (INTERACTIVE, BULK)
+#: Longest tenant id we accept, in characters.
+MAX_TENANT_CHARS = 64
+#: A tenant id (the app's user or organisation): letters, digits and ``. _ : @ -``,
+#: starting with a letter or digit; matched whole (``\Z``, as `TASK_ID_PATTERN`).
+TENANT_PATTERN = r"\A[A-Za-z0-9][A-Za-z0-9._:@-]*\Z"
 
 _task_id_rules = [
     validate.Length(min=1, max=MAX_TASK_ID_CHARS),
@@ -151,12 +162,41 @@ class CallbackUrlField(HttpUrlField):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-class CoverRequestSchema(Schema):
-    """A cover job's input: exactly ``taskId`` (`TaskIdField`) and ``callBackUrl``
-    (`CallbackUrlField`)."""
+class TenantField(fields.String):
+    """A tenant id: 1 to `MAX_TENANT_CHARS` characters of `TENANT_PATTERN`; None (or
+    absent) is the default tenant."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=[
+            validate.Length(min=1, max=MAX_TENANT_CHARS),
+            validate.Regexp(TENANT_PATTERN, error=(
+                "must hold only letters, digits and . _ : @ - and start with a letter "
+                "or digit")),
+        ], **kwargs)
+
+
+class PriorityField(fields.String):
+    """A priority lane: ``interactive`` or ``bulk`` (`PRIORITIES`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=validate.OneOf(
+            PRIORITIES, error="must be one of: interactive, bulk"), **kwargs)
+
+
+class LaneSchema(Schema):
+    """Where a job waits its turn under the rate limit: ``priority`` (default
+    ``interactive``) and ``tenant`` (default None: the default tenant)."""
 
     class Meta:
         unknown = RAISE
+
+    priority = PriorityField(load_default=INTERACTIVE)
+    tenant = TenantField(load_default=None, allow_none=True)
+
+
+class CoverRequestSchema(LaneSchema):
+    """A cover job's input: ``taskId`` (`TaskIdField`) and ``callBackUrl``
+    (`CallbackUrlField`), and optionally ``priority`` and ``tenant`` (`LaneSchema`)."""
 
     taskId = TaskIdField(required=True)
     callBackUrl = CallbackUrlField(required=True)
@@ -267,11 +307,24 @@ def validate_with(schema: Schema, data: Any, what: str) -> dict[str, Any]:
 
 
 _cover_request = CoverRequestSchema()
+_lane = LaneSchema()
 
 
-def validate_cover_request(data: Any) -> dict[str, str]:
-    """Check a cover job's input; returns ``{"taskId": ..., "callBackUrl": ...}``."""
+def validate_cover_request(data: Any) -> dict[str, Any]:
+    """Check a cover job's input; returns ``{"taskId": ..., "callBackUrl": ...,
+    "priority": ..., "tenant": ...}`` (priority ``interactive`` and tenant None when
+    not given)."""
     return validate_with(_cover_request, data, "cover request")
+
+
+def validate_lane(priority: Any, tenant: Any) -> tuple[str, str | None]:
+    """Check a priority and a tenant (`LaneSchema`); returns them clean.
+
+    Raises:
+        InvalidPayload: naming ``priority`` and/or ``tenant`` and the rule broken.
+    """
+    clean = validate_with(_lane, {"priority": priority, "tenant": tenant}, "cover request")
+    return str(clean["priority"]), clean["tenant"]
 
 
 def job_id_problem(job_id: object) -> str | None:

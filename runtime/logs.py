@@ -65,7 +65,8 @@ def secret_filter(settings: Settings | None = None) -> SecretFilter:
     settings = settings or get_settings()
     return SecretFilter([s.reveal() for s in (settings.kie_api_key,
                                               settings.kie_webhook_hmac_key,
-                                              settings.app_webhook_key) if s])
+                                              settings.app_webhook_key,
+                                              settings.api_token) if s])
 
 
 def install_filter(logger: logging.Logger | None = None) -> None:

@@ -34,6 +34,7 @@ from kie_covers.core.batch import (
     BatchRow,
     read_batch,
 )
+from kie_covers.core.schemas import BULK, validate_lane
 from kie_covers.core.states import HELD_BACK, JobState
 from kie_covers.runtime.connections import get_store
 from kie_covers.services.producer import enqueue_cover
@@ -90,8 +91,8 @@ class Progress:
                 "missing": self.missing, "waiting_for": dict(self.waiting_for)}
 
 
-def enqueue_batch(plan: BatchPlan, *, skip_bad: bool = False, queue: str | None = None
-                  ) -> list[str]:
+def enqueue_batch(plan: BatchPlan, *, skip_bad: bool = False, queue: str | None = None,
+                  priority: str = BULK, tenant: str | None = None) -> list[str]:
     """Queue a cover job for every row of `plan`; returns the job ids in file order.
 
     Args:
@@ -99,19 +100,28 @@ def enqueue_batch(plan: BatchPlan, *, skip_bad: bool = False, queue: str | None 
         skip_bad: enqueue the good rows even when some lines are bad (default False:
             refuse the whole batch).
         queue: Celery queue for every job (default None: COVERS_QUEUE).
+        priority: the lane of every row that names none (default ``bulk``; see
+            `enqueue_cover`).
+        tenant: the tenant of every row that names none (default None: the default
+            tenant).
 
     Raises:
         BatchRefused: `plan` has bad lines and `skip_bad` is False. Nothing is
             enqueued; ``.bad_lines`` lists them.
+        InvalidPayload: `priority` or `tenant` is invalid (naming it); nothing is
+            enqueued.
 
     Each row goes through `kie_covers.services.producer.enqueue_cover`, which is
     idempotent per music task: running the same batch again returns the same job ids
     for jobs queued, submitted or succeeded, and queues new jobs only for failed ones.
     So if this stops half-way (Redis unreachable, say), running it again is the fix.
     """
+    priority, tenant = validate_lane(priority, tenant)
     if plan.bad and not skip_bad:
         raise BatchRefused.from_bad_lines(plan.bad, plan.source)
-    return [enqueue_cover(row.music_task_id, row.callback_url, queue=queue)
+    return [enqueue_cover(row.music_task_id, row.callback_url, queue=queue,
+                          priority=row.priority or priority,
+                          tenant=row.tenant if row.tenant is not None else tenant)
             for row in plan.rows]
 
 

@@ -105,7 +105,8 @@ def run_cover(job_id: str, payload: dict[str, Any], queue: str | None, show: Sho
         log.warning("job %s refused: %s", job_id, error)
         raise
     begun = store.begin(job_id, request["taskId"], request["callBackUrl"],
-                        context.settings.redispatch_after, queue or context.settings.queue)
+                        context.settings.redispatch_after, queue or context.settings.queue,
+                        request["priority"], request["tenant"])
     if isinstance(begun, Busy):
         raise JobBusy(f"job {job_id} is being worked on elsewhere")
     if isinstance(begun, Ended):

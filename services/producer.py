@@ -24,7 +24,8 @@ from kie_covers.runtime.connections import get_store
 from kie_covers.runtime.messages import send_job
 
 
-def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = None) -> str:
+def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = None,
+                  priority: str = "interactive", tenant: str | None = None) -> str:
     """Queue a cover job for music task `music_task_id`; returns its job id at once.
 
     Raises `kie_covers.core.errors.InvalidPayload` (naming each bad field) and
@@ -36,13 +37,23 @@ def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = 
         music_task_id: the music task id Kie gave for the song (1 to 128 characters).
         callback_url: absolute http(s) URL of the calling app (at most 2048 chars).
         queue: Celery queue for every run of this job (default: COVERS_QUEUE).
+        priority: the rate limit's lane, ``interactive`` (the default: served first)
+            or ``bulk`` (gets at least COVERS_BULK_MIN_SHARE of the slots while
+            interactive jobs wait).
+        tenant: the app's user or organisation the job is for, 1 to 64 characters
+            of letters, digits and ``. _ : @ -`` (starting with a letter or digit);
+            within a lane, tenants take turns. Default None: the default tenant.
+
+    An idempotent repeat returns the existing job as it is (its priority and tenant
+    are not changed).
     """
-    request = validate_cover_request({"taskId": music_task_id, "callBackUrl": callback_url})
+    request = validate_cover_request({"taskId": music_task_id, "callBackUrl": callback_url,
+                                      "priority": priority, "tenant": tenant})
     settings = get_settings()
     queue = queue or settings.queue
     job_id, created = get_store().enqueue(
         str(uuid.uuid4()), request["taskId"], request["callBackUrl"], settings.redispatch_after,
-        queue)
+        queue, request["priority"], request["tenant"])
     if created:
         # Should this send fail (broker down), the job is already in the due set and a
         # worker's dispatcher sends it within COVERS_REDISPATCH_AFTER seconds.
@@ -54,7 +65,8 @@ def get_cover(job_id: str) -> dict[str, Any]:
     """The job's record, JSON-ready (`kie_covers.store.record.Job.to_dict`).
 
     Keys: ``job_id``; ``music_task_id``; ``callback_url``; ``state`` (queued,
-    submitted, succeeded, failed); ``cover_task_id`` (Kie's, once submitted);
+    submitted, succeeded, failed); ``priority`` (``interactive`` or ``bulk``);
+    ``tenant`` (None for the default tenant); ``cover_task_id`` (Kie's, once submitted);
     ``images`` (Kie's image URLs); ``error`` (code, kind, message, retryable; None
     unless failed); ``attempts`` (generate calls); ``polls`` (record-info calls);
     ``waiting_for`` (why it waits, if it does: a `WaitReason`); the ISO 8601 UTC

@@ -100,7 +100,8 @@ class JobStore:
     # --- creation -----------------------------------------------------------------
 
     def enqueue(self, job_id: str, music_task_id: str, callback_url: str,
-                lease_s: float, queue: str) -> tuple[str, bool]:
+                lease_s: float, queue: str, priority: str = "interactive",
+                tenant: str | None = None) -> tuple[str, bool]:
         """Record a new job unless one for `music_task_id` is queued, submitted or
         succeeded.
 
@@ -108,13 +109,15 @@ class JobStore:
         expires): a music task has at most one failure row, its newest job's.
 
         The job is put in the due set `lease_s` seconds ahead, so that it is sent
-        again if its first message is lost; `queue` is where its messages go.
+        again if its first message is lost; `queue` is where its messages go;
+        `priority` (default ``interactive``) and `tenant` (default None, the default
+        tenant) say where it waits its turn under the rate limit.
 
         Returns:
             (job id, created): the existing job's id and False, or `job_id` and True.
         """
         now = time.time()
-        record = Job.new(job_id, music_task_id, callback_url, queue, now)
+        record = Job.new(job_id, music_task_id, callback_url, queue, now, priority, tenant)
         result = self._enqueue(
             keys=[keys.music(music_task_id), Due.JOBS.key, keys.FAILURES, keys.RETRY_DUE],
             args=[keys.job(""), job_id, due_ms(lease_s, now), keys.failures_by_kind(""),
@@ -122,11 +125,13 @@ class JobStore:
         return str(result[0]), bool(int(result[1]))
 
     def begin(self, job_id: str, music_task_id: str, callback_url: str, lease_s: float,
-              queue: str) -> Run | Ended | Busy:
+              queue: str, priority: str = "interactive", tenant: str | None = None
+              ) -> Run | Ended | Busy:
         """Start a task run of a job, in one round trip.
 
-        Creates the record of a job that arrived as a raw message (none exists yet),
-        then, unless the job has ended, takes its run lock and renews its lease in the
+        Creates the record of a job that arrived as a raw message (none exists yet,
+        with the message's `priority` and `tenant`; a known job keeps its own), then,
+        unless the job has ended, takes its run lock and renews its lease in the
         due set, both for `lease_s` seconds.
 
         Returns:
@@ -140,7 +145,8 @@ class JobStore:
         args: list[str | int] = [job_id, due_ms(lease_s, now), token, int(lease_s * 1000)]
         status, flat = self._begin(keys=job_keys, args=args)
         if status == "new":  # a raw message: no record yet, so make one in the same step
-            record = Job.new(job_id, music_task_id, callback_url, queue, now)
+            record = Job.new(job_id, music_task_id, callback_url, queue, now, priority,
+                             tenant)
             status, flat = self._begin(keys=job_keys, args=[*args, *_flat(record.to_hash())])
         job = from_flat(flat)
         if status == "busy" or job is None:

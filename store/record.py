@@ -58,6 +58,10 @@ class Job:
     state: JobState = field(metadata=_meta(Codec.STATE, "state"))
     #: The Celery queue every run of the job goes to.
     queue: str = field(default="", metadata=_meta(Codec.TEXT))
+    #: The rate limit's lane: ``interactive`` (first) or ``bulk``.
+    priority: str = field(default="interactive", metadata=_meta(Codec.TEXT, "priority"))
+    #: The app's user or organisation the job is for; None: the default tenant.
+    tenant: str | None = field(default=None, metadata=_meta(Codec.TEXT, "tenant"))
     #: Kie's id of the cover task, once submitted.
     cover_task_id: str | None = field(default=None, metadata=_meta(Codec.TEXT, "cover_task_id"))
     images: list[str] = field(default_factory=list, metadata=_meta(Codec.JSON, "images"))
@@ -105,10 +109,12 @@ class Job:
 
     @classmethod
     def new(cls, job_id: str, music_task_id: str, callback_url: str, queue: str,
-            now: float) -> Job:
-        """A queued job's first record."""
+            now: float, priority: str = "interactive", tenant: str | None = None) -> Job:
+        """A queued job's first record (priority ``interactive``, the default tenant,
+        unless given)."""
         return cls(job_id=job_id, music_task_id=music_task_id, callback_url=callback_url,
-                   state=JobState.QUEUED, queue=queue, created_at=now, updated_at=now)
+                   state=JobState.QUEUED, queue=queue, priority=priority, tenant=tenant,
+                   created_at=now, updated_at=now)
 
     @classmethod
     def from_hash(cls, raw: Mapping[str, str]) -> Job:

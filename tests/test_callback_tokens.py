@@ -24,7 +24,7 @@ from kie_covers.runtime.callback_secret import CallbackSecrets
 from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.store.jobs import JobStore, Lifetimes
 from kie_covers.store.run import Run
-from kie_covers.worker.web import too_deep
+from kie_covers.worker.http_body import too_deep
 from tests.conftest import TOKENS_DB, empty_db
 
 CALLBACK = "http://127.0.0.1:9/cb"

@@ -126,6 +126,9 @@ def test_the_wheel_installs_one_top_level_package_and_its_metadata(site: Path) -
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     for package in pyproject["tool"]["setuptools"]["packages"]:
         assert (site.joinpath(*package.split(".")) / "__init__.py").is_file(), package
+    # The HTTP API's OpenAPI document ships as package data, the repository's file
+    shipped = site / "kie_covers" / "worker" / "openapi" / "covers-api.json"
+    assert shipped.read_bytes() == (ROOT / "worker" / "openapi" / "covers-api.json").read_bytes()
     installed = [str(f) for f in dist.files or []]
     assert installed and all(f.startswith(("kie_covers/", f"{dist_info}/"))
                              or f.endswith("/bin/covers") for f in installed), installed

@@ -2,6 +2,7 @@
 
     covers enqueue --from songs.csv --callback-url https://app.example/cb
     covers enqueue --from songs.jsonl --skip-bad --wait --timeout 900
+    covers enqueue --from songs.csv --tenant acme --priority interactive
     producer | covers enqueue --from - --json
 
 `add_enqueue_from_arguments` adds the options to the ``enqueue`` subparser of
@@ -33,6 +34,7 @@ from typing import IO, Any
 
 from kie_covers.core.batch import BatchTooLarge
 from kie_covers.core.errors import InvalidPayload
+from kie_covers.core.schemas import BULK, PRIORITIES
 from kie_covers.core.states import WaitReason
 from kie_covers.services.batch import (
     BatchPlan,
@@ -102,12 +104,15 @@ def positive_count(raw: str) -> int:
 
 
 def add_enqueue_from_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--from``, ``--callback-url``, ``--skip-bad`` (and ``--wait``,
-    ``--timeout``, ``--json`` unless the parser has them) to `parser`.
+    """Add ``--from``, ``--callback-url``, ``--skip-bad``, ``--priority``,
+    ``--tenant`` (and ``--wait``, ``--timeout``, ``--json`` unless the parser has
+    them) to `parser`.
 
     Destinations: ``from_file`` (None when not given), ``default_callback_url``
     (so it never collides with the single form's positional ``callback_url``),
-    ``skip_bad``, ``wait``, ``timeout`` (seconds, default 600) and ``json``.
+    ``skip_bad``, ``priority`` (None when not given: ``bulk`` for a batch,
+    ``interactive`` for one job), ``tenant`` (None: the default tenant), ``wait``,
+    ``timeout`` (seconds, default 600) and ``json``.
     """
     parser.add_argument("--from", dest="from_file", metavar="FILE",
                         help="queue every cover request in FILE (CSV taskId[,callBackUrl] "
@@ -116,6 +121,12 @@ def add_enqueue_from_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --from: callBackUrl for lines that have none")
     parser.add_argument("--skip-bad", action="store_true",
                         help="with --from: queue the good lines even if some are bad")
+    parser.add_argument("--priority", choices=PRIORITIES, default=None,
+                        help="rate-limit lane: interactive (served first) or bulk "
+                             "(default: bulk with --from, else interactive)")
+    parser.add_argument("--tenant", metavar="ID", default=None,
+                        help="the app's user or organisation; tenants take turns "
+                             "(default: the default tenant)")
     # The single-job form of `enqueue` already defines these three; adding them again
     # would be an argparse conflict, and both forms mean the same by them.
     present = parser._option_string_actions
@@ -145,7 +156,7 @@ def run_enqueue_from(args: argparse.Namespace) -> int:
     plan = _read_plan(source, name, args.default_callback_url)
     if plan is None:
         return EXIT_USAGE
-    job_ids = _enqueue(plan, name, args.skip_bad)
+    job_ids = _enqueue(plan, name, args.skip_bad, args.priority or BULK, args.tenant)
     if not job_ids:
         return EXIT_USAGE
     _err(f"enqueued {len(job_ids)} jobs ({len(plan.bad)} skipped)")
@@ -179,18 +190,24 @@ def _read_plan(source: str, name: str, default_callback_url: str | None
     return plan
 
 
-def _enqueue(plan: BatchPlan, name: str, skip_bad: bool) -> list[str] | None:
-    """Enqueue the plan's rows; None (after saying why) when it is refused or empty."""
+def _enqueue(plan: BatchPlan, name: str, skip_bad: bool, priority: str,
+             tenant: str | None) -> list[str] | None:
+    """Enqueue the plan's rows (lines without their own `priority` or `tenant` take
+    these); None (after saying why) when it is refused or empty."""
     if len(plan.rows) >= SLOW_ENQUEUE and (skip_bad or plan.ok):
         # Each job is a Redis script and a broker message (a few ms): say so, rather
         # than sit silent for half a minute on 10,000 lines.
         _err(f"enqueuing {len(plan.rows)} jobs...")
     try:
-        job_ids = enqueue_batch(plan, skip_bad=skip_bad)
+        job_ids = enqueue_batch(plan, skip_bad=skip_bad, priority=priority, tenant=tenant)
     except BatchRefused:
         _err(f"refused: {_lines(len(plan.bad), 'bad ')} in {name}; nothing enqueued "
              f"(fix {'it' if len(plan.bad) == 1 else 'them'}, or pass --skip-bad to "
              f"enqueue the {_lines(len(plan.rows), 'good ')})")
+        return None
+    except InvalidPayload as bad:  # --tenant (or --priority) broke its rule
+        for field_name, messages in sorted(bad.fields.items()):
+            _err(f"covers enqueue: --{field_name}: {' '.join(messages)}")
         return None
     if not job_ids:
         _err(f"covers enqueue: no cover requests in {name}; nothing enqueued")

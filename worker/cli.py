@@ -6,8 +6,10 @@
                                             (port: --port, else COVERS_WEB_PORT; never $PORT)
     covers metrics [--host H] [--port P]    serve Prometheus metrics (/metrics)
     covers standin [--port P] ...           run the Kie stand-in (no credits spent)
-    covers enqueue TASK_ID CALLBACK_URL [--wait] [--timeout S] [--json]
-    covers enqueue --from FILE [--callback-url URL] [--skip-bad] [--wait] [--json]
+    covers enqueue TASK_ID CALLBACK_URL [--priority P] [--tenant T] [--wait] [--timeout S]
+                   [--json]
+    covers enqueue --from FILE [--callback-url URL] [--skip-bad] [--priority P] [--tenant T]
+                   [--wait] [--json]
     covers status JOB_ID [JOB_ID ...] [--json]
     covers failures [--kind K] [--code C] [--limit N] [--json]
     covers retry JOB_ID... | --kind K | --code C | --all-retryable
@@ -36,6 +38,7 @@ from redis.retry import Retry
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
 from kie_covers.config import SettingsError, get_settings
 from kie_covers.core.errors import InvalidPayload, StoreUnusable, UnknownJob
+from kie_covers.core.schemas import INTERACTIVE
 from kie_covers.core.states import JobState
 from kie_covers.runtime import logs
 from kie_covers.runtime.connections import redis_url
@@ -269,8 +272,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     """Queue one cover (``args.music_task_id``, ``args.callback_url``), or a batch
     (``args.from_file``: `kie_covers.worker.batch_cli.run_enqueue_from`).
 
-    With ``args.wait``, block until the job ends or ``args.timeout`` seconds (default
-    600) pass; exit 1 unless it succeeded. ``args.json`` prints JSON.
+    ``args.priority`` (None: ``interactive``) and ``args.tenant`` (None: the default
+    tenant) say where it waits its turn. With ``args.wait``, block until the job ends
+    or ``args.timeout`` seconds (default 600) pass; exit 1 unless it succeeded.
+    ``args.json`` prints JSON.
     """
     if args.from_file is not None:
         return run_enqueue_from(args)
@@ -278,7 +283,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         print("covers enqueue: give TASK_ID CALLBACK_URL, or --from FILE", file=sys.stderr)
         return EXIT_USAGE
     try:
-        job_id = enqueue_cover(args.music_task_id, args.callback_url)
+        job_id = enqueue_cover(args.music_task_id, args.callback_url,
+                               priority=args.priority or INTERACTIVE, tenant=args.tenant)
     except InvalidPayload as bad:
         print(f"refused: {bad.message}", file=sys.stderr)
         for name, messages in sorted(bad.fields.items()):

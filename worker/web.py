@@ -6,6 +6,7 @@ Routes:
                          (`kie_covers.core.signing.callback_token`); also signed when
                          KIE_WEBHOOK_HMAC_KEY is set
     GET  /healthz        200 when Redis answers
+    /v1/...              the producer API (`kie_covers.worker.http_api`)
 
 Run it under waitress with ``covers web`` (the Procfile's ``web`` line).
 """
@@ -16,7 +17,6 @@ import ipaddress
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,6 +31,8 @@ from kie_covers.runtime.callback_secret import CallbackSecrets, callback_secrets
 from kie_covers.runtime.connections import get_store
 from kie_covers.services.callbacks import CallbackResult, apply_callback
 from kie_covers.store.jobs import JobStore
+from kie_covers.worker.http_api import API_PREFIX, ProducerApi
+from kie_covers.worker.http_body import Refused, declared_length, decode_json, read_body
 
 log = logging.getLogger("covers.web")
 
@@ -45,37 +47,8 @@ MAX_QUERY_FIELDS = 10
 #: Longest job id accepted in a callback's URL (ours are 36-character UUIDs).
 MAX_JOB_ID_CHARS = 200
 
-# JSON strings (possessive, so never backtracking), and brackets outside them.
-_STRINGS = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
-_BRACKETS = re.compile(r"[\[\]{}]")
-
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
-
-
-def too_deep(text: str, max_depth: int) -> bool:
-    """True if JSON `text` opens more than `max_depth` arrays or objects inside each
-    other. Brackets inside strings do not count. A loop over the brackets, no
-    recursion; linear in the text's length."""
-    depth = 0
-    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
-        if bracket in "[{":
-            depth += 1
-            if depth > max_depth:
-                return True
-        else:
-            depth -= 1
-    return False
-
-
-class Refused(errors.KieCoversError):
-    """A request the endpoint answers with an error status."""
-
-    def __init__(self, status: str, message: str, fields: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.fields = fields
 
 
 class CallbackApp:
@@ -94,35 +67,47 @@ class CallbackApp:
         store: a function returning the job store (called per request; lazily connects).
         secrets: a function returning the callback-token secrets (default: this
             process's, `callback_secrets`).
+        api: the producer API, answering every path under /v1/ (default None: not
+            served).
     """
 
     def __init__(self, settings: Settings, store: Callable[[], JobStore],
-                 secrets: Callable[[], CallbackSecrets] = callback_secrets) -> None:
+                 secrets: Callable[[], CallbackSecrets] = callback_secrets,
+                 api: ProducerApi | None = None) -> None:
         self.settings = settings
         self.store = store
         self.secrets = secrets
+        self.api = api
 
     def waitress_options(self) -> dict[str, Any]:
         """Keyword arguments for ``waitress.serve`` that bound what one client can make
-        the server hold: bodies (COVERS_MAX_CALLBACK_BYTES plus `CHUNK_SLACK` for the
+        the server hold: bodies (the larger of COVERS_MAX_CALLBACK_BYTES and
+        COVERS_MAX_API_BYTES, plus `CHUNK_SLACK` for the
         framing of chunked bodies; waitress stops reading there and answers 413),
         headers (`MAX_HEADER_BYTES`), connections (COVERS_WEB_CONNECTION_LIMIT) and how
         long an idle or stalled connection stays open (COVERS_WEB_CHANNEL_TIMEOUT,
         rounded up to whole seconds; checked every third of that)."""
         timeout = max(1, math.ceil(self.settings.web_channel_timeout))
         return {
-            "max_request_body_size": self.settings.max_callback_bytes + CHUNK_SLACK,
+            "max_request_body_size": max(self.settings.max_callback_bytes,
+                                         self.settings.max_api_bytes) + CHUNK_SLACK,
             "max_request_header_size": MAX_HEADER_BYTES,
             "connection_limit": self.settings.web_connection_limit,
             "channel_timeout": timeout,
             # Waitress closes timed-out connections only when it looks (every
             # cleanup_interval s, 30 by default): look often enough to honour the timeout.
             "cleanup_interval": max(1, math.ceil(timeout / 3)),
+            # Keep Forwarded / X-Forwarded-For in the environ (waitress 3 drops them by
+            # default): without COVERS_API_TOKEN the producer API refuses a request a
+            # proxy forwarded, even from loopback (`http_api.local_client`).
+            "clear_untrusted_proxy_headers": False,
         }
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
+        if self.api is not None and path.startswith(API_PREFIX):
+            return self.api(environ, start_response)
         try:
             if path == HEALTH_PATH and method in ("GET", "HEAD"):
                 # Never reads a body: a slow or huge upload cannot hold /healthz up.
@@ -158,31 +143,15 @@ class CallbackApp:
                                 {"error": "temporarily unavailable, send again"})
 
     def _callback(self, environ: Environ) -> CallbackResult:
-        length = self._declared_length(environ)
+        cap = self.settings.max_callback_bytes
+        length = declared_length(environ, cap)
         job_id = self._authorize(environ)
-        body = self._read_body(environ, length)
-        document = self._decode(body, self.settings.max_json_depth)
+        body = read_body(environ, length, cap)
+        document = decode_json(body, self.settings.max_json_depth)
         self._verify(environ, document)
         return apply_callback(self.store(), document, self.settings.kie_poll_timeout,
                               job_id=job_id,
                               early_cap_bytes=self.settings.early_callback_bytes)
-
-    def _declared_length(self, environ: Environ) -> int | None:
-        """The body's declared length (None: chunked or absent); 413 over the cap,
-        before any of it is read."""
-        cap = self.settings.max_callback_bytes
-        raw_length = environ.get("CONTENT_LENGTH") or ""
-        if not raw_length:
-            return None
-        try:
-            length = int(raw_length)
-        except ValueError:
-            raise Refused("400 Bad Request", "bad Content-Length") from None
-        if length < 0:
-            raise Refused("400 Bad Request", "bad Content-Length")
-        if length > cap:
-            raise Refused("413 Content Too Large", f"body over {cap} bytes")
-        return length
 
     def _authorize(self, environ: Environ) -> str:
         """The job id the callback's URL names, if its token is that job's (401
@@ -201,29 +170,6 @@ class CallbackApp:
         if len(job_id) > MAX_JOB_ID_CHARS or not self.secrets().matches(job_id, token):
             raise Refused("401 Unauthorized", "bad token for this job")
         return job_id
-
-    def _read_body(self, environ: Environ, length: int | None) -> bytes:
-        """The body: `length` bytes, or, chunked, at most the cap plus one (413 over)."""
-        cap = self.settings.max_callback_bytes
-        stream = environ["wsgi.input"]
-        body: bytes = stream.read(cap + 1 if length is None else length)
-        if len(body) > cap:
-            raise Refused("413 Content Too Large", f"body over {cap} bytes")
-        return body
-
-    @staticmethod
-    def _decode(body: bytes, max_depth: int) -> Any:
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise Refused("400 Bad Request", "body is not UTF-8 JSON") from None
-        # json.loads recurses once per level: check the depth first, without recursing.
-        if too_deep(text, max_depth):
-            raise Refused("400 Bad Request", f"JSON nested deeper than {max_depth} levels")
-        try:
-            return json.loads(text)
-        except (ValueError, RecursionError):
-            raise Refused("400 Bad Request", "body is not UTF-8 JSON") from None
 
     def _verify(self, environ: Environ, document: Any) -> None:
         key = self.settings.kie_webhook_hmac_key
@@ -303,4 +249,5 @@ def make_app() -> CallbackApp:
     _ = app.backend
     with app.producer_or_acquire():
         pass
-    return CallbackApp(get_settings(), get_store)
+    settings = get_settings()
+    return CallbackApp(settings, get_store, api=ProducerApi(settings))
