@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .style import Style
@@ -22,6 +23,10 @@ ENDPOINT_PATHS: dict[str, str] = {
 }
 #: The API endpoint names, in the order counters list them.
 ENDPOINTS: tuple[str, ...] = ("generate", "record-info", "credit")
+
+#: The OpenAPI 3.1 document of the three calls and the callback, written from
+#: Kie's docs: the contract the stand-in's answers are tested against.
+OPENAPI_PATH = Path(__file__).parent / "openapi" / "kie-cover.yaml"
 
 #: Largest request body read, bytes (1 MiB); larger ones answer 413.
 MAX_BODY_BYTES = 1 << 20
