@@ -15,6 +15,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,12 @@ def _session() -> requests.Session:
     # A proxy from the environment must never see loopback traffic.
     session.trust_env = False
     return session
+
+
+def _iso_ms(text: str) -> int:
+    """Milliseconds since the epoch of an ISO-8601 UTC time as Kie writes it."""
+    assert text.endswith("Z") and len(text) == len("2025-01-15T10:33:01.000Z")
+    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
@@ -199,16 +206,19 @@ def test_generate_then_poll_to_success_with_two_distinct_pngs(
 
     pending = _info(http, kie, cover_1)
     assert pending["successFlag"] == 0 and pending["status"] == "PENDING"
-    assert pending["response"] is None and pending["completeTime"] is None
+    # As Kie documents it: an object response, "" for the message, ISO-8601 times,
+    # errorCode and completeTime not given before the end
+    assert pending["response"] == {} and pending["errorMessage"] == ""
+    assert "completeTime" not in pending and "errorCode" not in pending
     assert pending["parentTaskId"] == "music-1" and pending["callbackUrl"] == NOWHERE
-    assert isinstance(pending["createTime"], int)
+    assert _iso_ms(pending["createTime"]) <= time.time() * 1000
 
     images: list[bytes] = []
     for cover_id in (cover_1, cover_2):
         done = _wait_finished(http, kie, cover_id)
         assert done["successFlag"] == 1 and done["status"] == "SUCCESS"
-        assert done["errorMessage"] is None
-        assert done["completeTime"] >= done["createTime"]
+        assert done["errorMessage"] == "" and done["errorCode"] == 200
+        assert _iso_ms(done["completeTime"]) >= _iso_ms(done["createTime"])
         urls = done["response"]["images"]
         assert urls == [f"{kie.base_url}/files/{cover_id}/{n}.png" for n in (0, 1)]
         for url in urls:
@@ -251,7 +261,8 @@ def test_progress_goes_pending_generating_success(http: requests.Session) -> Non
         if data["successFlag"] == 0:
             assert data["status"] == "PENDING" and asked < after + cover_s / 2
         elif data["successFlag"] == 2:
-            assert data["status"] == "GENERATING" and data["response"] is None
+            # Kie's docs list no status word for "generating": it still reads PENDING
+            assert data["status"] == "PENDING" and data["response"] == {}
             assert answered >= before + cover_s / 2 and asked < after + cover_s
         else:
             assert data["status"] == "SUCCESS" and answered >= before + cover_s
@@ -274,11 +285,8 @@ def test_unauthorised_calls_answer_401(
     ]
     for response in calls:
         assert response.status_code == 401
-        assert response.json() == {
-            "code": 401,
-            "msg": "You do not have access permissions",
-            "data": None,
-        }
+        # As Kie documents it: no "data" on an error answer
+        assert response.json() == {"code": 401, "msg": "You do not have access permissions"}
     assert kie.answers() == {"generate:401": 1, "record-info:401": 1, "credit:401": 1}
 
 
@@ -318,7 +326,7 @@ def test_record_info_without_task_id_answers_422(kie: KieStandin, http: requests
 def test_not_found_answers(kie: KieStandin, http: requests.Session) -> None:
     response = _generate(http, kie, "notfound-123")
     assert response.status_code == 404
-    assert response.json() == {"code": 404, "msg": "music task not found", "data": None}
+    assert response.json() == {"code": 404, "msg": "music task not found"}
     unknown = http.get(
         kie.base_url + RECORD_INFO, params={"taskId": "nope"}, headers=AUTH, timeout=5
     )
@@ -401,21 +409,55 @@ def test_insufficient_credits_answers_402_until_restored(
     kie.set_credits(0.5)
     response = _generate(http, kie, "music")
     assert response.status_code == 402
-    assert response.json() == {"code": 402, "msg": "insufficient credits", "data": None}
+    assert response.json() == {"code": 402, "msg": "insufficient credits"}
     assert kie.paid() == {} and _credits(http, kie) == 0.5
     kie.set_credits(10)
     assert _generate(http, kie, "music").status_code == 200
     assert _credits(http, kie) == 9.0
 
 
-def test_genfail_cover_fails(kie: KieStandin, http: requests.Session) -> None:
-    cover_id = _generate(http, kie, "genfail-1").json()["data"]["taskId"]
+@pytest.mark.parametrize(
+    ("music", "status"),
+    [("genfail-1", "GENERATE_COVER_FAILED"), ("createfail-1", "CREATE_TASK_FAILED")],
+)
+def test_failing_prefixes_make_the_cover_fail(
+    kie: KieStandin, http: requests.Session, music: str, status: str
+) -> None:
+    cover_id = _generate(http, kie, music).json()["data"]["taskId"]
     data = _wait_finished(http, kie, cover_id)
-    assert data["successFlag"] == 3 and data["status"] == "GENERATE_COVER_FAILED"
-    assert data["errorCode"] == 500 and data["errorMessage"] == "cover generation failed"
-    assert data["response"] is None and isinstance(data["completeTime"], int)
+    assert data["successFlag"] == 3 and data["status"] == status
+    assert data["errorCode"] == 500 and data["errorMessage"]
+    assert data["response"] == {} and _iso_ms(data["completeTime"]) >= _iso_ms(data["createTime"])
     assert http.get(f"{kie.base_url}/files/{cover_id}/0.png", timeout=5).status_code == 404
-    assert kie.paid() == {"genfail-1": 1}
+    assert kie.paid() == {music: 1}
+
+
+@pytest.mark.parametrize(
+    ("music", "code"),
+    [
+        ("genfail-a", 501),
+        ("createfail-a", 500),
+        ("genfail400-a", 400),
+        ("genfail408-a", 408),
+        ("genfail500-a", 500),
+        ("genfail531-a", 531),
+        ("createfail531", 531),
+        ("genfail4001", 501),  # the code needs "-" or the end after it: a uuid never matches
+    ],
+)
+def test_a_failing_id_chooses_the_callback_code(
+    http: requests.Session, receiver: _Receiver, music: str, code: int
+) -> None:
+    with KieStandin(StandinConfig(cover_seconds=0.05)) as kie:
+        cover_id = _generate(http, kie, music, receiver.url).json()["data"]["taskId"]
+        assert _wait_until(lambda: receiver.count() == 1)
+        assert _wait_until(lambda: kie.callbacks_sent() == 1)
+        _, body = receiver.received[0]
+        assert body["code"] == code and body["msg"]
+        assert body["data"] == {"taskId": cover_id}  # no images on a failure
+        # 531: "Your credits have been refunded"; every other failure stays charged
+        assert _credits(http, kie) == (1000.0 if code == 531 else 999.0)
+        assert kie.paid() == {music: 1}
 
 
 # -- callbacks ---------------------------------------------------------------------------
@@ -449,7 +491,7 @@ def test_signed_callbacks_verify(http: requests.Session, receiver: _Receiver) ->
         headers, body = by_id[failed_id]
         assert body == {
             "code": 501,
-            "msg": "cover generation failed",
+            "msg": "Cover generation failed",
             "data": {"taskId": failed_id},
         }
         assert "X-Webhook-Signature" in headers
@@ -510,9 +552,20 @@ def test_callbacks_off_this_machine_are_never_sent(kie: KieStandin, http: reques
         ("402", 402, 402),
         ("500", 500, 500),
         ("433", 433, 433),
+        ("400", 400, 400),
+        ("401", 401, 401),
+        ("404", 404, 404),
+        ("409", 409, 409),
+        ("422", 422, 422),
+        ("451", 451, 451),
+        ("501", 501, 501),
+        ("505", 505, 505),
         ("body-429", 200, 429),
         ("body-455", 200, 455),
         ("body-500", 200, 500),
+        ("body-402", 200, 402),
+        ("body-409", 200, 409),
+        ("body-505", 200, 505),
     ],
 )
 def test_envelope_faults(
@@ -522,7 +575,7 @@ def test_envelope_faults(
     response = _generate(http, kie, "music", headers={})  # faults come before auth
     assert response.status_code == status
     body = response.json()
-    assert body["code"] == code and body["msg"] and body["data"] is None
+    assert body["code"] == code and body["msg"] and "data" not in body
     assert "Retry-After" not in response.headers
     assert kie.paid() == {} and _credits(http, kie) == 1000.0
     assert kie.answers()[f"generate:{code}"] == 1
