@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Any
 
@@ -205,8 +206,12 @@ class BlankableNested(fields.Nested):
     def __init__(self, nested: Any, **kwargs: Any) -> None:
         super().__init__(nested, load_default=None, allow_none=True, **kwargs)
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        return None if _blank(value) else super()._deserialize(value, attr, data, **kwargs)
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None,
+                     partial: bool | Sequence[str] | AbstractSet[str] | None = None,
+                     **kwargs: Any) -> Any:
+        if _blank(value):
+            return None
+        return super()._deserialize(value, attr, data, partial, **kwargs)
 
 
 #: Epoch numbers above this are milliseconds, below it seconds (1e11 s is year 5138).
@@ -240,7 +245,7 @@ def kie_time(value: Any) -> float | None:
     return moment.timestamp()
 
 
-class KieTimeField(fields.Field):
+class KieTimeField(fields.Field[float | None]):
     """A Kie time field, loaded as seconds since the epoch or None (see `kie_time`)."""
 
     def __init__(self, **kwargs: Any) -> None:

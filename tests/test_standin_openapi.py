@@ -110,7 +110,7 @@ def _call(
 
 
 def _validate(endpoint: str, response: requests.Response, *, task_id: str = "nope") -> None:
-    """Validate one real answer of ``endpoint`` with openapi-core; raises when it breaks the contract."""
+    """Validate a real answer of ``endpoint`` with openapi-core; raises if off the contract."""
     if endpoint == "generate":
         request = MockRequest(
             KIE_HOST, "post", GENERATE, headers=AUTH,
