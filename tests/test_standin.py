@@ -694,6 +694,93 @@ def test_codes_in_body_only(http: requests.Session) -> None:
         assert maintenance.status_code == 200 and maintenance.json()["code"] == 455
 
 
+@pytest.mark.parametrize(
+    ("header", "status", "body"),
+    [
+        ("", 404, {"code": 404, "msg": "task not found"}),
+        ("code-in-body", 200, {"code": 404, "msg": "task not found"}),
+        ("data-null", 404, {"code": 404, "msg": "task not found", "data": None}),
+        ("Code-In-Body ,data-null", 200, {"code": 404, "msg": "task not found", "data": None}),
+        ("code-in-body, code-in-status", 404, {"code": 404, "msg": "task not found"}),
+    ],
+)
+def test_a_request_chooses_its_style(
+    kie: KieStandin, http: requests.Session, header: str, status: int, body: dict[str, Any]
+) -> None:
+    response = http.get(kie.base_url + RECORD_INFO, params={"taskId": "nope"},
+                        headers={**AUTH, "X-Standin-Style": header}, timeout=5)
+    assert (response.status_code, response.json()) == (status, body)
+
+
+def test_an_unknown_style_token_answers_422_naming_it(
+    kie: KieStandin, http: requests.Session
+) -> None:
+    response = _generate(http, kie, "music", headers={**AUTH, "X-Standin-Style": "shouty"})
+    assert response.status_code == 422
+    assert "shouty" in response.json()["msg"] and "code-in-body" in response.json()["msg"]
+    assert kie.paid() == {} and kie.counts()["generate"] == 0
+
+
+def test_record_info_in_the_wild_shape(kie: KieStandin, http: requests.Session) -> None:
+    cover_id = _generate(http, kie, "music").json()["data"]["taskId"]
+    wild = {**AUTH, "X-Standin-Style": "null-fields, epoch-times"}
+    pending = http.get(kie.base_url + RECORD_INFO, params={"taskId": cover_id}, headers=wild,
+                       timeout=5).json()["data"]
+    assert pending["response"] is None and pending["errorMessage"] is None
+    assert pending["errorCode"] is None and pending["completeTime"] is None
+    assert isinstance(pending["createTime"], int)
+    _wait_finished(http, kie, cover_id)
+    done = http.get(kie.base_url + RECORD_INFO, params={"taskId": cover_id}, headers=wild,
+                    timeout=5).json()["data"]
+    documented = _info(http, kie, cover_id)
+    # The same moments, as epoch milliseconds and as ISO-8601 text
+    assert done["createTime"] == _iso_ms(documented["createTime"])
+    assert done["completeTime"] == _iso_ms(documented["completeTime"])
+    assert done["completeTime"] - done["createTime"] == round(COVER_S * 1000)
+    assert done["errorMessage"] is None and done["errorCode"] == 200
+
+
+def test_fault_form_and_data_win_over_the_style(kie: KieStandin, http: requests.Session) -> None:
+    kie.set_style(code_form="body", error_data="null")
+    kie.inject("generate", "409", form="status", data={"taskId": "abc"})
+    kie.inject("generate", "429", data="absent")
+    kie.inject("generate", "402")
+    answers = [_generate(http, kie, "music") for _ in range(3)]
+    assert [(a.status_code, a.json()) for a in answers] == [
+        (409, {"code": 409, "msg": "cover record already exists", "data": {"taskId": "abc"}}),
+        (200, {"code": 429, "msg": answers[1].json()["msg"]}),
+        (200, {"code": 402, "msg": "insufficient credits", "data": None}),
+    ]
+    with pytest.raises(ValueError):
+        kie.inject("generate", "500", form="sideways")
+    with pytest.raises(ValueError):
+        kie.inject("generate", "500", data="nothing")
+    with pytest.raises(ValueError):
+        kie.set_style(code_form="loud")
+    with pytest.raises(ValueError):
+        kie.set_style(colour="red")
+    assert kie.state()["style"]["code_form"] == "body"  # a refused change changes nothing
+    kie.reset()
+    assert kie.state()["style"] == {
+        "code_form": "status", "error_data": "absent", "time_format": "iso",
+        "unset_fields": "documented", "duplicate_code": 400,
+    }
+
+
+def test_a_duplicate_answers_the_configured_code(http: requests.Session) -> None:
+    with KieStandin(StandinConfig(cover_seconds=COVER_S, duplicate_code=409)) as kie:
+        cover_id = _generate(http, kie, "music").json()["data"]["taskId"]
+        again = _generate(http, kie, "music")
+        assert (again.status_code, again.json()) == (
+            409, {"code": 409, "msg": "cover record already exists", "data": {"taskId": cover_id}}
+        )
+        kie.set_style(duplicate_code=400)
+        assert _generate(http, kie, "music").json()["code"] == 400
+        assert kie.paid() == {"music": 1}
+    with pytest.raises(ValueError):
+        KieStandin(StandinConfig(duplicate_code=418))
+
+
 def test_non_loopback_hosts_are_refused() -> None:
     for host in ("0.0.0.0", "192.0.2.1", "example.com"):
         with pytest.raises(ValueError):
@@ -757,6 +844,19 @@ def test_admin_endpoints(kie: KieStandin, http: requests.Session, receiver: _Rec
     assert current["answers"]["generate:500"] == 2
     assert current["credits"] == 3.0
 
+    style = {"code_form": "body", "error_data": "null", "time_format": "epoch-ms"}
+    assert http.post(admin + "/style", json=style, timeout=5).json() == {"ok": True}
+    assert state()["style"] == {**style, "unset_fields": "documented", "duplicate_code": 400}
+    unauthorised = _generate(http, kie, "music-4", headers={})
+    assert unauthorised.status_code == 200 and unauthorised.json()["data"] is None
+    fault = {"endpoint": "credit", "fault": "505", "form": "status", "data": "absent"}
+    assert http.post(admin + "/faults", json=fault, timeout=5).json() == {"ok": True}
+    maintenance = http.get(kie.base_url + CREDIT, headers=AUTH, timeout=5)
+    assert maintenance.status_code == 505 and "data" not in maintenance.json()
+    bad_style = http.post(admin + "/style", json={"time_format": "roman"}, timeout=5)
+    assert bad_style.status_code == 400 and "time_format" in bad_style.json()["error"]
+    assert http.post(admin + "/style", json=[1], timeout=5).status_code == 400
+
     bad = http.post(admin + "/faults", json={"endpoint": "generate", "fault": "?"}, timeout=5)
     assert bad.status_code == 400 and bad.json()["ok"] is False
     assert http.post(admin + "/credits", json={"credits": "lots"}, timeout=5).status_code == 400
@@ -766,6 +866,7 @@ def test_admin_endpoints(kie: KieStandin, http: requests.Session, receiver: _Rec
     assert http.post(admin + "/reset", timeout=5).status_code == 200
     after = state()
     assert after["paid"] == {} and after["callbacks_sent"] == 0 and after["credits"] == 1000.0
+    assert after["style"]["code_form"] == "status"
 
 
 # -- command line -------------------------------------------------------------------------
@@ -788,6 +889,15 @@ def test_cli_serves_until_sigterm(http: requests.Session, tmp_path: Path) -> Non
             "7",
             "--cover-seconds",
             "0.1",
+            "--codes-in-body-only",
+            "--error-data",
+            "null",
+            "--time-format",
+            "epoch-ms",
+            "--unset-fields",
+            "null",
+            "--duplicate-code",
+            "409",
         ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -802,6 +912,13 @@ def test_cli_serves_until_sigterm(http: requests.Session, tmp_path: Path) -> Non
                 base_url + CREDIT, headers={"Authorization": f"Bearer {key}"}, timeout=5
             )
             assert answer.json() == {"code": 200, "msg": "success", "data": 7.0}
+        state = http.get(base_url + "/_standin/state", timeout=5).json()
+        assert state["style"] == {
+            "code_form": "body", "error_data": "null", "time_format": "epoch-ms",
+            "unset_fields": "null", "duplicate_code": 409,
+        }
+        refused = http.get(base_url + CREDIT, timeout=5)
+        assert (refused.status_code, refused.json()["data"]) == (200, None)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0
     finally:
