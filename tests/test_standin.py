@@ -23,7 +23,16 @@ from typing import Any
 import pytest
 import requests
 
+from kie_covers import standin as standin_package
 from kie_covers.standin import KieStandin, StandinConfig
+from kie_covers.standin.covers import (
+    CALLBACK_FAILURES,
+    CREATE_FAILING_MUSIC_PREFIX,
+    FAILING_MUSIC_PREFIX,
+)
+from kie_covers.standin.faults import BODY_FAULTS, ENVELOPE_FAULTS, FAULT_KINDS
+from kie_covers.standin.routes import MISSING_MUSIC_PREFIX
+from kie_covers.standin.style import STYLE_TOKENS
 from kie_covers.standin.png import PNG_SIGNATURE, cover_png, encode_png
 
 KEY = "standin-key"
@@ -779,6 +788,24 @@ def test_a_duplicate_answers_the_configured_code(http: requests.Session) -> None
         assert kie.paid() == {"music": 1}
     with pytest.raises(ValueError):
         KieStandin(StandinConfig(duplicate_code=418))
+
+
+def test_every_fault_trigger_is_documented() -> None:
+    # The package docstring and the README's stand-in section name every trigger
+    doc = standin_package.__doc__ or ""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The Kie stand-in") :]
+    for prefix in (MISSING_MUSIC_PREFIX, FAILING_MUSIC_PREFIX, CREATE_FAILING_MUSIC_PREFIX):
+        assert f"``{prefix}…``" in doc and f"`{prefix}…`" in section
+    for code in ENVELOPE_FAULTS:
+        assert code in doc and code in section
+    for kind in FAULT_KINDS - set(ENVELOPE_FAULTS) - set(BODY_FAULTS):
+        assert f'``"{kind}"``' in doc and f'"{kind}"' in section
+    for token in STYLE_TOKENS:
+        assert f"`{token}`" in section
+    for code in CALLBACK_FAILURES:
+        assert str(code) in doc and str(code) in section
+    assert "X-Standin-Style" in doc and "X-Standin-Style" in section
 
 
 def test_non_loopback_hosts_are_refused() -> None:
