@@ -31,9 +31,9 @@ from kie_covers.standin.covers import (
     FAILING_MUSIC_PREFIX,
 )
 from kie_covers.standin.faults import BODY_FAULTS, ENVELOPE_FAULTS, FAULT_KINDS
+from kie_covers.standin.png import PNG_SIGNATURE, cover_png, encode_png
 from kie_covers.standin.routes import MISSING_MUSIC_PREFIX
 from kie_covers.standin.style import STYLE_TOKENS
-from kie_covers.standin.png import PNG_SIGNATURE, cover_png, encode_png
 
 KEY = "standin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
