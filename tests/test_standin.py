@@ -803,8 +803,8 @@ def test_every_fault_trigger_is_documented() -> None:
         assert f'``"{kind}"``' in doc and f'"{kind}"' in section
     for token in STYLE_TOKENS:
         assert f"`{token}`" in section
-    for code in CALLBACK_FAILURES:
-        assert str(code) in doc and str(code) in section
+    for callback_code in CALLBACK_FAILURES:
+        assert str(callback_code) in doc and str(callback_code) in section
     assert "X-Standin-Style" in doc and "X-Standin-Style" in section
 
 
