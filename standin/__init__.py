@@ -36,6 +36,9 @@ Fault triggers:
   some seen in the wild (433, 451, 501, 505) as ``"<code>"`` or
   ``"body-<code>"``, with a chosen ``form`` and ``data``; ``"malformed"``,
   ``"html"``, ``"empty"``, ``"reset"``, ``"slow"``, ``"no-data"``.
+- Requests: a body over 1 MiB answers 413, a wrong method 405, a generate
+  body without ``taskId`` or an http(s) ``callBackUrl`` 422, an unknown
+  ``X-Standin-Style`` token 422.
 - Account state: credits below one cover's cost answer 402
   (:meth:`KieStandin.set_credits`); more than the rate limit answers 429
   with ``Retry-After`` (:meth:`KieStandin.set_rate_limit`); wrong or
