@@ -26,6 +26,7 @@ from kie_covers.standin import KieStandin, StandinConfig
 
 KEY = "standin-key"
 NOWHERE = "http://127.0.0.1:9/callback"
+COVER_S = 0.1  # seconds from generate to a finished cover
 
 #: Per-request styles of every record-info variant the stand-in can produce.
 RECORD_STYLES = [
@@ -55,7 +56,7 @@ ERROR_CLASSES: dict[str, type[errors.CoverError]] = {
 
 @pytest.fixture(scope="module")
 def kie() -> Iterator[KieStandin]:
-    with KieStandin(StandinConfig(cover_seconds=0.3, rate_limit=None)) as standin:
+    with KieStandin(StandinConfig(cover_seconds=COVER_S, rate_limit=None)) as standin:
         yield standin
 
 
@@ -103,7 +104,7 @@ def test_record_info_reads_the_same_in_every_shape(fresh: KieStandin, style: str
     done = _finished(client, ok.cover_task_id)
     assert len(done.images) == 2 and done.error_code == 200 and done.error_message is None
     assert done.created_at == pytest.approx(pending.created_at, abs=0.001)
-    assert done.completed_at == pytest.approx(done.created_at + 0.3, abs=0.002)
+    assert done.completed_at == pytest.approx(done.created_at + COVER_S, abs=0.002)
     # Failure: errorCode 500 and the message
     failed = _finished(client, failing.cover_task_id)
     assert failed.images == [] and failed.error_code == 500

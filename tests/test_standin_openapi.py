@@ -291,6 +291,7 @@ def test_real_answers_match_the_document(
                for _, http_status, body in seen)
 
 
+@pytest.mark.e2e  # about a second: it waits for covers to pass through every phase
 def test_every_record_info_status_matches_the_document(
     fresh: KieStandin, http: requests.Session
 ) -> None:
