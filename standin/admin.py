@@ -78,16 +78,16 @@ _SETTERS: dict[str, Callable[[StandinState, dict[str, Any]], None]] = {
 }
 
 
-def _set_style(styles: StyleDefaults, body: bytes) -> Answer:
-    """``POST /_standin/style``: like ``KieStandin.set_style``."""
-    try:
-        args = json.loads(body.decode("utf-8")) if body else {}
-        if not isinstance(args, dict):
-            raise ValueError("body must be a JSON object")
-        styles.update(args)
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        return json_answer(400, {"ok": False, "error": str(exc)})
-    return json_answer(200, _OK)
+def _json_object(body: bytes) -> dict[str, Any]:
+    """A control request's JSON object body (empty = ``{}``).
+
+    Raises:
+        ValueError: when the body is not JSON or not an object.
+    """
+    args = json.loads(body.decode("utf-8")) if body else {}
+    if not isinstance(args, dict):
+        raise ValueError("body must be a JSON object")
+    return args
 
 
 def admin_answer(
@@ -104,16 +104,15 @@ def admin_answer(
         state.reset()
         styles.reset()
         return json_answer(200, _OK)
-    if route == ("POST", "/_standin/style"):
-        return _set_style(styles, body)
     setter = _SETTERS.get(route[1]) if method == "POST" else None
-    if setter is None:
+    if setter is None and route != ("POST", "/_standin/style"):
         return json_answer(404, {"ok": False, "error": f"no admin route {method} {path}"})
     try:
-        args = json.loads(body.decode("utf-8")) if body else {}
-        if not isinstance(args, dict):
-            raise ValueError("body must be a JSON object")
-        setter(state, args)
+        args = _json_object(body)
+        if setter is None:
+            styles.update(args)  # POST /_standin/style: like KieStandin.set_style
+        else:
+            setter(state, args)
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         return json_answer(400, {"ok": False, "error": str(exc)})
     return json_answer(200, _OK)

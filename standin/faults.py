@@ -44,8 +44,6 @@ ENVELOPE_FAULTS: dict[str, tuple[int, str]] = {
     "501": (501, "generation failed"),
     "505": (505, "feature disabled"),
 }
-#: The codes of ``ENVELOPE_FAULTS`` that Kie's documents list.
-DOCUMENTED_FAULT_CODES: tuple[int, ...] = (400, 401, 402, 404, 409, 422, 429, 455, 500)
 #: Faults answering HTTP 200 with the error code only in the body: ``"body-<code>"``.
 BODY_FAULTS: dict[str, tuple[int, str]] = {
     f"body-{name}": answer for name, answer in ENVELOPE_FAULTS.items()
