@@ -126,6 +126,15 @@ def test_the_wheel_installs_one_top_level_package_and_its_metadata(site: Path) -
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     for package in pyproject["tool"]["setuptools"]["packages"]:
         assert (site.joinpath(*package.split(".")) / "__init__.py").is_file(), package
+    # And every data file pyproject.toml names (the Lua scripts, the stand-in's
+    # OpenAPI document)
+    for package, patterns in pyproject["tool"]["setuptools"]["package-data"].items():
+        for pattern in patterns:
+            shipped = list(site.joinpath(*package.split(".")).glob(pattern))
+            sources = list((ROOT / pyproject["tool"]["setuptools"]["package-dir"][package])
+                           .glob(pattern))
+            assert sources and sorted(p.name for p in shipped) == sorted(
+                p.name for p in sources), (package, pattern)
     installed = [str(f) for f in dist.files or []]
     assert installed and all(f.startswith(("kie_covers/", f"{dist_info}/"))
                              or f.endswith("/bin/covers") for f in installed), installed
