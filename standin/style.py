@@ -26,7 +26,8 @@ The stand-in's default style comes from :class:`StandinConfig` and can be
 changed while it runs (``KieStandin.set_style``, ``POST /_standin/style``).
 One request can override it with the ``X-Standin-Style`` header: a comma
 separated list of the tokens in :data:`STYLE_TOKENS` (e.g.
-``code-in-body, data-null``).
+``code-in-body, data-null``). Callbacks answer no request: they follow the
+default style at the moment the cover ends.
 """
 
 from __future__ import annotations

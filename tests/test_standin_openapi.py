@@ -25,6 +25,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from kie_covers.standin import KieStandin, StandinConfig
+from kie_covers.standin.covers import CALLBACK_FAILURES, STATUSES
 from kie_covers.standin.protocol import OPENAPI_PATH
 
 KEY = "standin-key"
@@ -198,6 +199,10 @@ def test_the_document_is_valid_openapi_and_lists_the_documented_codes() -> None:
     assert _documented_codes("generate") == [400, 401, 402, 404, 409, 422, 429, 455, 500]
     assert _documented_codes("credit") == [401, 402, 404, 422, 429, 455, 500, 505]
     assert CALLBACK_CODES == [200, 400, 408, 500, 501, 531]
+    # The stand-in's status words and callback failure codes are the document's
+    details = DOCUMENT["components"]["schemas"]["CoverDetails"]["properties"]
+    assert details["status"]["enum"] == list(STATUSES)
+    assert sorted(CALLBACK_FAILURES) == [code for code in CALLBACK_CODES if code != 200]
 
 
 # -- every documented code, in every form ------------------------------------------
