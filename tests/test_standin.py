@@ -790,6 +790,16 @@ def test_a_duplicate_answers_the_configured_code(http: requests.Session) -> None
         KieStandin(StandinConfig(duplicate_code=418))
 
 
+def test_a_failure_callback_in_the_null_fields_style_carries_null_images(
+    http: requests.Session, receiver: _Receiver
+) -> None:
+    with KieStandin(StandinConfig(cover_seconds=0.05, unset_fields="null")) as kie:
+        cover_id = _generate(http, kie, "genfail408-z", receiver.url).json()["data"]["taskId"]
+        assert _wait_until(lambda: receiver.count() == 1)
+    _, body = receiver.received[0]
+    assert body["code"] == 408 and body["data"] == {"taskId": cover_id, "images": None}
+
+
 def test_every_fault_trigger_is_documented() -> None:
     # The package docstring and the README's stand-in section name every trigger
     doc = standin_package.__doc__ or ""
