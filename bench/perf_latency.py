@@ -135,8 +135,10 @@ def _latencies_ms(st: Stage, session: requests.Session,
     for job in jobs:
         if job is None or not job.cover_task_id or job.finished_at is None:
             continue
+        # Epoch milliseconds, not the documented ISO-8601 text: the stand-in's style.
         answer = session.get(f"{st.standin.base_url}/api/v1/suno/cover/record-info",
                              params={"taskId": job.cover_task_id},
+                             headers={"X-Standin-Style": "epoch-times"},
                              timeout=RECORD_INFO_TIMEOUT_S)
         complete_ms = answer.json()["data"]["completeTime"]
         found.append(job.finished_at * 1000 - complete_ms)

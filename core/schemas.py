@@ -13,9 +13,12 @@ raises `InvalidPayload` whose ``fields`` name each field and the rule it broke.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
@@ -222,6 +225,76 @@ class GenerateDataSchema(Schema):
     taskId = TaskIdField(required=True)
 
 
+def _blank(value: Any) -> bool:
+    """True for the ways Kie says "not set": null, or an empty or blank string."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+class BlankableInteger(fields.Integer):
+    """An integer that Kie may also send as ``null`` or ``""`` (both load as None)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(load_default=None, allow_none=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        return None if _blank(value) else super()._deserialize(value, attr, data, **kwargs)
+
+
+class BlankableNested(fields.Nested):
+    """A nested object that Kie may also send as ``null`` or ``""`` (both load as None)."""
+
+    def __init__(self, nested: Any, **kwargs: Any) -> None:
+        super().__init__(nested, load_default=None, allow_none=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None,
+                     partial: bool | Sequence[str] | AbstractSet[str] | None = None,
+                     **kwargs: Any) -> Any:
+        if _blank(value):
+            return None
+        return super()._deserialize(value, attr, data, partial, **kwargs)
+
+
+#: Epoch numbers above this are milliseconds, below it seconds (1e11 s is year 5138).
+_EPOCH_MS_ABOVE = 1e11
+
+
+def kie_time(value: Any) -> float | None:
+    """Seconds since the epoch from a Kie time field, or None when unset or unreadable.
+
+    Kie's docs and examples write ISO-8601 UTC (``"2025-01-15T10:33:01.000Z"``);
+    answers in the wild also carry epoch milliseconds or seconds (numbers or digit
+    strings) and ``"2025-01-01 00:00:00"`` (taken as UTC). ``null`` and ``""`` mean
+    not set. The times are informational, so an unreadable one is None, never a
+    failed job.
+    """
+    if isinstance(value, bool) or _blank(value):
+        return None
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d*)?\s*", value):
+        value = float(value)
+    if isinstance(value, int | float):
+        seconds = float(value) / 1000 if value > _EPOCH_MS_ABOVE else float(value)
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+class KieTimeField(fields.Field[float | None]):
+    """A Kie time field, loaded as seconds since the epoch or None (see `kie_time`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(load_default=None, allow_none=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        return kie_time(value)
+
+
 class CoverResponseSchema(Schema):
     """``data.response`` of record-info."""
 
@@ -232,7 +305,13 @@ class CoverResponseSchema(Schema):
 
 
 class RecordInfoDataSchema(Schema):
-    """``data`` of record-info: the cover's progress and, on success, its images."""
+    """``data`` of record-info: the cover's progress and, on success, its images.
+
+    Accepts both shapes Kie is known to send: the documented one (``errorMessage``
+    ``""``, ``response`` an object, ISO-8601 times) and the one seen in the wild
+    (``null`` for unset fields, ``""`` for an unset ``errorCode`` or ``response``,
+    epoch times). Unset fields load as None; times as epoch seconds.
+    """
 
     class Meta:
         unknown = EXCLUDE
@@ -242,9 +321,11 @@ class RecordInfoDataSchema(Schema):
     successFlag = fields.Integer(
         required=True, validate=validate.OneOf([0, 1, 2, 3])
     )
-    response = fields.Nested(CoverResponseSchema, load_default=None, allow_none=True)
-    errorCode = fields.Integer(load_default=None, allow_none=True)
+    response = BlankableNested(CoverResponseSchema)
+    errorCode = BlankableInteger()
     errorMessage = fields.String(load_default=None, allow_none=True)
+    createTime = KieTimeField()
+    completeTime = KieTimeField()
 
 
 

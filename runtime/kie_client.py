@@ -49,6 +49,10 @@ class CoverInfo:
     images: list[str]
     error_code: int | None
     error_message: str | None
+    #: When the cover task was created and ended, seconds since the epoch (None when
+    #: not given); Kie writes ISO-8601 or epoch times, both are read.
+    created_at: float | None = None
+    completed_at: float | None = None
 
 
 _generate_data = GenerateDataSchema()
@@ -154,7 +158,11 @@ class KieClient:
         return GenerateAccepted(loaded["taskId"], existing=False)
 
     def record_info(self, cover_task_id: str) -> CoverInfo:
-        """Read a cover's progress (`PENDING`, `GENERATING`, `SUCCESS`, `FAILED`)."""
+        """Read a cover's progress (successFlag `PENDING`, `GENERATING`, `SUCCESS`, `FAILED`).
+
+        Both shapes of record-info are read (see `RecordInfoDataSchema`), and the
+        code in the HTTP status or only in the body (see `interpret`).
+        """
         data = self._call("GET", RECORD_INFO_PATH, params={"taskId": cover_task_id})
         if isinstance(data, ExistingCover):
             raise errors.UpstreamError("record-info answered 'already generated'", data.code)
@@ -167,9 +175,11 @@ class KieClient:
         flag = int(loaded["successFlag"])
         if flag == SUCCESS and not images:
             raise errors.UpstreamError("record-info says success but lists no images")
-        message = loaded.get("errorMessage")
+        # "" (the documented "no error") and null both read as no message.
+        message = loaded.get("errorMessage") or None
         return CoverInfo(loaded["taskId"], flag, images, loaded.get("errorCode"),
-                         self.mask(message) if message else message)
+                         self.mask(message) if message else None,
+                         loaded.get("createTime"), loaded.get("completeTime"))
 
     def credits(self) -> float:
         """Credits left on the account."""

@@ -18,8 +18,9 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from .config import StandinConfig
-from .covers import image_urls
+from .covers import REFUNDING_CALLBACK_CODE, callback_payload
 from .state import StandinState
+from .style import StyleDefaults
 
 #: Kie gives callback receivers 15 seconds; so does the stand-in.
 CALLBACK_TIMEOUT_S = 15.0
@@ -70,7 +71,11 @@ class CallbackSender:
     """Announces finished covers according to the callback mode each was accepted with."""
 
     def __init__(
-        self, config: StandinConfig, state: StandinState, base_url: Callable[[], str]
+        self,
+        config: StandinConfig,
+        state: StandinState,
+        base_url: Callable[[], str],
+        styles: StyleDefaults,
     ) -> None:
         """Send for ``state``'s covers.
 
@@ -78,35 +83,30 @@ class CallbackSender:
             config: its ``webhook_hmac_key`` signs callbacks (None = unsigned).
             state: where covers, epochs and the callback count live.
             base_url: gives the stand-in's base URL, for the picture URLs.
+            styles: the default style when a cover ends shapes its callback.
         """
         self._config = config
         self._state = state
         self._base_url = base_url
+        self._styles = styles
 
     def cover_done(self, cover_id: str, epoch: int) -> None:
         """Scheduler pool: the cover just finished; announce it per its callback mode.
 
-        Nothing is sent when the stand-in was reset or stopped since
-        ``epoch``, for mode ``"drop"``, or when the callback URL is not
-        loopback. For ``"delay"`` the scheduler already called this the
-        extra seconds late. Blocks while the receiver answers.
+        A cover failing with code 531 gets its credits back (Kie's docs:
+        "Your credits have been refunded"). Nothing is sent when the
+        stand-in was reset or stopped since ``epoch``, for mode ``"drop"``,
+        or when the callback URL is not loopback. For ``"delay"`` the
+        scheduler already called this the extra seconds late. Blocks while
+        the receiver answers.
         """
         cover = self._state.finish_cover(cover_id, epoch)
         if cover is None:
             return
+        if cover.failure is not None and cover.failure.callback_code == REFUNDING_CALLBACK_CODE:
+            self._state.refund(epoch)
         mode = cover.callback_mode
-        if cover.fails:
-            payload: dict[str, Any] = {
-                "code": 501,
-                "msg": "cover generation failed",
-                "data": {"taskId": cover_id},
-            }
-        else:
-            payload = {
-                "code": 200,
-                "msg": "success",
-                "data": {"taskId": cover_id, "images": image_urls(self._base_url(), cover_id)},
-            }
+        payload = callback_payload(cover, self._base_url(), self._styles.get())
         if mode == "drop" or not is_loopback_callback(cover.callback_url):
             return  # never contact anything off this machine
         for _ in range(2 if mode == "duplicate" else 1):

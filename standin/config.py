@@ -7,6 +7,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from .style import Style
+
 
 @dataclass
 class StandinConfig:
@@ -30,7 +32,18 @@ class StandinConfig:
             and ``X-Webhook-Signature``; default ``None`` (unsigned).
         codes_in_body_only: when True, API error answers use HTTP 200 with
             the code only in the body envelope; default False (the code is the
-            HTTP status too).
+            HTTP status too). The starting ``Style.code_form``.
+        error_data: ``"absent"`` (default, as documented) or ``"null"``:
+            whether error envelopes carry ``"data": null``.
+        time_format: ``"iso"`` (default, as documented) or ``"epoch-ms"``:
+            record-info's ``createTime``/``completeTime``.
+        unset_fields: ``"documented"`` (default) or ``"null"``: how
+            record-info shows fields not set yet (see ``style``).
+        duplicate_code: 400 (default, as documented) or 409: the answer to a
+            generate for a music task that already has a cover.
+
+    The last five are the starting :class:`Style` (see ``style``); a running
+    stand-in's style can be changed, and overridden per request.
     """
 
     host: str = "127.0.0.1"
@@ -42,6 +55,24 @@ class StandinConfig:
     cost_per_cover: float = 1.0
     webhook_hmac_key: str | None = None
     codes_in_body_only: bool = False
+    error_data: str = "absent"
+    time_format: str = "iso"
+    unset_fields: str = "documented"
+    duplicate_code: int = 400
+
+    def initial_style(self) -> Style:
+        """The :class:`Style` these fields describe.
+
+        Raises:
+            ValueError: when one of them is not a value the style accepts.
+        """
+        return Style(
+            code_form="body" if self.codes_in_body_only else "status",
+            error_data=self.error_data,
+            time_format=self.time_format,
+            unset_fields=self.unset_fields,
+            duplicate_code=self.duplicate_code,
+        )
 
 
 def check_loopback_host(host: str) -> None:

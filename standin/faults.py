@@ -1,8 +1,17 @@
 """Injected faults: the rules, the queue they wait in, and what each one answers.
 
-The faults are those seen in the wild: rate limits and maintenance (with or
-without ``Retry-After``), proxies answering HTML or nothing, truncated JSON,
-dropped connections and slow answers.
+The faults are those seen in the wild: every documented error code and a
+few undocumented ones (with or without ``Retry-After``, the code in the HTTP
+status or only in the body, with or without ``data``), proxies answering
+HTML or nothing, truncated JSON, dropped connections and slow answers.
+
+Documented codes (generate and record-info, Kie's docs): 400, 401, 402,
+404, 409, 422, 429, 455, 500. Seen in the wild beyond them: 433, 451, 501,
+505. Each answers under its own name (``"429"``) or as ``"body-<code>"``
+(HTTP 200, the code only in the body). A rule may also choose the form
+(``form``: ``"status"`` or ``"body"``) and the ``data`` (``"absent"``,
+``"null"``, or a JSON object such as ``{"taskId": "..."}`` for a 400/409
+that names an existing cover); unset, both follow the request's style.
 """
 
 from __future__ import annotations
@@ -12,7 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .protocol import ENDPOINTS, Answer, envelope
+from .protocol import ENDPOINTS, NO_DATA, Answer, envelope
+from .style import Style
 
 #: Where a fault may be injected: one API endpoint, or ``"any"`` for all three.
 FAULT_ENDPOINTS: frozenset[str] = frozenset(ENDPOINTS) | {"any"}
@@ -31,14 +41,17 @@ ENVELOPE_FAULTS: dict[str, tuple[int, str]] = {
     "409": (409, "cover record already exists"),
     "422": (422, "parameters failed validation"),
     "451": (451, "failed to fetch the input"),
+    "501": (501, "generation failed"),
     "505": (505, "feature disabled"),
 }
-#: Faults answering HTTP 200 with the error code only in the body.
+#: Faults answering HTTP 200 with the error code only in the body: ``"body-<code>"``.
 BODY_FAULTS: dict[str, tuple[int, str]] = {
-    "body-429": ENVELOPE_FAULTS["429"],
-    "body-455": ENVELOPE_FAULTS["455"],
-    "body-500": ENVELOPE_FAULTS["500"],
+    f"body-{name}": answer for name, answer in ENVELOPE_FAULTS.items()
 }
+#: Values of a rule's ``form``: the code as HTTP status too, or only in the body.
+FAULT_FORMS: frozenset[str] = frozenset({"status", "body"})
+#: Named values of a rule's ``data`` (a JSON object is also accepted).
+FAULT_DATA: frozenset[str] = frozenset({"absent", "null"})
 
 _JSON = "application/json"
 #: Faults with a fixed answer: fault -> (HTTP status, body, content type).
@@ -75,6 +88,10 @@ class Fault:
         remaining: calls it still affects; ``None`` = until cleared.
         retry_after: ``Retry-After`` header value added to the answer, or None.
         delay_s: seconds to wait before answering.
+        form: ``"status"``, ``"body"`` or None (the request's style; a
+            ``"body-<code>"`` fault is always ``"body"``).
+        data: ``"absent"``, ``"null"``, a dict sent as ``data``, or None
+            (the request's style).
     """
 
     endpoint: str
@@ -82,6 +99,8 @@ class Fault:
     remaining: int | None
     retry_after: str | None
     delay_s: float
+    form: str | None = None
+    data: str | dict[str, Any] | None = None
 
 
 def new_fault(
@@ -91,13 +110,21 @@ def new_fault(
     *,
     retry_after: str | None = None,
     delay_s: float = 0.0,
+    form: str | None = None,
+    data: str | dict[str, Any] | None = None,
 ) -> Fault:
     """A checked fault rule; the arguments are those of ``KieStandin.inject``.
 
     Raises:
-        ValueError: on an unknown endpoint or fault, ``times`` < 1 or a
-            negative delay.
+        ValueError: on an unknown endpoint, fault, form or data, ``times`` <
+            1 or a negative delay.
     """
+    if form is not None and form not in FAULT_FORMS:
+        raise ValueError(f"form must be one of {sorted(FAULT_FORMS)} or None, got {form!r}")
+    if data is not None and not isinstance(data, dict) and data not in FAULT_DATA:
+        raise ValueError(
+            f"data must be one of {sorted(FAULT_DATA)}, a JSON object or None, got {data!r}"
+        )
     if endpoint not in FAULT_ENDPOINTS:
         raise ValueError(f"unknown endpoint {endpoint!r}; use one of {sorted(FAULT_ENDPOINTS)}")
     if fault not in FAULT_KINDS:
@@ -109,7 +136,7 @@ def new_fault(
         raise ValueError(f"delay_s must be a non-negative number, got {delay_s!r}")
     if retry_after is not None and not isinstance(retry_after, str):
         raise ValueError(f"retry_after must be a string or None, got {retry_after!r}")
-    return Fault(endpoint, fault, times, retry_after, float(delay_s))
+    return Fault(endpoint, fault, times, retry_after, float(delay_s), form, data)
 
 
 class FaultQueue:
@@ -144,11 +171,18 @@ class FaultQueue:
     def describe(self) -> list[dict[str, Any]]:
         """The pending rules as JSON-ready dicts: endpoint, fault, times (None = until cleared)."""
         return [
-            {"endpoint": f.endpoint, "fault": f.kind, "times": f.remaining} for f in self._rules
+            {
+                "endpoint": f.endpoint,
+                "fault": f.kind,
+                "times": f.remaining,
+                "form": f.form,
+                "data": f.data,
+            }
+            for f in self._rules
         ]
 
 
-def serve_fault(fault: Fault, *, codes_in_body_only: bool) -> Answer | None:
+def serve_fault(fault: Fault, *, style: Style) -> Answer | None:
     """Wait ``fault.delay_s`` seconds, then the answer replacing the real one.
 
     Returns None for ``"slow"``: after its wait the call is answered
@@ -158,23 +192,36 @@ def serve_fault(fault: Fault, *, codes_in_body_only: bool) -> Answer | None:
         time.sleep(fault.delay_s)
     if fault.kind == "slow":
         return None
-    return fault_answer(fault, codes_in_body_only=codes_in_body_only)
+    return fault_answer(fault, style=style)
 
 
-def fault_answer(fault: Fault, *, codes_in_body_only: bool) -> Answer:
+def _fault_data(fault: Fault) -> Any:
+    """The ``data`` argument of ``envelope`` for an envelope fault."""
+    if isinstance(fault.data, dict):
+        return fault.data
+    if fault.data == "null":
+        return None
+    return NO_DATA  # "absent", or None: the style decides
+
+
+def fault_answer(fault: Fault, *, style: Style) -> Answer:
     """The answer a (non-"slow") fault gives instead of the real one, without waiting.
 
-    ``codes_in_body_only`` is the configuration's (see ``envelope``).
+    ``style`` is the request's (see ``envelope``); the rule's own ``form``
+    and ``data`` win over it.
     """
     extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
     kind = fault.kind
-    if kind in ENVELOPE_FAULTS:
-        code, msg = ENVELOPE_FAULTS[kind]
-        return envelope(code, msg, headers=extra, codes_in_body_only=codes_in_body_only)
-    if kind in BODY_FAULTS:
-        code, msg = BODY_FAULTS[kind]
-        body = json.dumps({"code": code, "msg": msg, "data": None}).encode()
-        return Answer(200, body, headers=extra, label=str(code))
+    named = ENVELOPE_FAULTS.get(kind) or BODY_FAULTS.get(kind)
+    if named is not None:
+        code, msg = named
+        form = "body" if kind in BODY_FAULTS else (fault.form or style.code_form)
+        changes: dict[str, Any] = {"code_form": form}
+        if isinstance(fault.data, str):
+            changes["error_data"] = fault.data
+        return envelope(
+            code, msg, _fault_data(fault), headers=extra, style=style.with_changes(changes)
+        )
     if kind == "reset":
         return Answer(0, reset=True, label=kind)
     fixed = _FIXED_FAULTS.get(kind)

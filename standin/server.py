@@ -10,11 +10,15 @@ injected on demand, and everything the stand-in did can be read back
 
 It only ever binds to and contacts loopback addresses.
 
+Its answers, their variants and its fault triggers are described in the
+package's docstring (``kie_covers.standin``).
+
 This module holds :class:`KieStandin` (the public face: lifecycle, control,
 observation) and :func:`main`, the command line. The parts: ``config``,
 ``state``, ``faults``, ``routes`` and ``admin`` (what each request answers),
 ``callbacks``, ``scheduler`` (when covers finish), ``http_server`` (the
-sockets), ``covers``, ``protocol``, ``png``.
+sockets), ``covers``, ``protocol``, ``png``, ``style`` (how answers vary);
+``openapi/kie-cover.yaml`` is the contract.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .faults import new_fault
 from .http_server import StandinHTTPServer
 from .routes import Router
 from .state import StandinState
+from .style import STYLE_CHOICES, StyleDefaults
 
 __all__ = ["KieStandin", "StandinConfig", "main"]
 
@@ -48,7 +53,8 @@ class KieStandin:
         """Prepare a stand-in; nothing is bound until :meth:`start`.
 
         Raises:
-            ValueError: when ``config.host`` is not a loopback address.
+            ValueError: when ``config.host`` is not a loopback address, or a
+                style field of ``config`` holds a value it does not accept.
         """
         self._config = config if config is not None else StandinConfig()
         check_loopback_host(self._config.host)
@@ -56,11 +62,14 @@ class KieStandin:
         self._thread: threading.Thread | None = None
         self._port: int | None = None
         self._state = StandinState(self._config)
+        self._styles = StyleDefaults(self._config.initial_style())
         # The picture URLs need the port, known only once started (port 0
         # picks one), so the parts ask for the base URL when they need it.
-        callbacks = CallbackSender(self._config, self._state, lambda: self.base_url)
+        callbacks = CallbackSender(
+            self._config, self._state, lambda: self.base_url, self._styles
+        )
         self._router = Router(
-            self._config, self._state, callbacks.cover_done, lambda: self.base_url
+            self._config, self._state, callbacks.cover_done, lambda: self.base_url, self._styles
         )
 
     # -- lifecycle ----------------------------------------------------------
@@ -144,6 +153,8 @@ class KieStandin:
         *,
         retry_after: str | None = None,
         delay_s: float = 0.0,
+        form: str | None = None,
+        data: str | dict[str, Any] | None = None,
     ) -> None:
         """Make the next calls to ``endpoint`` misbehave.
 
@@ -155,10 +166,13 @@ class KieStandin:
         Args:
             endpoint: ``"generate"``, ``"record-info"``, ``"credit"`` or
                 ``"any"`` (all three).
-            fault: one of ``"429"``, ``"455"``, ``"402"``, ``"500"``,
-                ``"433"`` (error envelope, code also as HTTP status unless
-                ``codes_in_body_only``); ``"body-429"``, ``"body-455"``,
-                ``"body-500"`` (HTTP 200, code in the body only);
+            fault: an error code: documented ``"400"``, ``"401"``,
+                ``"402"``, ``"404"``, ``"409"``, ``"422"``, ``"429"``,
+                ``"455"``, ``"500"``, or seen in the wild ``"433"``,
+                ``"451"``, ``"501"``, ``"505"`` (error envelope in the
+                request's style: the code is the HTTP status too unless the
+                style or ``form`` says ``"body"``); ``"body-<code>"`` for
+                each of them (HTTP 200, code in the body only);
                 ``"malformed"`` (HTTP 200, truncated JSON); ``"html"`` (HTTP
                 502 HTML page); ``"empty"`` (HTTP 200, empty body);
                 ``"reset"`` (connection reset, no answer); ``"slow"`` (wait
@@ -170,13 +184,22 @@ class KieStandin:
                 ``"3"`` or an HTTP date) added to the answer; default none.
             delay_s: seconds to wait before answering; for ``"slow"`` the
                 point of the fault, for the others an extra. Default 0.
+            form: for error codes, ``"status"`` (HTTP status = code) or
+                ``"body"`` (HTTP 200); default None = the request's style.
+            data: for error codes, ``"absent"`` (no ``data``), ``"null"``
+                (``"data": null``) or a JSON object sent as ``data`` (e.g.
+                ``{"taskId": "..."}`` for a 400/409 naming a cover);
+                default None = the request's style.
 
         Raises:
-            ValueError: on an unknown endpoint or fault, ``times`` < 1 or a
-                negative delay.
+            ValueError: on an unknown endpoint, fault, form or data,
+                ``times`` < 1 or a negative delay.
         """
         self._state.add_fault(
-            new_fault(endpoint, fault, times, retry_after=retry_after, delay_s=delay_s)
+            new_fault(
+                endpoint, fault, times, retry_after=retry_after, delay_s=delay_s,
+                form=form, data=data,
+            )
         )
 
     def clear_faults(self) -> None:
@@ -216,14 +239,29 @@ class KieStandin:
         """
         self._state.set_rate_limit(rate_limit)
 
+    def set_style(self, **changes: Any) -> None:
+        """Change the default answer style (see ``style``), e.g. ``set_style(code_form="body")``.
+
+        Keyword arguments: ``code_form`` (``"status"``/``"body"``),
+        ``error_data`` (``"absent"``/``"null"``), ``time_format``
+        (``"iso"``/``"epoch-ms"``), ``unset_fields``
+        (``"documented"``/``"null"``), ``duplicate_code`` (400/409). A
+        request's ``X-Standin-Style`` header still overrides it.
+
+        Raises:
+            ValueError: on an unknown field or value (nothing changes then).
+        """
+        self._styles.update(changes)
+
     def reset(self) -> None:
         """Return to the state of a freshly started stand-in, keeping the port.
 
         Forgets covers, the ledger, counters, answers, generate times, rate
-        windows and faults; cancels pending callbacks; credits, rate limit and
-        callback mode go back to the configuration.
+        windows and faults; cancels pending callbacks; credits, rate limit,
+        callback mode and style go back to the configuration.
         """
         self._state.reset()
+        self._styles.reset()
 
     # -- observation --------------------------------------------------------
 
@@ -262,12 +300,34 @@ class KieStandin:
 
         Keys: paid, counts, answers, callbacks_sent, credits, generate_times
         (monotonic seconds), rate_limit (``[count, per_seconds]`` or null),
-        callback_mode, faults (pending rules).
+        callback_mode, faults (pending rules), style (the default style).
         """
-        return self._state.snapshot()
+        return {**self._state.snapshot(), "style": self._styles.get().as_dict()}
 
 
 # -- command line ---------------------------------------------------------------
+
+
+def _add_style_options(parser: argparse.ArgumentParser, defaults: StandinConfig) -> None:
+    """The options choosing the starting style (see ``style``), besides --codes-in-body-only."""
+    for option, name in (
+        ("--error-data", "error_data"),
+        ("--time-format", "time_format"),
+        ("--unset-fields", "unset_fields"),
+    ):
+        parser.add_argument(
+            option,
+            choices=STYLE_CHOICES[name],
+            default=getattr(defaults, name),
+            help="answer style (default %(default)s)",
+        )
+    parser.add_argument(
+        "--duplicate-code",
+        type=int,
+        choices=STYLE_CHOICES["duplicate_code"],
+        default=defaults.duplicate_code,
+        help="code of a generate for a music task that has a cover (default %(default)s)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     ``--rate-limit`` (``COUNT/SECONDS`` such as ``20/10s``, or ``none``;
     default 20/10s), ``--cover-seconds`` (default 0.5), ``--credits``
     (default 1000), ``--cost-per-cover`` (default 1), ``--hmac-key`` (sign
-    callbacks), ``--codes-in-body-only``.
+    callbacks), and the starting style: ``--codes-in-body-only``,
+    ``--error-data absent|null``, ``--time-format iso|epoch-ms``,
+    ``--unset-fields documented|null``, ``--duplicate-code 400|409``.
 
     Returns:
         The process exit status: 0 after a clean stop, 2 on bad options.
@@ -312,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="answer errors with HTTP 200 and the code only in the body",
     )
+    _add_style_options(parser, defaults)
     args = parser.parse_args(argv)
 
     config = StandinConfig(
@@ -324,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         cost_per_cover=args.cost_per_cover,
         webhook_hmac_key=args.hmac_key,
         codes_in_body_only=args.codes_in_body_only,
+        error_data=args.error_data,
+        time_format=args.time_format,
+        unset_fields=args.unset_fields,
+        duplicate_code=args.duplicate_code,
     )
     try:
         standin = KieStandin(config).start()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import StandinConfig
-from .covers import CALLBACK_MODES, FAILING_MUSIC_PREFIX, FLAG_FAILED, Cover
+from .covers import CALLBACK_MODES, FLAG_FAILED, Cover, failure_for
 from .faults import Fault, FaultQueue
 from .protocol import ENDPOINTS
 from .scheduler import Scheduler
@@ -301,7 +301,7 @@ class StandinState:
             create_ms=int(time.time() * 1000),
             created_mono=now,
             duration_s=max(0.0, self._config.cover_seconds),
-            fails=music_id.startswith(FAILING_MUSIC_PREFIX),
+            failure=failure_for(music_id),
             callback_mode=self._callback_mode,
             callback_delay_s=self._callback_delay_s,
         )
@@ -320,6 +320,12 @@ class StandinState:
         """True when no reset or stop happened since ``epoch`` was handed out."""
         with self._lock:
             return epoch == self._epoch
+
+    def refund(self, epoch: int) -> None:
+        """Give back one cover's cost (a 531 failure), unless reset or stopped since ``epoch``."""
+        with self._lock:
+            if epoch == self._epoch:
+                self._credits += self._config.cost_per_cover
 
     def count_callback(self, epoch: int) -> None:
         """Count one callback POST made, unless reset or stopped since ``epoch``."""

@@ -11,7 +11,7 @@ import requests
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
 from kie_covers.standin import KieStandin
 from tests.conftest import API_KEY
-from tests.services import WorkerProcess, wait_until
+from tests.services import StartWorker, WebProcess, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +31,11 @@ def music_id() -> str:
         ("409", "already_generated", 409),
         ("400", "already_generated", 400),
         ("451", "unknown_answer", 451),
+        # The same codes with HTTP 200 and the code only in the body
+        ("body-401", "unauthorized", 401),
+        ("body-404", "not_found", 404),
+        ("body-422", "rejected", 422),
+        ("body-409", "already_generated", 409),
     ],
 )
 def test_a_never_retry_answer_fails_after_exactly_one_call(
@@ -125,9 +130,15 @@ def test_out_of_credits_holds_the_job_until_credits_return(
     assert standin.counts()["generate"] == 2  # the refused one, and the paid one
 
 
+@pytest.mark.parametrize(
+    ("code", "form"), [(400, "status"), (409, "status"), (409, "body")]
+)
 def test_an_existing_cover_is_tracked_not_paid_again(
-    standin: KieStandin, worker: WorkerProcess
+    standin: KieStandin, worker: WorkerProcess, code: int, form: str
 ) -> None:
+    # Kie's docs answer a duplicate with 400; 409 ("cover record already exists")
+    # with data.taskId is the same news, in the HTTP status or only in the body
+    standin.set_style(duplicate_code=code, code_form=form)
     # Given a music task whose cover was already generated outside this job
     task_id = music_id()
     answer = requests.post(
@@ -136,9 +147,31 @@ def test_an_existing_cover_is_tracked_not_paid_again(
         headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5,
     ).json()
     existing = answer["data"]["taskId"]
-    # When a job is enqueued for it, Kie answers 400 naming the existing cover
+    # When a job is enqueued for it, Kie answers 400 (or 409) naming the existing cover
     record = wait_for_cover(enqueue_cover(task_id, APP_CALLBACK), timeout_s=30)
     # Then the job tracks that cover and succeeds, still paid once
     assert record["state"] == "succeeded"
     assert record["cover_task_id"] == existing
     assert standin.paid() == {task_id: 1}
+    assert standin.answers()[f"generate:{code}"] == 1
+
+
+def test_every_failure_callback_code_fails_the_job_with_that_code(
+    standin: KieStandin, start_worker: StartWorker, web: WebProcess
+) -> None:
+    # Given a worker that would poll only after a minute, so callbacks end its jobs
+    worker = start_worker(KIE_POLL_INTERVAL="60")
+    # When covers fail with each code of Kie's callback page
+    kinds = {400: "rejected", 408: "generation_failed", 500: "generation_failed",
+             501: "generation_failed", 531: "generation_failed"}
+    jobs = {code: enqueue_cover(f"genfail{code}-{music_id()}", APP_CALLBACK,
+                                queue=worker.queue) for code in kinds}
+    # Then each job fails with the callback's code and message
+    for code, job_id in jobs.items():
+        record = wait_for_cover(job_id, timeout_s=30)
+        assert record["state"] == "failed", record
+        assert record["error"]["code"] == code
+        assert record["error"]["kind"] == kinds[code]
+        assert record["error"]["message"]
+        assert record["polls"] == 0  # ended by the callback
+    assert standin.callbacks_sent() == len(kinds)

@@ -127,8 +127,17 @@ def test_the_wheel_installs_one_top_level_package_and_its_metadata(site: Path) -
     for package in pyproject["tool"]["setuptools"]["packages"]:
         assert (site.joinpath(*package.split(".")) / "__init__.py").is_file(), package
     # The HTTP API's OpenAPI document ships as package data, the repository's file
-    shipped = site / "kie_covers" / "worker" / "openapi" / "covers-api.json"
-    assert shipped.read_bytes() == (ROOT / "worker" / "openapi" / "covers-api.json").read_bytes()
+    api_doc = site / "kie_covers" / "worker" / "openapi" / "covers-api.json"
+    assert api_doc.read_bytes() == (ROOT / "worker" / "openapi" / "covers-api.json").read_bytes()
+    # And every data file pyproject.toml names (the Lua scripts, the stand-in's
+    # OpenAPI document)
+    for package, patterns in pyproject["tool"]["setuptools"]["package-data"].items():
+        for pattern in patterns:
+            shipped_files = list(site.joinpath(*package.split(".")).glob(pattern))
+            sources = list((ROOT / pyproject["tool"]["setuptools"]["package-dir"][package])
+                           .glob(pattern))
+            assert sources and sorted(p.name for p in shipped_files) == sorted(
+                p.name for p in sources), (package, pattern)
     installed = [str(f) for f in dist.files or []]
     assert installed and all(f.startswith(("kie_covers/", f"{dist_info}/"))
                              or f.endswith("/bin/covers") for f in installed), installed

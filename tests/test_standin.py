@@ -15,6 +15,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,17 @@ from typing import Any
 import pytest
 import requests
 
+from kie_covers import standin as standin_package
 from kie_covers.standin import KieStandin, StandinConfig
+from kie_covers.standin.covers import (
+    CALLBACK_FAILURES,
+    CREATE_FAILING_MUSIC_PREFIX,
+    FAILING_MUSIC_PREFIX,
+)
+from kie_covers.standin.faults import BODY_FAULTS, ENVELOPE_FAULTS, FAULT_KINDS
 from kie_covers.standin.png import PNG_SIGNATURE, cover_png, encode_png
+from kie_covers.standin.routes import MISSING_MUSIC_PREFIX
+from kie_covers.standin.style import STYLE_TOKENS
 
 KEY = "standin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -42,6 +52,12 @@ def _session() -> requests.Session:
     # A proxy from the environment must never see loopback traffic.
     session.trust_env = False
     return session
+
+
+def _iso_ms(text: str) -> int:
+    """Milliseconds since the epoch of an ISO-8601 UTC time as Kie writes it."""
+    assert text.endswith("Z") and len(text) == len("2025-01-15T10:33:01.000Z")
+    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
@@ -199,16 +215,19 @@ def test_generate_then_poll_to_success_with_two_distinct_pngs(
 
     pending = _info(http, kie, cover_1)
     assert pending["successFlag"] == 0 and pending["status"] == "PENDING"
-    assert pending["response"] is None and pending["completeTime"] is None
+    # As Kie documents it: an object response, "" for the message, ISO-8601 times,
+    # errorCode and completeTime not given before the end
+    assert pending["response"] == {} and pending["errorMessage"] == ""
+    assert "completeTime" not in pending and "errorCode" not in pending
     assert pending["parentTaskId"] == "music-1" and pending["callbackUrl"] == NOWHERE
-    assert isinstance(pending["createTime"], int)
+    assert _iso_ms(pending["createTime"]) <= time.time() * 1000
 
     images: list[bytes] = []
     for cover_id in (cover_1, cover_2):
         done = _wait_finished(http, kie, cover_id)
         assert done["successFlag"] == 1 and done["status"] == "SUCCESS"
-        assert done["errorMessage"] is None
-        assert done["completeTime"] >= done["createTime"]
+        assert done["errorMessage"] == "" and done["errorCode"] == 200
+        assert _iso_ms(done["completeTime"]) >= _iso_ms(done["createTime"])
         urls = done["response"]["images"]
         assert urls == [f"{kie.base_url}/files/{cover_id}/{n}.png" for n in (0, 1)]
         for url in urls:
@@ -251,7 +270,8 @@ def test_progress_goes_pending_generating_success(http: requests.Session) -> Non
         if data["successFlag"] == 0:
             assert data["status"] == "PENDING" and asked < after + cover_s / 2
         elif data["successFlag"] == 2:
-            assert data["status"] == "GENERATING" and data["response"] is None
+            # Kie's docs list no status word for "generating": it still reads PENDING
+            assert data["status"] == "PENDING" and data["response"] == {}
             assert answered >= before + cover_s / 2 and asked < after + cover_s
         else:
             assert data["status"] == "SUCCESS" and answered >= before + cover_s
@@ -274,11 +294,8 @@ def test_unauthorised_calls_answer_401(
     ]
     for response in calls:
         assert response.status_code == 401
-        assert response.json() == {
-            "code": 401,
-            "msg": "You do not have access permissions",
-            "data": None,
-        }
+        # As Kie documents it: no "data" on an error answer
+        assert response.json() == {"code": 401, "msg": "You do not have access permissions"}
     assert kie.answers() == {"generate:401": 1, "record-info:401": 1, "credit:401": 1}
 
 
@@ -318,7 +335,7 @@ def test_record_info_without_task_id_answers_422(kie: KieStandin, http: requests
 def test_not_found_answers(kie: KieStandin, http: requests.Session) -> None:
     response = _generate(http, kie, "notfound-123")
     assert response.status_code == 404
-    assert response.json() == {"code": 404, "msg": "music task not found", "data": None}
+    assert response.json() == {"code": 404, "msg": "music task not found"}
     unknown = http.get(
         kie.base_url + RECORD_INFO, params={"taskId": "nope"}, headers=AUTH, timeout=5
     )
@@ -401,21 +418,55 @@ def test_insufficient_credits_answers_402_until_restored(
     kie.set_credits(0.5)
     response = _generate(http, kie, "music")
     assert response.status_code == 402
-    assert response.json() == {"code": 402, "msg": "insufficient credits", "data": None}
+    assert response.json() == {"code": 402, "msg": "insufficient credits"}
     assert kie.paid() == {} and _credits(http, kie) == 0.5
     kie.set_credits(10)
     assert _generate(http, kie, "music").status_code == 200
     assert _credits(http, kie) == 9.0
 
 
-def test_genfail_cover_fails(kie: KieStandin, http: requests.Session) -> None:
-    cover_id = _generate(http, kie, "genfail-1").json()["data"]["taskId"]
+@pytest.mark.parametrize(
+    ("music", "status"),
+    [("genfail-1", "GENERATE_COVER_FAILED"), ("createfail-1", "CREATE_TASK_FAILED")],
+)
+def test_failing_prefixes_make_the_cover_fail(
+    kie: KieStandin, http: requests.Session, music: str, status: str
+) -> None:
+    cover_id = _generate(http, kie, music).json()["data"]["taskId"]
     data = _wait_finished(http, kie, cover_id)
-    assert data["successFlag"] == 3 and data["status"] == "GENERATE_COVER_FAILED"
-    assert data["errorCode"] == 500 and data["errorMessage"] == "cover generation failed"
-    assert data["response"] is None and isinstance(data["completeTime"], int)
+    assert data["successFlag"] == 3 and data["status"] == status
+    assert data["errorCode"] == 500 and data["errorMessage"]
+    assert data["response"] == {} and _iso_ms(data["completeTime"]) >= _iso_ms(data["createTime"])
     assert http.get(f"{kie.base_url}/files/{cover_id}/0.png", timeout=5).status_code == 404
-    assert kie.paid() == {"genfail-1": 1}
+    assert kie.paid() == {music: 1}
+
+
+@pytest.mark.parametrize(
+    ("music", "code"),
+    [
+        ("genfail-a", 501),
+        ("createfail-a", 500),
+        ("genfail400-a", 400),
+        ("genfail408-a", 408),
+        ("genfail500-a", 500),
+        ("genfail531-a", 531),
+        ("createfail531", 531),
+        ("genfail4001", 501),  # the code needs "-" or the end after it: a uuid never matches
+    ],
+)
+def test_a_failing_id_chooses_the_callback_code(
+    http: requests.Session, receiver: _Receiver, music: str, code: int
+) -> None:
+    with KieStandin(StandinConfig(cover_seconds=0.05)) as kie:
+        cover_id = _generate(http, kie, music, receiver.url).json()["data"]["taskId"]
+        assert _wait_until(lambda: receiver.count() == 1)
+        assert _wait_until(lambda: kie.callbacks_sent() == 1)
+        _, body = receiver.received[0]
+        assert body["code"] == code and body["msg"]
+        assert body["data"] == {"taskId": cover_id}  # no images on a failure
+        # 531: "Your credits have been refunded"; every other failure stays charged
+        assert _credits(http, kie) == (1000.0 if code == 531 else 999.0)
+        assert kie.paid() == {music: 1}
 
 
 # -- callbacks ---------------------------------------------------------------------------
@@ -449,7 +500,7 @@ def test_signed_callbacks_verify(http: requests.Session, receiver: _Receiver) ->
         headers, body = by_id[failed_id]
         assert body == {
             "code": 501,
-            "msg": "cover generation failed",
+            "msg": "Cover generation failed",
             "data": {"taskId": failed_id},
         }
         assert "X-Webhook-Signature" in headers
@@ -510,9 +561,20 @@ def test_callbacks_off_this_machine_are_never_sent(kie: KieStandin, http: reques
         ("402", 402, 402),
         ("500", 500, 500),
         ("433", 433, 433),
+        ("400", 400, 400),
+        ("401", 401, 401),
+        ("404", 404, 404),
+        ("409", 409, 409),
+        ("422", 422, 422),
+        ("451", 451, 451),
+        ("501", 501, 501),
+        ("505", 505, 505),
         ("body-429", 200, 429),
         ("body-455", 200, 455),
         ("body-500", 200, 500),
+        ("body-402", 200, 402),
+        ("body-409", 200, 409),
+        ("body-505", 200, 505),
     ],
 )
 def test_envelope_faults(
@@ -522,7 +584,7 @@ def test_envelope_faults(
     response = _generate(http, kie, "music", headers={})  # faults come before auth
     assert response.status_code == status
     body = response.json()
-    assert body["code"] == code and body["msg"] and body["data"] is None
+    assert body["code"] == code and body["msg"] and "data" not in body
     assert "Retry-After" not in response.headers
     assert kie.paid() == {} and _credits(http, kie) == 1000.0
     assert kie.answers()[f"generate:{code}"] == 1
@@ -641,6 +703,121 @@ def test_codes_in_body_only(http: requests.Session) -> None:
         assert maintenance.status_code == 200 and maintenance.json()["code"] == 455
 
 
+@pytest.mark.parametrize(
+    ("header", "status", "body"),
+    [
+        ("", 404, {"code": 404, "msg": "task not found"}),
+        ("code-in-body", 200, {"code": 404, "msg": "task not found"}),
+        ("data-null", 404, {"code": 404, "msg": "task not found", "data": None}),
+        ("Code-In-Body ,data-null", 200, {"code": 404, "msg": "task not found", "data": None}),
+        ("code-in-body, code-in-status", 404, {"code": 404, "msg": "task not found"}),
+    ],
+)
+def test_a_request_chooses_its_style(
+    kie: KieStandin, http: requests.Session, header: str, status: int, body: dict[str, Any]
+) -> None:
+    response = http.get(kie.base_url + RECORD_INFO, params={"taskId": "nope"},
+                        headers={**AUTH, "X-Standin-Style": header}, timeout=5)
+    assert (response.status_code, response.json()) == (status, body)
+
+
+def test_an_unknown_style_token_answers_422_naming_it(
+    kie: KieStandin, http: requests.Session
+) -> None:
+    response = _generate(http, kie, "music", headers={**AUTH, "X-Standin-Style": "shouty"})
+    assert response.status_code == 422
+    assert "shouty" in response.json()["msg"] and "code-in-body" in response.json()["msg"]
+    assert kie.paid() == {} and kie.counts()["generate"] == 0
+
+
+def test_record_info_in_the_wild_shape(kie: KieStandin, http: requests.Session) -> None:
+    cover_id = _generate(http, kie, "music").json()["data"]["taskId"]
+    wild = {**AUTH, "X-Standin-Style": "null-fields, epoch-times"}
+    pending = http.get(kie.base_url + RECORD_INFO, params={"taskId": cover_id}, headers=wild,
+                       timeout=5).json()["data"]
+    assert pending["response"] is None and pending["errorMessage"] is None
+    assert pending["errorCode"] is None and pending["completeTime"] is None
+    assert isinstance(pending["createTime"], int)
+    _wait_finished(http, kie, cover_id)
+    done = http.get(kie.base_url + RECORD_INFO, params={"taskId": cover_id}, headers=wild,
+                    timeout=5).json()["data"]
+    documented = _info(http, kie, cover_id)
+    # The same moments, as epoch milliseconds and as ISO-8601 text
+    assert done["createTime"] == _iso_ms(documented["createTime"])
+    assert done["completeTime"] == _iso_ms(documented["completeTime"])
+    assert done["completeTime"] - done["createTime"] == round(COVER_S * 1000)
+    assert done["errorMessage"] is None and done["errorCode"] == 200
+
+
+def test_fault_form_and_data_win_over_the_style(kie: KieStandin, http: requests.Session) -> None:
+    kie.set_style(code_form="body", error_data="null")
+    kie.inject("generate", "409", form="status", data={"taskId": "abc"})
+    kie.inject("generate", "429", data="absent")
+    kie.inject("generate", "402")
+    answers = [_generate(http, kie, "music") for _ in range(3)]
+    assert [(a.status_code, a.json()) for a in answers] == [
+        (409, {"code": 409, "msg": "cover record already exists", "data": {"taskId": "abc"}}),
+        (200, {"code": 429, "msg": answers[1].json()["msg"]}),
+        (200, {"code": 402, "msg": "insufficient credits", "data": None}),
+    ]
+    with pytest.raises(ValueError):
+        kie.inject("generate", "500", form="sideways")
+    with pytest.raises(ValueError):
+        kie.inject("generate", "500", data="nothing")
+    with pytest.raises(ValueError):
+        kie.set_style(code_form="loud")
+    with pytest.raises(ValueError):
+        kie.set_style(colour="red")
+    assert kie.state()["style"]["code_form"] == "body"  # a refused change changes nothing
+    kie.reset()
+    assert kie.state()["style"] == {
+        "code_form": "status", "error_data": "absent", "time_format": "iso",
+        "unset_fields": "documented", "duplicate_code": 400,
+    }
+
+
+def test_a_duplicate_answers_the_configured_code(http: requests.Session) -> None:
+    with KieStandin(StandinConfig(cover_seconds=COVER_S, duplicate_code=409)) as kie:
+        cover_id = _generate(http, kie, "music").json()["data"]["taskId"]
+        again = _generate(http, kie, "music")
+        assert (again.status_code, again.json()) == (
+            409, {"code": 409, "msg": "cover record already exists", "data": {"taskId": cover_id}}
+        )
+        kie.set_style(duplicate_code=400)
+        assert _generate(http, kie, "music").json()["code"] == 400
+        assert kie.paid() == {"music": 1}
+    with pytest.raises(ValueError):
+        KieStandin(StandinConfig(duplicate_code=418))
+
+
+def test_a_failure_callback_in_the_null_fields_style_carries_null_images(
+    http: requests.Session, receiver: _Receiver
+) -> None:
+    with KieStandin(StandinConfig(cover_seconds=0.05, unset_fields="null")) as kie:
+        cover_id = _generate(http, kie, "genfail408-z", receiver.url).json()["data"]["taskId"]
+        assert _wait_until(lambda: receiver.count() == 1)
+    _, body = receiver.received[0]
+    assert body["code"] == 408 and body["data"] == {"taskId": cover_id, "images": None}
+
+
+def test_every_fault_trigger_is_documented() -> None:
+    # The package docstring and the README's stand-in section name every trigger
+    doc = standin_package.__doc__ or ""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The Kie stand-in") :]
+    for prefix in (MISSING_MUSIC_PREFIX, FAILING_MUSIC_PREFIX, CREATE_FAILING_MUSIC_PREFIX):
+        assert f"``{prefix}…``" in doc and f"`{prefix}…`" in section
+    for code in ENVELOPE_FAULTS:
+        assert code in doc and code in section
+    for kind in FAULT_KINDS - set(ENVELOPE_FAULTS) - set(BODY_FAULTS):
+        assert f'``"{kind}"``' in doc and f'"{kind}"' in section
+    for token in STYLE_TOKENS:
+        assert f"`{token}`" in section
+    for callback_code in CALLBACK_FAILURES:
+        assert str(callback_code) in doc and str(callback_code) in section
+    assert "X-Standin-Style" in doc and "X-Standin-Style" in section
+
+
 def test_non_loopback_hosts_are_refused() -> None:
     for host in ("0.0.0.0", "192.0.2.1", "example.com"):
         with pytest.raises(ValueError):
@@ -704,6 +881,19 @@ def test_admin_endpoints(kie: KieStandin, http: requests.Session, receiver: _Rec
     assert current["answers"]["generate:500"] == 2
     assert current["credits"] == 3.0
 
+    style = {"code_form": "body", "error_data": "null", "time_format": "epoch-ms"}
+    assert http.post(admin + "/style", json=style, timeout=5).json() == {"ok": True}
+    assert state()["style"] == {**style, "unset_fields": "documented", "duplicate_code": 400}
+    unauthorised = _generate(http, kie, "music-4", headers={})
+    assert unauthorised.status_code == 200 and unauthorised.json()["data"] is None
+    fault = {"endpoint": "credit", "fault": "505", "form": "status", "data": "absent"}
+    assert http.post(admin + "/faults", json=fault, timeout=5).json() == {"ok": True}
+    maintenance = http.get(kie.base_url + CREDIT, headers=AUTH, timeout=5)
+    assert maintenance.status_code == 505 and "data" not in maintenance.json()
+    bad_style = http.post(admin + "/style", json={"time_format": "roman"}, timeout=5)
+    assert bad_style.status_code == 400 and "time_format" in bad_style.json()["error"]
+    assert http.post(admin + "/style", json=[1], timeout=5).status_code == 400
+
     bad = http.post(admin + "/faults", json={"endpoint": "generate", "fault": "?"}, timeout=5)
     assert bad.status_code == 400 and bad.json()["ok"] is False
     assert http.post(admin + "/credits", json={"credits": "lots"}, timeout=5).status_code == 400
@@ -713,6 +903,7 @@ def test_admin_endpoints(kie: KieStandin, http: requests.Session, receiver: _Rec
     assert http.post(admin + "/reset", timeout=5).status_code == 200
     after = state()
     assert after["paid"] == {} and after["callbacks_sent"] == 0 and after["credits"] == 1000.0
+    assert after["style"]["code_form"] == "status"
 
 
 # -- command line -------------------------------------------------------------------------
@@ -735,6 +926,15 @@ def test_cli_serves_until_sigterm(http: requests.Session, tmp_path: Path) -> Non
             "7",
             "--cover-seconds",
             "0.1",
+            "--codes-in-body-only",
+            "--error-data",
+            "null",
+            "--time-format",
+            "epoch-ms",
+            "--unset-fields",
+            "null",
+            "--duplicate-code",
+            "409",
         ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -749,6 +949,13 @@ def test_cli_serves_until_sigterm(http: requests.Session, tmp_path: Path) -> Non
                 base_url + CREDIT, headers={"Authorization": f"Bearer {key}"}, timeout=5
             )
             assert answer.json() == {"code": 200, "msg": "success", "data": 7.0}
+        state = http.get(base_url + "/_standin/state", timeout=5).json()
+        assert state["style"] == {
+            "code_form": "body", "error_data": "null", "time_format": "epoch-ms",
+            "unset_fields": "null", "duplicate_code": 409,
+        }
+        refused = http.get(base_url + CREDIT, timeout=5)
+        assert (refused.status_code, refused.json()["data"]) == (200, None)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0
     finally:
