@@ -117,3 +117,15 @@ IMAGES_DUE = PREFIX + "images:due"
 def images_lock(job_id: str) -> str:
     """String: held while one run copies a job's images to the image store."""
     return f"{PREFIX}images-lock:{job_id}"
+
+#: Sorted set: the heartbeat of every worker process (a Celery worker's main process and
+#: each of its pool processes), member its holder id (``<node>|<role>|<pid>|<token>``,
+#: role ``worker`` or ``pool``), scored by Redis's clock (ms) at its newest beat. A holder
+#: whose score is more than COVERS_DEAD_AFTER seconds old is dead: a dispatcher hands its
+#: held jobs back (`kie_covers.store.liveness`).
+BEATS = PREFIX + "liveness:beats"
+
+
+def held(holder: str) -> str:
+    """Set: the job ids one worker process holds (messages it reserved, runs it does)."""
+    return f"{PREFIX}liveness:held:{holder}"

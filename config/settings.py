@@ -195,10 +195,18 @@ SETTINGS: tuple[Spec, ...] = (
     Spec("COVERS_CREDITS_MAX_WAIT", "credits_max_wait", "3600", _positive_float,
          "Seconds a job waits for credits (402/433) before it fails as retryable."),
     Spec("COVERS_REDISPATCH_AFTER", "redispatch_after", "600", _positive_float,
-         "Seconds a job may go untouched by any worker before its message is sent again "
-         "(covers a worker killed mid-job). Must exceed 3 x KIE_HTTP_TIMEOUT."),
+         "Seconds a job may go untouched by any worker before its message is sent again: "
+         "the last resort behind the heartbeats (COVERS_DEAD_AFTER), for a message lost "
+         "where no heartbeat covers it. Must exceed 3 x KIE_HTTP_TIMEOUT."),
     Spec("COVERS_DISPATCH_INTERVAL", "dispatch_interval", "1", _positive_float,
          "Seconds between checks for jobs whose wait is over (each worker checks)."),
+    Spec("COVERS_HEARTBEAT_INTERVAL", "heartbeat_interval", "1", _positive_float,
+         "Seconds between heartbeats of each worker process (a thread writes them to "
+         "Redis, also during a slow call to Kie)."),
+    Spec("COVERS_DEAD_AFTER", "dead_after", "5", _positive_float,
+         "Seconds without a heartbeat after which a worker process counts as dead and any "
+         "live worker sends the jobs it held again. Must be at least 3 x "
+         "COVERS_HEARTBEAT_INTERVAL."),
     Spec("COVERS_RESULT_TTL", "result_ttl", "604800", _ttl,
          "Seconds a succeeded job's record and result are kept (default 7 days)."),
     Spec("COVERS_FAILURE_TTL", "failure_ttl", "2592000", _ttl,
@@ -294,6 +302,8 @@ class Settings:
     credits_max_wait: float
     redispatch_after: float
     dispatch_interval: float
+    heartbeat_interval: float
+    dead_after: float
     result_ttl: float
     failure_ttl: float
     retry_interval: float
@@ -362,6 +372,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             "COVERS_REDISPATCH_AFTER must exceed 3 x KIE_HTTP_TIMEOUT, or a slow but live "
             "job would be sent to a second worker"
+        )
+    if settings.dead_after < 3 * settings.heartbeat_interval:
+        raise SettingsError(
+            "COVERS_DEAD_AFTER must be at least 3 x COVERS_HEARTBEAT_INTERVAL, or one late "
+            "heartbeat would make a live worker look dead"
         )
     return settings
 

@@ -11,7 +11,6 @@ scripts (`kie_covers.store.scripts`). A task run holds its job through a `Run`
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from kie_covers.core.errors import CoverError
 from kie_covers.core.states import JobState
 from kie_covers.store.due import Due, DueSets, due_ms
 from kie_covers.store.failures import FailureIndex
+from kie_covers.store.liveness import lock_token
 from kie_covers.store.locks import TokenLock
 from kie_covers.store.notices import Notices
 from kie_covers.store.record import Job, encode_fields, from_flat
@@ -125,8 +125,8 @@ class JobStore:
         return str(result[0]), bool(int(result[1]))
 
     def begin(self, job_id: str, music_task_id: str, callback_url: str, lease_s: float,
-              queue: str, priority: str = "interactive", tenant: str | None = None
-              ) -> Run | Ended | Busy:
+              queue: str, priority: str = "interactive", tenant: str | None = None,
+              holder: str | None = None) -> Run | Ended | Busy:
         """Start a task run of a job, in one round trip.
 
         Creates the record of a job that arrived as a raw message (none exists yet,
@@ -134,14 +134,20 @@ class JobStore:
         unless the job has ended, takes its run lock and renews its lease in the
         due set, both for `lease_s` seconds.
 
+        `holder` is the worker process running it (`kie_covers.store.liveness`): the
+        job is tied to it until the run ends, and its lock token names it, so if the
+        process dies the job is handed back at once instead of after `lease_s`.
+
         Returns:
             A `Run` holding the job (use it as a context manager); `Ended` with the
             record if the job has ended; `Busy` if another run holds it.
         """
         now = time.time()
-        token = secrets.token_hex(8)
+        token = lock_token(holder)
         job_keys = [keys.job(job_id), keys.music(music_task_id), Due.JOBS.key,
                     keys.lock(job_id)]
+        if holder is not None:
+            job_keys.append(keys.held(holder))
         args: list[str | int] = [job_id, due_ms(lease_s, now), token, int(lease_s * 1000)]
         status, flat = self._begin(keys=job_keys, args=args)
         if status == "new":  # a raw message: no record yet, so make one in the same step
@@ -153,7 +159,8 @@ class JobStore:
             return Busy(job_id)
         if status == "ended":
             return Ended(job)
-        return Run(self.run_scripts, self.finish, job, token)
+        return Run(self.run_scripts, self.finish, job, token,
+                   None if holder is None else keys.held(holder))
 
     def record_rejected(self, job_id: str, error: CoverError) -> Job | None:
         """Keep a failed record for a raw message that failed validation.

@@ -11,7 +11,8 @@ exactly one of:
 
 Used as a context manager, a run that leaves by an exception without taking an
 exit releases the lock at once, so the next run need not wait for its TTL (the
-job's lease in the due set still brings it back).
+job's lease in the due set still brings it back); and on leaving, the job is untied
+from the worker process that ran it (`kie_covers.store.liveness`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class RunScripts:
     """The scripts a run's exits use, registered once per store (not per run)."""
 
     def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
         self.submitted: Script = register(client, "submitted")
         self.release: Script = register(client, "release")
         self.unlock: Script = register(client, "unlock")
@@ -76,11 +78,15 @@ class Run:
         finish: the store's `JobStore.finish`.
         job: the record as the run began.
         token: the run lock's token.
+        held_key: the held set of the worker process running it
+            (`kie_covers.store.liveness`), left when the run ends; None if untied.
     """
 
-    def __init__(self, scripts: RunScripts, finish: Finisher, job: Job, token: str) -> None:
+    def __init__(self, scripts: RunScripts, finish: Finisher, job: Job, token: str,
+                 held_key: str | None = None) -> None:
         self.job = job
         self.token = token
+        self.held_key = held_key
         #: False once an exit (or `abandon`) has let go of the lock.
         self.open = True
         self._scripts = scripts
@@ -93,6 +99,8 @@ class Run:
                  trace: TracebackType | None) -> None:
         if self.open:
             self.abandon()
+        if self.held_key is not None:  # the run is over: its process holds the job no more
+            self._scripts.redis.srem(self.held_key, self.job.job_id)
 
     def submitted(self, cover_task_id: str, next_look_s: float) -> SubmitRecorded:
         """Record Kie's cover task id; look again in `next_look_s` seconds.

@@ -17,13 +17,15 @@ from redis.commands.core import Script
 
 #: Every script, by file name (without ``.lua``).
 NAMES = ("enqueue", "begin", "submitted", "release", "finish", "claim", "begin_notice",
-         "unlock", "set_if_exists", "retry_failed", "acquire", "pause", "count")
+         "unlock", "set_if_exists", "retry_failed", "acquire", "pause", "count", "beat",
+         "reap", "leave")
 
 #: Shared Lua functions (``lua/<name>.lua``) put before the scripts that call them.
-#: ``failure_rows``: a music task keeps at most one failure row (``unindex_failure``).
+#: ``failure_rows``: a music task keeps at most one failure row (``unindex_failure``);
+#: ``hand_back``: a worker process's held jobs go back to the due set.
 INCLUDES: dict[str, tuple[str, ...]] = {
     "enqueue": ("failure_rows",), "finish": ("failure_rows",),
-    "retry_failed": ("failure_rows",),
+    "retry_failed": ("failure_rows",), "reap": ("hand_back",), "leave": ("hand_back",),
 }
 
 

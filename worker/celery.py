@@ -5,7 +5,9 @@ it is the app of `kie_covers.runtime.app` plus what only a worker needs, the due
 dispatcher (`kie_covers.worker.dispatcher`), warm clients in each pool child, the
 log filter that masks secrets, a start-up refusal of an image store whose backend
 is missing, and the watch on COVERS_CALLBACK_URL's ``/healthz``
-(`kie_covers.runtime.callback_health`).
+(`kie_covers.runtime.callback_health`), and the liveness hooks: a heartbeat in each
+pool process, and each cover message the main process reserves tied to it
+(`kie_covers.runtime.heartbeat`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import sys
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    task_received,
     worker_init,
     worker_process_init,
+    worker_process_shutdown,
     worker_ready,
 )
 
@@ -26,9 +30,12 @@ from kie_covers.core.errors import StoreUnusable
 from kie_covers.runtime.app import app
 from kie_covers.runtime.callback_health import start_callback_watch
 from kie_covers.runtime.connections import get_limiters, get_store
+from kie_covers.runtime.heartbeat import current, get_liveness, start_heartbeat
 from kie_covers.runtime.kie_client import get_client
 from kie_covers.runtime.logs import install_filter
+from kie_covers.runtime.messages import COVER_TASK
 from kie_covers.services.image_store import check_store
+from kie_covers.store.liveness import holder_id
 from kie_covers.worker.dispatcher import DispatcherStep
 
 __all__ = ["app"]
@@ -61,12 +68,44 @@ def _watch_callback_endpoint(**_: object) -> None:
     start_callback_watch(get_settings())
 
 
+log = logging.getLogger("covers.liveness")
+
+
 @worker_process_init.connect(weak=False)
-def _warm_up_child(**_: object) -> None:
-    """Build this pool child's clients now, not inside its first task."""
+def _warm_up_child(sender: object = None, **_: object) -> None:
+    """Build this pool child's clients now, not inside its first task, and start its
+    heartbeat: the runs it begins are tied to it."""
     get_store()
     get_limiters()
     get_client()
+    # The prefork pool sends this signal with the worker's node name as its sender.
+    start_heartbeat(get_liveness(), holder_id(str(sender or "worker"), "pool"),
+                    get_settings().heartbeat_interval)
+
+
+@worker_process_shutdown.connect(weak=False)
+def _child_leaves(**_: object) -> None:
+    """A pool process that exits in order leaves the registry, giving back what it
+    still holds (normally nothing: its runs have ended)."""
+    beat = current()
+    if beat is not None:
+        beat.stop()
+
+
+@task_received.connect(weak=False)
+def _tie_reserved(request: object = None, **_: object) -> None:
+    """Tie each cover message the main process reserves or prefetches to it, so if it
+    dies the job is sent again once its heartbeat lapses."""
+    beat = current()
+    if beat is None or getattr(request, "name", None) != COVER_TASK:
+        return
+    job_id = getattr(request, "id", None)
+    if not isinstance(job_id, str):
+        return
+    try:
+        beat.tie(job_id)
+    except Exception:  # never stop the consumer for it: COVERS_REDISPATCH_AFTER remains
+        log.warning("could not tie job %s to this worker", job_id, exc_info=True)
 
 
 @after_setup_logger.connect(weak=False)

@@ -10,6 +10,12 @@ without sending a job twice per lease, and a worker that dies after claiming
 loses nothing. Outcome notices
 (`Due.NOTICES`) and image copies (`Due.COPIES`) are
 claimed and sent the same way.
+
+Each round also checks the liveness registry (`kie_covers.store.liveness`): the jobs
+of a worker process whose heartbeat lapsed COVERS_DEAD_AFTER seconds ago are made due
+at once and sent again in the same round. The bootstep runs the main process's
+heartbeat (`kie_covers.runtime.heartbeat`) and, at a warm shutdown, gives back the
+jobs of the messages it reserved but never started.
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
+from celery.worker import state as worker_state
 
 from kie_covers.config import get_settings
 from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.heartbeat import Heartbeat, get_liveness, start_heartbeat
 from kie_covers.runtime.messages import send_images, send_job, send_notice
+from kie_covers.store.liveness import holder_id
 
 # Imported here, before the pool forks, so each child shares them (see
 # `_preload_then_freeze`); the worker registers their tasks from this same import.
@@ -44,14 +54,36 @@ class DueDispatcher:
         app: the Celery app to send with.
         interval_s: seconds between rounds.
         lease_s: seconds a claimed job has before it is claimed again.
+        heartbeat: this process's heartbeat; with it, each round first hands back the
+            jobs of dead worker processes (at most once per heartbeat interval).
     """
 
-    def __init__(self, app: Celery, interval_s: float, lease_s: float) -> None:
+    def __init__(self, app: Celery, interval_s: float, lease_s: float,
+                 heartbeat: Heartbeat | None = None) -> None:
         self.app = app
         self.interval_s = interval_s
         self.lease_s = lease_s
+        self.heartbeat = heartbeat
+        self._next_reap = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def reap_once(self) -> int:
+        """Hand back the jobs of worker processes whose heartbeat lapsed (unless this
+        process's own beats are not steady: then it cannot tell who is dead).
+
+        Returns:
+            How many jobs went back to the due set.
+        """
+        beat = self.heartbeat
+        if beat is None or not beat.may_reap():
+            return 0
+        handed = 0
+        for dead in beat.liveness.reap():
+            log.warning("worker process %s has had no heartbeat for %gs: %d of its jobs "
+                        "sent again", dead.holder, beat.liveness.dead_after_s, dead.jobs)
+            handed += dead.jobs
+        return handed
 
     def run_once(self) -> tuple[int, float | None]:
         """One round: claim what is due and send it.
@@ -62,6 +94,9 @@ class DueDispatcher:
         """
         store = get_store()
         sent = 0
+        if self.heartbeat is not None and time.monotonic() >= self._next_reap:
+            self._next_reap = time.monotonic() + self.heartbeat.interval_s
+            self.reap_once()
         while True:
             claimed = store.due.claim(self.lease_s, CLAIM_BATCH)
             for job in claimed.jobs:
@@ -75,17 +110,20 @@ class DueDispatcher:
                 return sent, claimed.next_due_in_s
 
     def _loop(self) -> None:
-        pause = self.interval_s
+        # Rounds come at least once per heartbeat interval, so a dead worker's jobs
+        # are handed back soon after its heartbeat lapses.
+        longest = self.interval_s if self.heartbeat is None else \
+            min(self.interval_s, self.heartbeat.interval_s)
+        pause = longest
         while not self._stop.wait(pause):
             try:
                 _, next_in = self.run_once()
                 # Wake for the next due entry rather than a whole interval later, so a
                 # rate-limit slot or a poll is kept to within a few milliseconds.
-                pause = self.interval_s if next_in is None else \
-                    min(self.interval_s, max(MIN_PAUSE_S, next_in))
+                pause = longest if next_in is None else min(longest, max(MIN_PAUSE_S, next_in))
             except Exception:  # keep dispatching through a Redis blip
-                log.exception("dispatch round failed; trying again in %.1fs", self.interval_s)
-                pause = self.interval_s
+                log.exception("dispatch round failed; trying again in %.1fs", longest)
+                pause = longest
 
     def start(self) -> None:
         """Start the background thread."""
@@ -112,8 +150,24 @@ def _preload_then_freeze() -> None:
     gc.freeze()
 
 
+def _ids(requests: Any) -> set[str]:
+    """The ids of a live set of Celery requests (another thread may change it)."""
+    for _ in range(5):
+        try:
+            return {request.id for request in list(requests)}
+        except RuntimeError:  # changed size during iteration: read it again
+            continue
+    return set()
+
+
+def reserved_ids() -> set[str]:
+    """Ids of the messages this worker's main process has reserved (started or not)."""
+    return _ids(worker_state.reserved_requests)
+
+
 class DispatcherStep(bootsteps.StartStopStep):
-    """Worker bootstep that checks the settings and runs a `DueDispatcher`."""
+    """Worker bootstep that checks the settings, beats for the main process and runs a
+    `DueDispatcher`; at a warm shutdown it gives back the messages it never started."""
 
     requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
 
@@ -122,11 +176,23 @@ class DispatcherStep(bootsteps.StartStopStep):
         settings = get_settings()
         settings.require_api_key()
         _preload_then_freeze()
+        self.node = str(getattr(parent, "hostname", None) or "worker")
+        self.heartbeat: Heartbeat | None = None
         self.dispatcher = DueDispatcher(parent.app, settings.dispatch_interval,
                                         settings.redispatch_after)
 
     def start(self, parent: Any) -> None:
+        self.heartbeat = start_heartbeat(get_liveness(), holder_id(self.node, "worker"),
+                                         get_settings().heartbeat_interval, reserved_ids)
+        self.dispatcher.heartbeat = self.heartbeat
         self.dispatcher.start()
 
     def stop(self, parent: Any) -> None:
         self.dispatcher.stop()
+        if self.heartbeat is not None:
+            unstarted = sorted(self.heartbeat.tied() - _ids(worker_state.active_requests))
+            given = self.heartbeat.stop(unstarted)
+            self.heartbeat = None
+            if unstarted:
+                log.info("shutting down: %d unstarted jobs given back to other workers",
+                         given)

@@ -1,6 +1,7 @@
 -- The start of one task run, in one round trip: adopt a raw message's job if it has
 -- no record, stop if the job has ended, take its run lock, renew its lease, read it.
--- KEYS 1 job, 2 music, 3 due, 4 lock
+-- KEYS 1 job, 2 music, 3 due, 4 lock, 5 (optional) the run's holder's held set: the job
+-- is tied to the worker process that runs it (kie_covers.store.liveness)
 -- ARGV 1 job id, 2 lease due ms, 3 token, 4 lock ms, 5.. field, value of a new record
 -- Returns {'go' | 'ended' | 'busy', the record or {}}, or {'new', {}} when the job has no
 -- record and none was given: the caller asks again with one (only raw messages, so the
@@ -16,4 +17,5 @@ if state == 'succeeded' or state == 'failed' then
 end
 if not redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[4]) then return {'busy', {}} end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+if KEYS[5] then redis.call('SADD', KEYS[5], ARGV[1]) end
 return {'go', redis.call('HGETALL', KEYS[1])}
