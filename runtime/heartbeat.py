@@ -33,6 +33,9 @@ log = logging.getLogger("covers.liveness")
 
 #: What a main process still holds (the ids of the cover messages it has reserved).
 StillHeld = Callable[[], Collection[str]]
+#: Seconds a tied message may be missing from `StillHeld` before it is untied: Celery
+#: sends ``task_received`` just before it lists the message as reserved.
+UNTIE_GRACE_S = 0.25
 
 
 class Heartbeat:
@@ -92,12 +95,21 @@ class Heartbeat:
         elif now - self._last_ok > 2 * self.interval_s or self._reap_from is None:
             self._reap_from = now + self.liveness.dead_after_s
         if first and self._last_ok is not None:
-            log.warning("this worker process (%s) was taken for dead (no heartbeat for "
-                        "%.1fs): its jobs were handed to other workers", self.holder,
-                        now - self._last_ok)
-            self._tie_again()
+            self._registered_again(now - self._last_ok)
         self._last_ok = now
         self._untie_released(now)
+
+    def _registered_again(self, since_last_s: float) -> None:
+        """The heartbeat's entry was gone: tie this process's messages again."""
+        if since_last_s >= self.liveness.dead_after_s:
+            log.warning("this worker process (%s) was taken for dead (no heartbeat for "
+                        "%.1fs): its jobs were handed to other workers", self.holder,
+                        since_last_s)
+        else:
+            log.warning("the heartbeat entry of this worker process (%s) was gone (Redis "
+                        "emptied or restarted without its data?): registered again",
+                        self.holder)
+        self._tie_again()
 
     def may_reap(self) -> bool:
         """True when this process's own beats are steady enough to judge others dead."""
@@ -143,9 +155,9 @@ class Heartbeat:
             return
         held = set(self.still_held())
         with self._lock:
-            # A message is tied before Celery lists it as reserved: give it a beat.
+            # A message is tied just before Celery lists it as reserved: a short grace.
             gone = [job for job, since in self._tied.items()
-                    if job not in held and now - since > self.interval_s]
+                    if job not in held and now - since > UNTIE_GRACE_S]
             for job in gone:
                 del self._tied[job]
         try:
@@ -171,10 +183,22 @@ def get_liveness() -> Liveness:
 _started: dict[str, Heartbeat] = {}
 
 
+def install_heartbeat(liveness: Liveness, holder: str, interval_s: float,
+                      still_held: StillHeld | None = None) -> Heartbeat:
+    """Make this process's heartbeat, not started yet (replacing one inherited from a
+    forking parent, which is kept as `reserving_holder`). A worker's main process does
+    this before its pool forks, so each pool process knows its holder id."""
+    inherited = _started.get("current")
+    if inherited is not None and inherited.pid != os.getpid():
+        _started["parent"] = inherited  # a pool process: its main process reserves
+    beat = _started["current"] = Heartbeat(liveness, holder, interval_s, still_held)
+    return beat
+
+
 def start_heartbeat(liveness: Liveness, holder: str, interval_s: float,
                     still_held: StillHeld | None = None) -> Heartbeat:
-    """Start this process's heartbeat (replacing one inherited from a forking parent)."""
-    beat = _started["current"] = Heartbeat(liveness, holder, interval_s, still_held)
+    """`install_heartbeat`, then start it."""
+    beat = install_heartbeat(liveness, holder, interval_s, still_held)
     beat.start()
     return beat
 
@@ -189,3 +213,12 @@ def current_holder() -> str | None:
     """This process's holder id (None outside a worker: nothing is tied then)."""
     beat = current()
     return None if beat is None else beat.holder
+
+
+def reserving_holder() -> str | None:
+    """The holder id of the process that reserves this process's messages: the main
+    process that forked this pool process, or this process itself (a solo pool)."""
+    parent = _started.get("parent")
+    if parent is not None and parent.pid == os.getppid():
+        return parent.holder
+    return current_holder()

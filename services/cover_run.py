@@ -22,7 +22,7 @@ from kie_covers.core.schemas import job_id_problem, validate_cover_request
 from kie_covers.core.states import CeleryState, JobState, WaitReason
 from kie_covers.runtime import metrics
 from kie_covers.runtime.connections import get_limiters, get_store
-from kie_covers.runtime.heartbeat import current_holder
+from kie_covers.runtime.heartbeat import current_holder, reserving_holder
 from kie_covers.runtime.kie_client import get_client, get_masker
 from kie_covers.services.endings import job_ended
 from kie_covers.services.step import (
@@ -107,7 +107,8 @@ def run_cover(job_id: str, payload: dict[str, Any], queue: str | None, show: Sho
         raise
     begun = store.begin(job_id, request["taskId"], request["callBackUrl"],
                         context.settings.redispatch_after, queue or context.settings.queue,
-                        request["priority"], request["tenant"], holder=current_holder())
+                        request["priority"], request["tenant"], holder=current_holder(),
+                        reserved_by=reserving_holder())
     if isinstance(begun, Busy):
         raise JobBusy(f"job {job_id} is being worked on elsewhere")
     if isinstance(begun, Ended):

@@ -126,7 +126,8 @@ class JobStore:
 
     def begin(self, job_id: str, music_task_id: str, callback_url: str, lease_s: float,
               queue: str, priority: str = "interactive", tenant: str | None = None,
-              holder: str | None = None) -> Run | Ended | Busy:
+              holder: str | None = None, reserved_by: str | None = None
+              ) -> Run | Ended | Busy:
         """Start a task run of a job, in one round trip.
 
         Creates the record of a job that arrived as a raw message (none exists yet,
@@ -137,6 +138,9 @@ class JobStore:
         `holder` is the worker process running it (`kie_covers.store.liveness`): the
         job is tied to it until the run ends, and its lock token names it, so if the
         process dies the job is handed back at once instead of after `lease_s`.
+        `reserved_by` is the process that reserved the message (a worker's main
+        process; used only with `holder`): whatever `begin` finds, the message has left
+        its hands.
 
         Returns:
             A `Run` holding the job (use it as a context manager); `Ended` with the
@@ -148,6 +152,8 @@ class JobStore:
                     keys.lock(job_id)]
         if holder is not None:
             job_keys.append(keys.held(holder))
+            if reserved_by is not None:
+                job_keys.append(keys.held(reserved_by))
         args: list[str | int] = [job_id, due_ms(lease_s, now), token, int(lease_s * 1000)]
         status, flat = self._begin(keys=job_keys, args=args)
         if status == "new":  # a raw message: no record yet, so make one in the same step

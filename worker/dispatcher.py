@@ -31,7 +31,7 @@ from celery.worker import state as worker_state
 
 from kie_covers.config import get_settings
 from kie_covers.runtime.connections import get_store
-from kie_covers.runtime.heartbeat import Heartbeat, get_liveness, start_heartbeat
+from kie_covers.runtime.heartbeat import Heartbeat, get_liveness, install_heartbeat
 from kie_covers.runtime.messages import send_images, send_job, send_notice
 from kie_covers.store.liveness import holder_id
 
@@ -176,15 +176,18 @@ class DispatcherStep(bootsteps.StartStopStep):
         settings = get_settings()
         settings.require_api_key()
         _preload_then_freeze()
-        self.node = str(getattr(parent, "hostname", None) or "worker")
-        self.heartbeat: Heartbeat | None = None
+        # Made now, before the pool forks, so each pool process knows this holder id
+        # (its runs take the jobs out of this process's held set as they begin).
+        node = str(getattr(parent, "hostname", None) or "worker")
+        self.heartbeat: Heartbeat | None = install_heartbeat(
+            get_liveness(), holder_id(node, "worker"), settings.heartbeat_interval,
+            reserved_ids)
         self.dispatcher = DueDispatcher(parent.app, settings.dispatch_interval,
-                                        settings.redispatch_after)
+                                        settings.redispatch_after, self.heartbeat)
 
     def start(self, parent: Any) -> None:
-        self.heartbeat = start_heartbeat(get_liveness(), holder_id(self.node, "worker"),
-                                         get_settings().heartbeat_interval, reserved_ids)
-        self.dispatcher.heartbeat = self.heartbeat
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         self.dispatcher.start()
 
     def stop(self, parent: Any) -> None:

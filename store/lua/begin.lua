@@ -1,7 +1,8 @@
 -- The start of one task run, in one round trip: adopt a raw message's job if it has
 -- no record, stop if the job has ended, take its run lock, renew its lease, read it.
--- KEYS 1 job, 2 music, 3 due, 4 lock, 5 (optional) the run's holder's held set: the job
--- is tied to the worker process that runs it (kie_covers.store.liveness)
+-- KEYS 1 job, 2 music, 3 due, 4 lock; optional (kie_covers.store.liveness): 5 the held
+-- set of the worker process that runs it (the job is tied to it), 6 the held set of the
+-- process that reserved the message (the job leaves it: the run holds it now)
 -- ARGV 1 job id, 2 lease due ms, 3 token, 4 lock ms, 5.. field, value of a new record
 -- Returns {'go' | 'ended' | 'busy', the record or {}}, or {'new', {}} when the job has no
 -- record and none was given: the caller asks again with one (only raw messages, so the
@@ -11,6 +12,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], unpack(ARGV, 5))
   redis.call('SET', KEYS[2], ARGV[1], 'NX')
 end
+if KEYS[6] then redis.call('SREM', KEYS[6], ARGV[1]) end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'succeeded' or state == 'failed' then
   return {'ended', redis.call('HGETALL', KEYS[1])}
