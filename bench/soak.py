@@ -1,18 +1,25 @@
 """Soak run: the chaos scenarios of ``tests/test_chaos.py``, round after round, for minutes.
 
     python -m bench.soak [--minutes 10] [--workers 3] [--concurrency 2] [--batch 100] [--seed N]
+                         [--scenarios kill-all,kill-worker,...]
 
 Not a test and not in CI. It starts everything on loopback itself: a private
 ``redis-server`` (``appendonly yes``), the Kie stand-in in this process (no rate
 limit, covers ready after 0.3 s, signed callbacks), the callback endpoint
 (``python -m kie_covers.worker.cli web``) and ``--workers`` real ``celery worker`` processes of
-``--concurrency`` pool slots each, with the short waits the test suite uses.
+``--concurrency`` pool slots each, with the short waits the test suite uses, except
+the liveness timers (COVERS_REDISPATCH_AFTER, COVERS_HEARTBEAT_INTERVAL,
+COVERS_DEAD_AFTER), which keep their defaults.
 
 Until ``--minutes`` have passed it runs rounds. Each round enqueues ``--batch`` jobs
 (distinct music task ids) and applies one scenario picked at random (seeded):
 
 - ``kill-worker``: SIGKILL a random worker (its whole process group) at a random
   moment, then start a replacement;
+- ``kill-all``: with every pool slot in a slow generate, SIGKILL every worker at once
+  (whole process groups), then start as many new ones; it measures how long until
+  every job the killed workers held has run again (their heartbeats lapse after
+  COVERS_DEAD_AFTER) and until every job of the round has ended;
 - ``cut-connections``: ``CLIENT KILL TYPE normal SKIPME yes`` two or three times;
 - ``restart-redis``: stop and start the redis-server (SIGTERM, same port and files);
 - ``api-faults``: a mix of faults on every Kie endpoint (500, body-500, 455, 429,
@@ -52,7 +59,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench.common import positive_float, positive_int, stderr
-from bench.soak_results import Totals, report
+from bench.soak_results import SCENARIOS, Totals, report
 from bench.soak_rounds import Soak
 
 
@@ -74,6 +81,16 @@ def _stop_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _scenarios(raw: str) -> tuple[str, ...]:
+    """``--scenarios``: names from SCENARIOS, comma-separated."""
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    unknown = [name for name in names if name not in SCENARIOS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {', '.join(unknown) or '(none)'}; use {', '.join(SCENARIOS)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0 when nothing was lost, stuck or paid twice, else 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -91,12 +108,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="jobs per round (default %(default)s)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the random choices (default: a random one, printed)")
+    parser.add_argument("--scenarios", type=_scenarios, default=SCENARIOS,
+                        help="comma-separated scenarios rounds pick from (default: all: "
+                             f"{','.join(SCENARIOS)})")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else secrets.randbits(32)
     log_dir = Path(tempfile.mkdtemp(prefix="kie-soak-"))
     stderr(f"soak: seed {seed}, logs in {log_dir}")
     totals = Totals()
-    soak = Soak(args.workers, args.concurrency, args.batch, seed, log_dir)
+    soak = Soak(args.workers, args.concurrency, args.batch, seed, log_dir, args.scenarios)
     began = time.monotonic()
     with _stop_signals():
         try:

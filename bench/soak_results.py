@@ -21,7 +21,8 @@ from kie_covers.worker.table import render
 
 #: The scenarios a round picks from (see `bench.soak_rounds`); here because the
 #: totals keep a tally per scenario, also of those no round picked.
-SCENARIOS = ("kill-worker", "cut-connections", "restart-redis", "api-faults", "callbacks")
+SCENARIOS = ("kill-worker", "kill-all", "cut-connections", "restart-redis", "api-faults",
+             "callbacks")
 #: Problem lines printed at the end; all of them go to ``problems.log``.
 PROBLEMS_SHOWN = 50
 
@@ -93,6 +94,12 @@ class Totals:
     unexpected_exits: int = 0
     elapsed_s: float = 0.0
     round_seconds: list[float] = field(default_factory=list)
+    #: ``kill-all`` rounds: seconds from the kill until every job the killed workers
+    #: held had run again, and until every job of the round had ended.
+    kill_all_recovery_s: list[float] = field(default_factory=list)
+    kill_all_drain_s: list[float] = field(default_factory=list)
+    #: ``kill-all`` rounds: jobs the killed workers held (runs in progress), in all.
+    kill_all_held: int = 0
     error: str | None = None
 
     def total(self) -> Tally:
@@ -105,6 +112,12 @@ class Totals:
     def ok(self) -> bool:
         """True when the soak ran to the end and nothing was lost, stuck or paid twice."""
         return self.error is None and not self.total().broken()
+
+
+def _spread(values: list[float]) -> str:
+    """``min / median / max`` of `values`, one decimal."""
+    ordered = sorted(values)
+    return f"{ordered[0]:.1f} / {ordered[len(ordered) // 2]:.1f} / {ordered[-1]:.1f}"
 
 
 def report(totals: Totals, args: argparse.Namespace, argv: list[str], seed: int,
@@ -146,6 +159,11 @@ def report(totals: Totals, args: argparse.Namespace, argv: list[str], seed: int,
         "round time (enqueue to all ended), s: "
         + (f"min {min(rounds):.1f}, mean {sum(rounds) / len(rounds):.1f}, "
            f"max {max(rounds):.1f}" if rounds else "none"),
+        "kill-all (every worker SIGKILLed mid-generate, new ones started): "
+        + (f"{len(totals.kill_all_recovery_s)} rounds, {totals.kill_all_held} held jobs; "
+           f"all ran again after {_spread(totals.kill_all_recovery_s)} s, all ended "
+           f"after {_spread(totals.kill_all_drain_s)} s (from the kill)"
+           if totals.kill_all_recovery_s else "no round"),
         f"worker RSS total (main + pool children): start {format_mb(m0.rss_kb, 1000)} MB, "
         f"end {format_mb(m2.rss_kb, 1000)} MB",
         f"  start / after round 1 / end: processes {m0.processes} / {m1.processes} / "

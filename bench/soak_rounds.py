@@ -22,6 +22,7 @@ from bench.proc import format_mb
 from bench.soak_results import SCENARIOS, Tally, Totals
 from bench.soak_services import SoakServices, retrying
 from kie_covers import enqueue_cover, get_cover
+from kie_covers.config import keys
 from kie_covers.core.errors import UnknownJob
 
 #: The callBackUrl jobs carry: nothing listens there (outcome notices are refused and
@@ -42,6 +43,9 @@ CALLBACK_MODES = {"drop": 0.0, "duplicate": 0.0, "delay": 1.2}
 LATE_CALLBACK_S = 0.5
 #: A disruption happens this many seconds after the batch was enqueued (uniform).
 DISRUPT_AFTER_S = (0.2, 3.0)
+#: Seconds each pool slot's first generate stays in flight in a ``kill-all`` round
+#: (under the client's 2 s timeout: the stand-in accepts it after the kill).
+KILL_ALL_IN_FLIGHT_S = 1.5
 
 
 class Soak(SoakServices):
@@ -53,13 +57,19 @@ class Soak(SoakServices):
         batch: jobs per round.
         seed: seed of every random choice (scenarios, moments, victims, fault counts).
         log_dir: temp directory for the logs and Redis's files.
+        scenarios: the scenarios rounds pick from (default: all of SCENARIOS).
     """
 
     def __init__(self, workers: int, concurrency: int, batch: int, seed: int,
-                 log_dir: Path) -> None:
+                 log_dir: Path, scenarios: tuple[str, ...] = SCENARIOS) -> None:
         super().__init__(workers, concurrency, log_dir)
         self.batch = batch
         self.rng = random.Random(seed)
+        self.scenarios = scenarios
+        self._round_jobs: list[str] = []
+        #: A ``kill-all`` round's kill (monotonic s) and the jobs the killed held.
+        self._killed_at = 0.0
+        self._held_at_kill: dict[str, int] = {}
 
     def _enqueue(self, count: int) -> dict[str, str]:
         """`count` new jobs: job id -> music task id (a retried enqueue is idempotent)."""
@@ -94,6 +104,8 @@ class Soak(SoakServices):
             self.workers.kill(victim)
             replacement = self.workers.add()
             return f"killed bench{victim}, started bench{replacement}"
+        if scenario == "kill-all":
+            return self._kill_all()
         if scenario == "cut-connections":
             cuts = rng.randint(2, 3)
             killed = []
@@ -110,6 +122,43 @@ class Soak(SoakServices):
             self.redis_server.restart()
             return f"restarted redis-server ({time.monotonic() - began:.1f} s)"
         return ""
+
+    def _kill_all(self) -> str:
+        """SIGKILL every worker (whole process groups) while every pool slot is in a
+        slow generate, then start as many new ones at once. Notes the jobs whose run
+        lock a killed worker held, and how far each had got (generates + polls)."""
+        assert self.workers is not None and self.standin is not None
+        assert self.admin is not None
+        workers, admin, standin = self.workers, self.admin, self.standin
+        victims = workers.alive()
+        slots = len(victims) * self.concurrency
+        deadline = time.monotonic() + 10
+        while standin.counts()["generate"] < slots and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for victim in victims:
+            workers.kill(victim)
+        self._killed_at = time.monotonic()
+        names = {f"bench{victim}" for victim in victims}
+        self._held_at_kill = {}
+        for job_id in self._round_jobs:
+            raw: Any = retrying(functools.partial(admin.get, keys.lock(job_id)), "GET lock")
+            token = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+            # A run's lock token starts with its holder id: "<node>|pool|<pid>|...".
+            if token.split("|", 1)[0].split("@", 1)[0] in names:
+                record = self._read(job_id) or {}
+                self._held_at_kill[job_id] = (int(record.get("attempts") or 0)
+                                              + int(record.get("polls") or 0))
+        started = [workers.add() for _ in victims]
+        return (f"killed every worker ({len(victims)}, {len(self._held_at_kill)} runs in "
+                f"flight), started bench{'/'.join(map(str, started))}")
+
+    def _ran_again(self, job_id: str) -> bool:
+        """True when a job held by a killed worker made a new call or ended."""
+        record = self._read(job_id)
+        if record is None or record["state"] in ("succeeded", "failed"):
+            return True
+        steps = int(record.get("attempts") or 0) + int(record.get("polls") or 0)
+        return steps > self._held_at_kill[job_id]
 
     def _prepare(self, scenario: str) -> tuple[str, str | None]:
         """Set up the before-enqueue part of `scenario` (faults, callback mode).
@@ -128,6 +177,10 @@ class Soak(SoakServices):
             slow = rng.randint(2, 3)
             self.standin.inject("generate", "slow", times=slow, delay_s=SLOW_DELAY_S)
             return f"faults {' '.join(injected)} slow({SLOW_DELAY_S:g}s)x{slow}", None
+        if scenario == "kill-all":
+            slots = self.worker_count * self.concurrency
+            self.standin.inject("generate", "slow", times=slots, delay_s=KILL_ALL_IN_FLIGHT_S)
+            return f"slow({KILL_ALL_IN_FLIGHT_S:g}s)x{slots}", None
         if scenario == "callbacks":
             mode = rng.choice(sorted(CALLBACK_MODES))
             self.standin.set_callback_mode(mode, CALLBACK_MODES[mode])
@@ -153,14 +206,19 @@ class Soak(SoakServices):
     def run_round(self, number: int, totals: Totals) -> None:
         """One round: prepare, enqueue, disrupt, wait, clear, check; adds to `totals`."""
         assert self.standin is not None
-        scenario = self.rng.choice(SCENARIOS)
+        scenario = self.rng.choice(self.scenarios)
         detail, mode = self._prepare(scenario)
         began = time.monotonic()
         jobs = self._enqueue(self.batch)
+        self._round_jobs = list(jobs)
         disruption = self._disrupt(scenario)
         detail = "; ".join(d for d in (detail, disruption) if d)
+        if scenario == "kill-all":
+            self._measure_recovery(totals)
         wait_all(self._ended, list(jobs), ROUND_TIMEOUT_S, WAIT_INTERVAL_S)
         drained_s = time.monotonic() - began
+        if scenario == "kill-all":
+            totals.kill_all_drain_s.append(time.monotonic() - self._killed_at)
         finished: dict[str, Any] = {}
         for job_id in jobs:
             record = self._read(job_id)
@@ -186,6 +244,15 @@ class Soak(SoakServices):
                f"{tally.failed} failed, {tally.lost} lost, {tally.stuck} stuck, "
                f"{tally.paid_twice} paid twice; {drained_s:.1f} s; {detail}; workers "
                f"{memory.describe()}{flag}")
+
+    def _measure_recovery(self, totals: Totals) -> None:
+        """Wait until every job the killed workers held has run again; note the time."""
+        held = list(self._held_at_kill)
+        done_at, _ = wait_all(self._ran_again, held, ROUND_TIMEOUT_S, WAIT_INTERVAL_S / 2)
+        totals.kill_all_held += len(held)
+        totals.kill_all_recovery_s.append(done_at - self._killed_at)
+        stderr(f"  kill-all: {len(held)} held jobs ran again "
+               f"{done_at - self._killed_at:.1f} s after the kill")
 
     def _check(self, number: int, scenario: str, jobs: dict[str, str],
                finished: dict[str, Any], totals: Totals) -> Tally:

@@ -11,6 +11,8 @@ keep their defaults here; the recovery time is printed (`pytest -s`), not bounde
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -126,6 +128,32 @@ def test_jobs_of_workers_killed_mid_generate_run_again_once_their_heartbeats_lap
                "every job to end")
     print(f"every job ended {time.monotonic() - killed_at:.1f}s after the kill")
     assert_paid_once_and_succeeded(jobs, standin)
+
+
+def test_a_pool_process_killed_alone_has_its_run_sent_again(
+    standin: KieStandin, start_worker: StartWorker, db: redis.Redis, default_timers: None
+) -> None:
+    # Given a worker whose pool process is in a slow generate
+    worker = start_worker()
+    standin.inject("generate", "slow", times=1, delay_s=IN_FLIGHT_S)
+    jobs = enqueue(1, worker.queue)
+    (job_id,) = jobs
+    wait_until(lambda: db.get(keys.lock(job_id)) is not None
+               and standin.counts()["generate"] >= 1, 30, 0.02, "the generate")
+    token = str(db.get(keys.lock(job_id)))
+    node, role, pid, _ = token.split("#", 1)[0].split("|")
+    assert (node.split("@")[0], role) == (worker.name, "pool")
+    # When that pool process alone is SIGKILLed (Celery requeues its message, whose
+    # new run finds the dead run's lock)
+    killed_at = time.monotonic()
+    os.kill(int(pid), signal.SIGKILL)
+    # Then the job runs again once the process's heartbeat lapses, and is paid once
+    wait_until(lambda: attempts(job_id) >= 2, 60, 0.1, "the job to run again")
+    print(f"\nliveness (a pool process killed): its job ran again "
+          f"{time.monotonic() - killed_at:.1f}s after the kill")
+    wait_until(lambda: get_cover(job_id)["state"] == "succeeded", 60, 0.2, "the job to end")
+    assert_paid_once_and_succeeded(jobs, standin)
+    assert "sent again" in worker.log()
 
 
 def test_a_slow_but_live_generate_is_never_taken_over(
