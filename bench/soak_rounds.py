@@ -70,6 +70,7 @@ class Soak(SoakServices):
         #: A ``kill-all`` round's kill (monotonic s) and the jobs the killed held.
         self._killed_at = 0.0
         self._held_at_kill: dict[str, int] = {}
+        self._generates_before = 0  # generate calls the stand-in had before the round
 
     def _enqueue(self, count: int) -> dict[str, str]:
         """`count` new jobs: job id -> music task id (a retried enqueue is idempotent)."""
@@ -133,7 +134,8 @@ class Soak(SoakServices):
         victims = workers.alive()
         slots = len(victims) * self.concurrency
         deadline = time.monotonic() + 10
-        while standin.counts()["generate"] < slots and time.monotonic() < deadline:
+        in_flight = self._generates_before + slots
+        while standin.counts()["generate"] < in_flight and time.monotonic() < deadline:
             time.sleep(0.02)
         for victim in victims:
             workers.kill(victim)
@@ -148,7 +150,7 @@ class Soak(SoakServices):
                 record = self._read(job_id) or {}
                 self._held_at_kill[job_id] = (int(record.get("attempts") or 0)
                                               + int(record.get("polls") or 0))
-        started = [workers.add() for _ in victims]
+        started = workers.add_many(len(victims))
         return (f"killed every worker ({len(victims)}, {len(self._held_at_kill)} runs in "
                 f"flight), started bench{'/'.join(map(str, started))}")
 
@@ -178,6 +180,7 @@ class Soak(SoakServices):
             self.standin.inject("generate", "slow", times=slow, delay_s=SLOW_DELAY_S)
             return f"faults {' '.join(injected)} slow({SLOW_DELAY_S:g}s)x{slow}", None
         if scenario == "kill-all":
+            self._generates_before = self.standin.counts()["generate"]
             slots = self.worker_count * self.concurrency
             self.standin.inject("generate", "slow", times=slots, delay_s=KILL_ALL_IN_FLIGHT_S)
             return f"slow({KILL_ALL_IN_FLIGHT_S:g}s)x{slots}", None

@@ -103,20 +103,31 @@ class SoakWorkers(Workers):
         Raises:
             RuntimeError: when it exits or is not ready after `timeout_s` seconds.
         """
-        index = len(self.processes)
-        path = self.log_path(index)
-        process = self.spawn(index)
-        self.processes.append(process)
+        return self.add_many(1, timeout_s)[0]
+
+    def add_many(self, count: int, timeout_s: float = READY_TIMEOUT_S) -> list[int]:
+        """Start `count` more workers at once, then wait for ``ready.`` in each log;
+        returns their indexes.
+
+        Raises:
+            RuntimeError: when one exits or is not ready after `timeout_s` seconds.
+        """
+        indexes = []
+        for _ in range(count):
+            indexes.append(len(self.processes))
+            self.processes.append(self.spawn(indexes[-1]))
         self.count = len(self.processes)
         deadline = time.monotonic() + timeout_s
-        while "ready." not in path.read_text(errors="replace"):
-            if process.poll() is not None:
-                raise RuntimeError(f"worker bench{index} exited with {process.returncode}:"
-                                   f"\n{self.log_tail(index)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker bench{index} not ready after {timeout_s:g}s")
-            time.sleep(0.1)
-        return index
+        for index in indexes:
+            process, path = self.processes[index], self.log_path(index)
+            while "ready." not in path.read_text(errors="replace"):
+                if process.poll() is not None:
+                    raise RuntimeError(f"worker bench{index} exited with "
+                                       f"{process.returncode}:\n{self.log_tail(index)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker bench{index} not ready after {timeout_s:g}s")
+                time.sleep(0.1)
+        return indexes
 
     def stop(self) -> None:
         """Stop every worker not killed already (SIGTERM, then SIGKILL after the grace)."""

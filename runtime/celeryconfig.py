@@ -14,7 +14,9 @@ broker_url = _settings.broker_url or _redis
 result_backend = _redis
 broker_connection_retry_on_startup = True
 # Redis broker: an unacked message returns to the queue after this many seconds.
-# Our own due-set redispatch (COVERS_REDISPATCH_AFTER) picks up dead runs sooner.
+# The heartbeats (COVERS_DEAD_AFTER, `kie_covers.store.liveness`) send a dead worker's
+# jobs again within seconds; the copy that returns an hour later finds its job ended or
+# moved on (a harmless extra look).
 broker_transport_options = {"visibility_timeout": 3600}
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 
