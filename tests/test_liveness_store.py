@@ -22,6 +22,7 @@ from kie_covers.store.due import Due
 from kie_covers.store.jobs import JobStore, Lifetimes
 from kie_covers.store.liveness import Liveness, Reaped, holder_id
 from kie_covers.store.run import Busy, Run
+from kie_covers.store.scripts import register
 from tests.conftest import STORE_DB, empty_db
 
 CALLBACK = "http://127.0.0.1:9/cb"
@@ -216,6 +217,23 @@ def test_a_run_moves_its_job_from_the_reserving_process_to_the_running_one(
     assert isinstance(busy, Busy)
     assert liveness.held(main) == set() and liveness.held(other) == set()
     assert liveness.held(pool) == {job_id}
+
+
+def test_a_begin_retried_after_its_answer_was_lost_goes_on_with_the_run_it_began(
+    client: redis.Redis, store: JobStore
+) -> None:
+    # redis-py sends a script again when the connection drops after Redis ran it: the
+    # second call must not find "its own" lock busy (the job would wait for the lock's
+    # TTL, COVERS_REDISPATCH_AFTER, with no run and a live holder)
+    job_id = new_job(store)
+    begin_script = register(client, "begin")
+    job_keys = [keys.job(job_id), keys.music("m"), Due.JOBS.key, keys.lock(job_id)]
+    args: list[str | int] = [job_id, 1, "w1@h|pool|1|ab#cd", 600_000]
+    first, _ = begin_script(keys=job_keys, args=args)
+    again, record = begin_script(keys=job_keys, args=args)
+    assert (first, again) == ("go", "go") and record
+    other, _ = begin_script(keys=job_keys, args=[job_id, 1, "w2@h|pool|2|ef#01", 600_000])
+    assert other == "busy"
 
 
 def test_the_heartbeat_unties_messages_its_worker_no_longer_holds(

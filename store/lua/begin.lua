@@ -17,7 +17,12 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'succeeded' or state == 'failed' then
   return {'ended', redis.call('HGETALL', KEYS[1])}
 end
-if not redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[4]) then return {'busy', {}} end
+if not redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[4]) then
+  -- The lock holds this very token only when this call is a retry of one whose answer
+  -- was lost (a connection cut after Redis ran it): that run is this run, go on.
+  if redis.call('GET', KEYS[4]) ~= ARGV[3] then return {'busy', {}} end
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 if KEYS[5] then redis.call('SADD', KEYS[5], ARGV[1]) end
 return {'go', redis.call('HGETALL', KEYS[1])}
