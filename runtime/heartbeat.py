@@ -11,16 +11,20 @@ its jobs back.
 The main process also ties each cover message it reserves (`tie`, from Celery's
 ``task_received`` signal) to itself, and unties it once the message has left its hands
 (the thread checks `still_held` each beat). Pool processes tie runs as they begin
-(`current_holder`, `kie_covers.store.jobs.JobStore.begin`).
+(`current_holder`, `kie_covers.store.jobs.JobStore.begin`) and note them while they
+last (`holding`); a job a live pool process holds but has not run for two beats in a
+row (a run whose end could not be recorded while Redis was out of reach) is given back
+with its lock, so it does not wait for the lock's TTL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 import redis
 
@@ -47,16 +51,21 @@ class Heartbeat:
         interval_s: seconds between beats (COVERS_HEARTBEAT_INTERVAL, default 1).
         still_held: for a main process, what it still holds; each beat unties the
             messages it tied that are no longer in it. None for a pool process.
+        check_runs: for a pool process: each beat gives back what it holds but has
+            not run (`holding`) for two beats in a row.
     """
 
     def __init__(self, liveness: Liveness, holder: str, interval_s: float,
-                 still_held: StillHeld | None = None) -> None:
+                 still_held: StillHeld | None = None, check_runs: bool = False) -> None:
         self.liveness = liveness
         self.holder = holder
         self.interval_s = interval_s
         self.still_held = still_held
         self.pid = os.getpid()
+        self.check_runs = check_runs
         self._tied: dict[str, float] = {}  # job id -> monotonic time it was tied
+        self._running: set[str] = set()  # jobs whose run is in progress here
+        self._stray: set[str] = set()  # held, not running, at the last beat
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -98,6 +107,8 @@ class Heartbeat:
             self._registered_again(now - self._last_ok)
         self._last_ok = now
         self._untie_released(now)
+        if self.check_runs:
+            self._give_back_strays()
 
     def _registered_again(self, since_last_s: float) -> None:
         """The heartbeat's entry was gone: tie this process's messages again."""
@@ -166,6 +177,39 @@ class Heartbeat:
             with self._lock:  # try again next beat
                 self._tied.update(dict.fromkeys(gone, now))
 
+    # --- runs a pool process holds -------------------------------------------------
+
+    @contextlib.contextmanager
+    def running(self, job_id: str) -> Iterator[None]:
+        """Note that this process runs `job_id` for the length of the block."""
+        with self._lock:
+            self._running.add(job_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running.discard(job_id)
+
+    def _give_back_strays(self) -> None:
+        try:
+            held = self.liveness.held(self.holder)
+        except redis.RedisError:
+            return
+        with self._lock:
+            stray = held - self._running
+        # Held and not running at two beats in a row: no run will let go of it.
+        confirmed = sorted(stray & self._stray)
+        self._stray = stray - set(confirmed)
+        if not confirmed:
+            return
+        try:
+            given = self.liveness.give_back(self.holder, confirmed)
+        except redis.RedisError:
+            self._stray |= set(confirmed)  # try again next beat
+            return
+        log.warning("%d jobs held by this worker process (%s) but not run by it were "
+                    "sent again (%d still waiting)", len(confirmed), self.holder, given)
+
     def _tie_again(self) -> None:
         try:
             self.liveness.tie(self.holder, self.tied())
@@ -184,21 +228,24 @@ _started: dict[str, Heartbeat] = {}
 
 
 def install_heartbeat(liveness: Liveness, holder: str, interval_s: float,
-                      still_held: StillHeld | None = None) -> Heartbeat:
+                      still_held: StillHeld | None = None, check_runs: bool = False
+                      ) -> Heartbeat:
     """Make this process's heartbeat, not started yet (replacing one inherited from a
     forking parent, which is kept as `reserving_holder`). A worker's main process does
     this before its pool forks, so each pool process knows its holder id."""
     inherited = _started.get("current")
     if inherited is not None and inherited.pid != os.getpid():
         _started["parent"] = inherited  # a pool process: its main process reserves
-    beat = _started["current"] = Heartbeat(liveness, holder, interval_s, still_held)
+    beat = _started["current"] = Heartbeat(liveness, holder, interval_s, still_held,
+                                           check_runs)
     return beat
 
 
 def start_heartbeat(liveness: Liveness, holder: str, interval_s: float,
-                    still_held: StillHeld | None = None) -> Heartbeat:
+                    still_held: StillHeld | None = None, check_runs: bool = False
+                    ) -> Heartbeat:
     """`install_heartbeat`, then start it."""
-    beat = install_heartbeat(liveness, holder, interval_s, still_held)
+    beat = install_heartbeat(liveness, holder, interval_s, still_held, check_runs)
     beat.start()
     return beat
 
@@ -222,3 +269,15 @@ def reserving_holder() -> str | None:
     if parent is not None and parent.pid == os.getppid():
         return parent.holder
     return current_holder()
+
+
+@contextlib.contextmanager
+def holding(job_id: str) -> Iterator[None]:
+    """Note, for this process's heartbeat, that it runs `job_id` during the block (a
+    no-op outside a worker)."""
+    beat = current()
+    if beat is None:
+        yield
+        return
+    with beat.running(job_id):
+        yield

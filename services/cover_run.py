@@ -22,7 +22,7 @@ from kie_covers.core.schemas import job_id_problem, validate_cover_request
 from kie_covers.core.states import CeleryState, JobState, WaitReason
 from kie_covers.runtime import metrics
 from kie_covers.runtime.connections import get_limiters, get_store
-from kie_covers.runtime.heartbeat import current_holder, reserving_holder
+from kie_covers.runtime.heartbeat import current_holder, holding, reserving_holder
 from kie_covers.runtime.kie_client import get_client, get_masker
 from kie_covers.services.endings import job_ended
 from kie_covers.services.step import (
@@ -113,7 +113,7 @@ def run_cover(job_id: str, payload: dict[str, Any], queue: str | None, show: Sho
         raise JobBusy(f"job {job_id} is being worked on elsewhere")
     if isinstance(begun, Ended):
         return replay(begun.job)
-    with begun as run:
+    with begun as run, holding(job_id):
         counter = Counter.ATTEMPTS if run.job.state is JobState.QUEUED else Counter.POLLS
         outcome = advance(run.job, get_client(), get_limiters(), context.settings,
                           store.counter_key(job_id, counter))

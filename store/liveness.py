@@ -88,6 +88,7 @@ class Liveness:
         self._beat = register(client, "beat")
         self._reap = register(client, "reap")
         self._leave = register(client, "leave")
+        self._give_back = register(client, "give_back")
 
     def beat(self, holder: str) -> bool:
         """Renew `holder`'s heartbeat (Redis's clock).
@@ -150,3 +151,15 @@ class Liveness:
             keys=[keys.BEATS, Due.JOBS.key, keys.held(holder)],
             args=[holder, due_ms(0, time.time()), keys.lock(""), "1" if whole else "0",
                   *(give_back or ())]))
+
+    def give_back(self, holder: str, job_ids: Sequence[str]) -> int:
+        """Live `holder` gives back `job_ids`, which it holds but no longer runs: they are
+        due now, its run locks on them are released, and they leave its held set.
+
+        Returns:
+            How many jobs went back to the due set (ended ones are not counted).
+        """
+        if not job_ids:
+            return 0
+        return int(self._give_back(keys=[Due.JOBS.key, keys.held(holder)],
+                                   args=[holder, due_ms(0), keys.lock(""), *job_ids]))

@@ -18,7 +18,7 @@ from redis.commands.core import Script
 #: Every script, by file name (without ``.lua``).
 NAMES = ("enqueue", "begin", "submitted", "release", "finish", "claim", "begin_notice",
          "unlock", "set_if_exists", "retry_failed", "acquire", "pause", "count", "beat",
-         "reap", "leave")
+         "reap", "leave", "give_back")
 
 #: Shared Lua functions (``lua/<name>.lua``) put before the scripts that call them.
 #: ``failure_rows``: a music task keeps at most one failure row (``unindex_failure``);
@@ -26,6 +26,7 @@ NAMES = ("enqueue", "begin", "submitted", "release", "finish", "claim", "begin_n
 INCLUDES: dict[str, tuple[str, ...]] = {
     "enqueue": ("failure_rows",), "finish": ("failure_rows",),
     "retry_failed": ("failure_rows",), "reap": ("hand_back",), "leave": ("hand_back",),
+    "give_back": ("hand_back",),
 }
 
 

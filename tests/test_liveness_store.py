@@ -236,6 +236,24 @@ def test_a_begin_retried_after_its_answer_was_lost_goes_on_with_the_run_it_began
     assert other == "busy"
 
 
+def test_a_live_pool_process_gives_back_a_job_it_holds_but_no_longer_runs(
+    client: redis.Redis, store: JobStore, liveness: Liveness
+) -> None:
+    beat = Heartbeat(liveness, holder_id("w1@h", "pool"), 0.05, check_runs=True)
+    leaked, live = new_job(store), new_job(store)
+    # A run whose end could not be recorded (Redis out of reach): lock and tie remain
+    begin(store, leaked, beat.holder)
+    with beat.running(live):
+        begin(store, live, beat.holder)
+        beat.beat_once()
+        assert liveness.held(beat.holder) == {leaked, live}  # one beat is not enough
+        beat.beat_once()
+        assert liveness.held(beat.holder) == {live}
+        assert due_in_s(client, leaked) <= 0.5  # type: ignore[operator]
+        assert client.get(keys.lock(leaked)) is None
+        assert client.get(keys.lock(live)) is not None
+
+
 def test_the_heartbeat_unties_messages_its_worker_no_longer_holds(
     liveness: Liveness
 ) -> None:

@@ -80,7 +80,7 @@ def _warm_up_child(sender: object = None, **_: object) -> None:
     get_client()
     # The prefork pool sends this signal with the worker's node name as its sender.
     start_heartbeat(get_liveness(), holder_id(str(sender or "worker"), "pool"),
-                    get_settings().heartbeat_interval)
+                    get_settings().heartbeat_interval, check_runs=True)
 
 
 @worker_process_shutdown.connect(weak=False)
