@@ -79,7 +79,8 @@ class Run:
         job: the record as the run began.
         token: the run lock's token.
         held_key: the held set of the worker process running it
-            (`kie_covers.store.liveness`), left when the run ends; None if untied.
+            (`kie_covers.store.liveness`), left when the run ends (by the exit's own
+            script where it can, so a run costs no extra round trip); None if untied.
     """
 
     def __init__(self, scripts: RunScripts, finish: Finisher, job: Job, token: str,
@@ -99,8 +100,9 @@ class Run:
                  trace: TracebackType | None) -> None:
         if self.open:
             self.abandon()
-        if self.held_key is not None:  # the run is over: its process holds the job no more
+        if self.held_key is not None:  # over without an exit that untied it (finish, …)
             self._scripts.redis.srem(self.held_key, self.job.job_id)
+            self.held_key = None
 
     def submitted(self, cover_task_id: str, next_look_s: float) -> SubmitRecorded:
         """Record Kie's cover task id; look again in `next_look_s` seconds.
@@ -113,11 +115,13 @@ class Run:
         job_id = self.job.job_id
         changed, early = self._scripts.submitted(
             keys=[keys.job(job_id), keys.cover(cover_task_id), Due.JOBS.key,
-                  keys.early_callback(cover_task_id), keys.lock(job_id)],
+                  keys.early_callback(cover_task_id), keys.lock(job_id),
+                  *self._held()],
             args=[job_id, cover_task_id, repr(now), due_ms(next_look_s, now), self.token])
         early_body = str(early) if early else None
         if changed and early_body is None:
             self.open = False  # the script released the lock with the record
+            self.held_key = None  # and untied the job
         return SubmitRecorded(bool(changed), early_body)
 
     def wait(self, delay_s: float, **changes: Any) -> None:
@@ -127,10 +131,12 @@ class Run:
         now = time.time()
         fields = encode_fields({**changes, "updated_at": now})
         job_id = self.job.job_id
-        self._scripts.release(keys=[keys.job(job_id), Due.JOBS.key, keys.lock(job_id)],
-                      args=[job_id, due_ms(delay_s, now), self.token,
-                            *flat(fields)])
+        self._scripts.release(keys=[keys.job(job_id), Due.JOBS.key, keys.lock(job_id),
+                                    *self._held()],
+                              args=[job_id, due_ms(delay_s, now), self.token,
+                                    *flat(fields)])
         self.open = False
+        self.held_key = None  # the script untied the job
 
     def finish(self, images: list[str] | None = None,
                error: CoverError | None = None) -> Job | None:
@@ -138,6 +144,10 @@ class Run:
         `JobStore.finish`). Returns the ended record, or None if it had already ended."""
         self.open = False
         return self._finish(self.job.job_id, images, error)
+
+    def _held(self) -> list[str]:
+        """The held-set key for an exit script to untie the job with, if any."""
+        return [] if self.held_key is None else [self.held_key]
 
     def abandon(self) -> None:
         """Let go of the lock without changing the job (its lease brings it back)."""

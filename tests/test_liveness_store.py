@@ -188,10 +188,14 @@ def test_a_leaving_pool_process_gives_back_everything_it_holds(
 
 def test_a_run_unties_its_job_when_it_ends(store: JobStore, liveness: Liveness) -> None:
     pool = holder_id("w1@h", "pool")
-    waits, fails = new_job(store), new_job(store)
+    waits, fails, submits = new_job(store), new_job(store), new_job(store)
     with begin(store, waits, pool) as run:
         assert liveness.held(pool) == {waits}
         run.wait(30)
+        assert liveness.held(pool) == set()  # by the exit's own script
+    with begin(store, submits, pool) as run:
+        assert run.submitted("cover-" + submits, 30).changed
+        assert liveness.held(pool) == set()
     with pytest.raises(RuntimeError), begin(store, fails, pool):
         raise RuntimeError("a run that leaves by an exception")
     assert liveness.held(pool) == set()

@@ -1,5 +1,6 @@
 -- Record Kie's cover task id for a queued job.
--- KEYS 1 job, 2 cover key, 3 due, 4 early-callback key, 5 lock
+-- KEYS 1 job, 2 cover key, 3 due, 4 early-callback key, 5 lock, 6 (optional) the held set
+-- of the worker process that runs it, left with the lock (kie_covers.store.liveness)
 -- ARGV 1 job id, 2 cover id, 3 now, 4 due ms, 5 lock token
 -- Returns {changed, early callback body or false}. Without an early callback the run
 -- is over, so the lock is released here too. An early callback is kept as
@@ -24,4 +25,5 @@ end
 if not body and redis.call('GET', KEYS[5]) == ARGV[5] then
   redis.call('DEL', KEYS[5])
 end
+if not body and KEYS[6] then redis.call('SREM', KEYS[6], ARGV[1]) end
 return {1, body}
