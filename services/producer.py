@@ -11,6 +11,7 @@ error.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
@@ -22,6 +23,7 @@ from kie_covers.core.schemas import validate_cover_request
 from kie_covers.core.states import JobState
 from kie_covers.runtime.connections import get_store
 from kie_covers.runtime.messages import send_job
+from kie_covers.store.due import Due
 
 
 def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = None,
@@ -55,9 +57,17 @@ def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = 
         str(uuid.uuid4()), request["taskId"], request["callBackUrl"], settings.redispatch_after,
         queue, request["priority"], request["tenant"])
     if created:
-        # Should this send fail (broker down), the job is already in the due set and a
-        # worker's dispatcher sends it within COVERS_REDISPATCH_AFTER seconds.
-        send_job(job_id, request["taskId"], request["callBackUrl"], queue=queue)
+        try:
+            send_job(job_id, request["taskId"], request["callBackUrl"], queue=queue)
+        except Exception:
+            # The job is recorded but its message may not be (broker down, connection
+            # cut): make it due now, so a worker's dispatcher sends it within a second
+            # instead of after COVERS_REDISPATCH_AFTER; a repeated enqueue_cover of the
+            # music task returns this job and sends nothing. Best effort: if Redis is
+            # out of reach too, the lease remains.
+            with contextlib.suppress(Exception):
+                get_store().due.later(Due.JOBS, job_id, 0)
+            raise
     return job_id
 
 

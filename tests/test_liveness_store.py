@@ -12,12 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from kombu.exceptions import OperationalError
 
 from kie_covers.config import keys
 from kie_covers.config.settings import load_settings
 from kie_covers.core.errors import SettingsError
 from kie_covers.runtime.heartbeat import UNTIE_GRACE_S, Heartbeat
 from kie_covers.runtime.redis_server import RedisServer, free_port
+from kie_covers.services import producer
 from kie_covers.store.due import Due
 from kie_covers.store.jobs import JobStore, Lifetimes
 from kie_covers.store.liveness import Liveness, Reaped, holder_id
@@ -309,3 +311,28 @@ def test_dead_after_must_leave_room_for_late_beats() -> None:
         load_settings({"COVERS_HEARTBEAT_INTERVAL": "2", "COVERS_DEAD_AFTER": "5"})
     with pytest.raises(SettingsError, match="COVERS_HEARTBEAT_INTERVAL"):
         load_settings({"COVERS_HEARTBEAT_INTERVAL": "0"})
+
+
+def test_a_job_whose_first_message_could_not_be_sent_is_due_at_once(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No worker holds a message that never reached the broker: without this, only the
+    # enqueue's lease (COVERS_REDISPATCH_AFTER, 600 s) would send it
+    def broker_down(*_: object, **__: object) -> None:
+        raise OperationalError("Error 111 connecting to the broker")
+
+    monkeypatch.setattr(producer, "send_job", broker_down)
+    music_task_id = uuid.uuid4().hex
+    with pytest.raises(OperationalError):
+        producer.enqueue_cover(music_task_id, CALLBACK)
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as db:
+        job_id = str(db.get(keys.music(music_task_id)))
+        try:
+            score = db.zscore(Due.JOBS.key, job_id)
+            assert score is not None and score / 1000 <= time.time() + 0.5
+            # and enqueueing it again returns that job, which the dispatcher will send
+            assert producer.enqueue_cover(music_task_id, CALLBACK) == job_id
+        finally:
+            db.zrem(Due.JOBS.key, job_id)
+            db.delete(keys.job(job_id), keys.music(music_task_id))
+
