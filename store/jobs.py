@@ -122,7 +122,10 @@ class JobStore:
             keys=[keys.music(music_task_id), Due.JOBS.key, keys.FAILURES, keys.RETRY_DUE],
             args=[keys.job(""), job_id, due_ms(lease_s, now), keys.failures_by_kind(""),
                   keys.failures_by_code(""), *_flat(record.to_hash())])
-        return str(result[0]), bool(int(result[1]))
+        existing = str(result[0])
+        # The job found is this very `job_id` only when this call is a retry of one
+        # whose answer was lost (a connection cut after Redis ran it): it was created.
+        return existing, bool(int(result[1])) or existing == job_id
 
     def begin(self, job_id: str, music_task_id: str, callback_url: str, lease_s: float,
               queue: str, priority: str = "interactive", tenant: str | None = None,

@@ -260,6 +260,17 @@ def test_a_live_pool_process_gives_back_a_job_it_holds_but_no_longer_runs(
         assert client.get(keys.lock(live)) is not None
 
 
+def test_an_enqueue_retried_after_its_answer_was_lost_still_counts_as_created(
+    store: JobStore
+) -> None:
+    # Else the producer, told "exists", would never send the job's first message
+    job_id, music_task_id = str(uuid.uuid4()), uuid.uuid4().hex
+    assert store.enqueue(job_id, music_task_id, CALLBACK, 600, "q") == (job_id, True)
+    assert store.enqueue(job_id, music_task_id, CALLBACK, 600, "q") == (job_id, True)
+    assert store.enqueue(str(uuid.uuid4()), music_task_id, CALLBACK, 600, "q") == (
+        job_id, False)
+
+
 def test_the_heartbeat_unties_messages_its_worker_no_longer_holds(
     liveness: Liveness
 ) -> None:
