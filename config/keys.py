@@ -99,6 +99,11 @@ def notify_lock(job_id: str) -> str:
     """String: held while one process delivers a job's outcome to the app."""
     return f"{PREFIX}notify-lock:{job_id}"
 
+#: List, newest first: broker entries no worker could decode (poison), each a JSON
+#: object {at, queue, reason, detail, size, truncated, raw (base64)}; capped at
+#: `kie_covers.store.quarantine.QUARANTINE_MAX` entries (see ``covers quarantine``).
+QUARANTINE = PREFIX + "quarantine"
+
 #: Hash: every metric counter, field ``name|label=value,...`` -> count.
 METRIC_COUNTERS = PREFIX + "metrics:counters"
 #: Hash: every metric gauge, field ``name`` -> its newest value (last writer wins).

@@ -4,6 +4,7 @@
     ├── SettingsError               a setting is missing or malformed (also a ValueError)
     ├── UnknownJob                  no such job (also a LookupError)
     ├── BadArgument                 a Python API argument out of range (also a ValueError)
+    ├── StoreFull                   Redis refused a write: maxmemory reached (noeviction)
     ├── ImageError                  copying images to the image store
     │   ├── ImageRefused            this image never: 404, wrong type, too large
     │   ├── ImageFault              try later: network, 5xx, store error
@@ -51,6 +52,14 @@ class SettingsError(KieCoversError, ValueError):
 
 class BadArgument(KieCoversError, ValueError):
     """A Python API call got an argument it cannot work with (the message says which)."""
+
+
+class StoreFull(KieCoversError):
+    """Redis refused a write because it reached ``maxmemory`` (OOM under ``noeviction``).
+
+    Nothing is lost: call again once Redis has room (`enqueue_cover` is idempotent per
+    music task). Workers do not raise it: they pause and resume by themselves.
+    """
 
 
 class UnknownJob(KieCoversError, LookupError):
