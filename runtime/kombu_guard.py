@@ -36,6 +36,7 @@ tests/test_kombu_guard.py, fails if the patched names or signatures move):
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from queue import Empty
 from typing import Any
@@ -97,7 +98,8 @@ def _entry_queue(channel: Any) -> str:
 
 
 def _guard_entries(channel: Any, transport: Any) -> None:
-    original_loads = kombu_redis.loads
+    module: Any = kombu_redis
+    original_loads = module.loads
 
     def loads(text: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -128,17 +130,17 @@ def _guard_entries(channel: Any, transport: Any) -> None:
             problem = envelope_problem(message)
             if problem is None:
                 return message
-            quarantine(kombu_redis.dumps(message), problem[0], queue, problem[1])
+            quarantine(json.dumps(message), problem[0], queue, problem[1])
 
     @functools.wraps(original_deliver)
     def _deliver(self: Any, message: Any, queue: str) -> Any:
         problem = envelope_problem(message)
         if problem is not None:
-            quarantine(kombu_redis.dumps(message), problem[0], queue or "", problem[1])
+            quarantine(json.dumps(message), problem[0], queue or "", problem[1])
             return None
         return original_deliver(self, message, queue)
 
-    kombu_redis.loads = _mark(loads)
+    module.loads = _mark(loads)
     channel._brpop_read = _mark(_brpop_read)
     channel._get = _mark(_get)
     transport._deliver = _mark(_deliver)

@@ -15,6 +15,7 @@ Names (all prefixed ``covers_``):
   was told to wait by the cluster-wide limiter, and for how long in all
 - ``pauses_total{reason}``: cluster-wide pauses (429, 455) and credit holds started
 - ``images_stored_total``, ``image_bytes_stored_total``: cover images copied to the store
+- ``quarantined_total{reason}``: poison broker entries moved to the quarantine
 - ``callback_endpoint_up``: gauge, 1 when COVERS_CALLBACK_URL's ``/healthz`` answered
   the newest check of any worker, 0 when it did not (absent without a callback URL)
 """
@@ -43,6 +44,7 @@ HELP = {
     "pauses_total": "Cluster-wide pauses and credit holds started, by reason.",
     "images_stored_total": "Cover images copied to the image store.",
     "image_bytes_stored_total": "Bytes of cover images copied to the image store.",
+    "quarantined_total": "Poison broker entries moved to the quarantine, by reason.",
     "callback_endpoint_up": "1 when COVERS_CALLBACK_URL's /healthz answered a worker's "
                             "newest check, 0 when it did not.",
 }

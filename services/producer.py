@@ -17,10 +17,11 @@ import uuid
 from typing import Any
 
 from kie_covers.config import get_settings
-from kie_covers.core.errors import BadArgument, UnknownJob
+from kie_covers.core.errors import BadArgument, StoreFull, UnknownJob
 from kie_covers.core.schemas import validate_cover_request
 from kie_covers.core.states import JobState
 from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.full_redis import is_redis_full
 from kie_covers.runtime.messages import send_job
 
 
@@ -46,18 +47,30 @@ def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = 
 
     An idempotent repeat returns the existing job as it is (its priority and tenant
     are not changed).
+
+    Raises `kie_covers.core.errors.StoreFull` when Redis refuses the write because it
+    reached ``maxmemory``: call again once it has room. If the job was recorded but
+    its message could not be sent, the due set sends it (after
+    COVERS_REDISPATCH_AFTER); a repeat returns the same job id.
     """
     request = validate_cover_request({"taskId": music_task_id, "callBackUrl": callback_url,
                                       "priority": priority, "tenant": tenant})
     settings = get_settings()
     queue = queue or settings.queue
-    job_id, created = get_store().enqueue(
-        str(uuid.uuid4()), request["taskId"], request["callBackUrl"], settings.redispatch_after,
-        queue, request["priority"], request["tenant"])
-    if created:
-        # Should this send fail (broker down), the job is already in the due set and a
-        # worker's dispatcher sends it within COVERS_REDISPATCH_AFTER seconds.
-        send_job(job_id, request["taskId"], request["callBackUrl"], queue=queue)
+    try:
+        job_id, created = get_store().enqueue(
+            str(uuid.uuid4()), request["taskId"], request["callBackUrl"],
+            settings.redispatch_after, queue, request["priority"], request["tenant"])
+        if created:
+            # Should this send fail (broker down), the job is already in the due set and
+            # a worker's dispatcher sends it within COVERS_REDISPATCH_AFTER seconds.
+            send_job(job_id, request["taskId"], request["callBackUrl"], queue=queue)
+    except Exception as error:
+        if is_redis_full(error):
+            raise StoreFull(f"Redis is full (maxmemory reached): the cover for music task "
+                            f"{request['taskId']!r} could not be queued; call again once "
+                            "Redis has room (a repeat returns the same job)") from error
+        raise
     return job_id
 
 

@@ -5,9 +5,9 @@ it is the app of `kie_covers.runtime.app` plus what only a worker needs, the due
 dispatcher (`kie_covers.worker.dispatcher`), warm clients in each pool child, the
 consumer that quarantines poison messages and waits out a full Redis
 (`kie_covers.worker.quarantine_consumer`; its Redis clients wait it out too,
-`kie_covers.runtime.connections.pause_when_full`), the log filter that masks secrets, a start-up refusal of an image store whose backend
-is missing, and the watch on COVERS_CALLBACK_URL's ``/healthz``
-(`kie_covers.runtime.callback_health`).
+`kie_covers.runtime.connections.pause_when_full`), the log filter that masks
+secrets, a start-up refusal of an image store whose backend is missing, and the
+watch on COVERS_CALLBACK_URL's ``/healthz`` (`kie_covers.runtime.callback_health`).
 """
 
 from __future__ import annotations

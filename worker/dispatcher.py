@@ -10,6 +10,11 @@ without sending a job twice per lease, and a worker that dies after claiming
 loses nothing. Outcome notices
 (`Due.NOTICES`) and image copies (`Due.COPIES`) are
 claimed and sent the same way.
+
+A message claimed but refused by the broker (a full Redis: maxmemory reached) is
+kept and sent first in the next round, before anything new is claimed: its claim
+renewed its lease, so dropping it would leave its job waiting a whole lease. While
+Redis is full the rounds back off (up to `LONGEST_WAIT_S`) with one warning each.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from collections import deque
+from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
 
 from kie_covers.config import get_settings
 from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.full_redis import FIRST_WAIT_S, LONGEST_WAIT_S, is_redis_full
 from kie_covers.runtime.messages import send_images, send_job, send_notice
 
 # Imported here, before the pool forks, so each child shares them (see
@@ -52,6 +61,8 @@ class DueDispatcher:
         self.lease_s = lease_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Sends of claimed messages not made yet (the broker refused them), oldest first.
+        self._unsent: deque[Callable[[], None]] = deque()
 
     def run_once(self) -> tuple[int, float | None]:
         """One round: claim what is due and send it.
@@ -61,21 +72,34 @@ class DueDispatcher:
             waits).
         """
         store = get_store()
-        sent = 0
+        sent = self._send_unsent()
         while True:
             claimed = store.due.claim(self.lease_s, CLAIM_BATCH)
-            for job in claimed.jobs:
-                send_job(job.job_id, job.music_task_id, job.callback_url, job.queue or None)
-            for job_id, queue in claimed.notices:
-                send_notice(job_id, queue or None)
-            for job_id, queue in claimed.copies:
-                send_images(job_id, queue or None)
-            sent += claimed.count
+            self._unsent.extend(
+                partial(send_job, job.job_id, job.music_task_id, job.callback_url,
+                        job.queue or None) for job in claimed.jobs)
+            self._unsent.extend(partial(send_notice, job_id, queue or None)
+                                for job_id, queue in claimed.notices)
+            self._unsent.extend(partial(send_images, job_id, queue or None)
+                                for job_id, queue in claimed.copies)
+            sent += self._send_unsent()
             if claimed.largest < CLAIM_BATCH:
                 return sent, claimed.next_due_in_s
 
+    def _send_unsent(self) -> int:
+        """Send the claimed messages not sent yet, oldest first; returns how many.
+
+        Raises what the broker raises; the message it refused stays first in line.
+        """
+        sent = 0
+        while self._unsent:
+            self._unsent[0]()
+            self._unsent.popleft()
+            sent += 1
+        return sent
+
     def _loop(self) -> None:
-        pause = self.interval_s
+        pause, full_wait = self.interval_s, FIRST_WAIT_S
         while not self._stop.wait(pause):
             try:
                 _, next_in = self.run_once()
@@ -83,9 +107,17 @@ class DueDispatcher:
                 # rate-limit slot or a poll is kept to within a few milliseconds.
                 pause = self.interval_s if next_in is None else \
                     min(self.interval_s, max(MIN_PAUSE_S, next_in))
-            except Exception:  # keep dispatching through a Redis blip
-                log.exception("dispatch round failed; trying again in %.1fs", self.interval_s)
-                pause = self.interval_s
+                full_wait = FIRST_WAIT_S
+            except Exception as error:  # keep dispatching through a Redis blip
+                if not is_redis_full(error):
+                    log.exception("dispatch round failed; trying again in %.1fs",
+                                  self.interval_s)
+                    pause = self.interval_s
+                    continue
+                pause, full_wait = full_wait, min(LONGEST_WAIT_S, full_wait * 2)
+                log.warning("Redis is full (maxmemory reached: %s); %d claimed message(s) "
+                            "wait to be sent; the dispatcher tries again in %.1fs",
+                            error, len(self._unsent), pause)
 
     def start(self) -> None:
         """Start the background thread."""
