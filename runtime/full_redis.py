@@ -37,7 +37,7 @@ T = TypeVar("T")
 #: Seconds of the first wait after Redis refused a write for being full.
 FIRST_WAIT_S = 0.5
 #: Longest wait between two tries, seconds (each wait doubles up to this).
-LONGEST_WAIT_S = 5.0
+LONGEST_WAIT_S = 2.0
 
 
 def is_redis_full(error: BaseException | None) -> bool:
