@@ -108,6 +108,7 @@ def test_basic_get_skips_poison_entries_into_the_quarantine(
             simple = connection.SimpleQueue(queue)
             simple.put({"n": 1})
             good = admin.rpop(queue)
+            assert isinstance(good, bytes)
             admin.lpush(queue, b"not json at all", b"[1, 2]", good)
             # basic_get (kombu's SimpleQueue) pops entries oldest first: the two poison
             # entries go to the quarantine, the good message still comes out
