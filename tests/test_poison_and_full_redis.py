@@ -27,7 +27,7 @@ from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.standin import KieStandin
 from kie_covers.store.jobs import JobStore, Lifetimes
 from tests.conftest import API_KEY, process_env
-from tests.services import ROOT, StartWorker, wait_until
+from tests.services import ROOT, StartWorker, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -181,10 +181,11 @@ def test_a_full_redis_pauses_workers_and_every_job_ends_paid_once(
     standin: KieStandin, start_worker: StartWorker, tmp_path: Path,
 ) -> None:
     private = RedisServer(tmp_path / "full-redis", appendonly=False).start()
+    workers: list[WorkerProcess] = []
     try:
         env = process_env(REDIS_URL=private.url, COVERS_QUEUE="covers-full")
         queue = "covers-full"
-        workers = [start_worker(queue=queue, REDIS_URL=private.url) for _ in range(2)]
+        workers += [start_worker(queue=queue, REDIS_URL=private.url) for _ in range(2)]
         pids = [w.process.pid for w in workers if w.process is not None]
         admin = redis.Redis.from_url(private.url)
         store = JobStore(redis.Redis.from_url(private.url, decode_responses=True),
@@ -230,4 +231,6 @@ def test_a_full_redis_pauses_workers_and_every_job_ends_paid_once(
         again = enqueue_on(env, late)[late]
         assert again[0] == "ok"
     finally:
+        for worker in workers:  # before their Redis goes
+            worker.stop()
         private.stop()
