@@ -5,6 +5,7 @@
     ├── UnknownJob                  no such job (also a LookupError)
     ├── BadArgument                 a Python API argument out of range (also a ValueError)
     ├── StoreFull                   Redis refused a write: maxmemory reached (noeviction)
+    ├── UndecodableEntry            a broker entry that is no JSON (quarantined, internal)
     ├── ImageError                  copying images to the image store
     │   ├── ImageRefused            this image never: 404, wrong type, too large
     │   ├── ImageFault              try later: network, 5xx, store error
@@ -60,6 +61,21 @@ class StoreFull(KieCoversError):
     Nothing is lost: call again once Redis has room (`enqueue_cover` is idempotent per
     music task). Workers do not raise it: they pause and resume by themselves.
     """
+
+
+class UndecodableEntry(KieCoversError, ValueError):
+    """A broker queue entry that is no JSON text (raised inside the kombu guard, which
+    quarantines the entry; never reaches a caller).
+
+    Args:
+        text: the entry as received (it may hold anything: never log it).
+        detail: the decoder's message (names no content).
+    """
+
+    def __init__(self, text: str, detail: str) -> None:
+        super().__init__(detail)  # not the text: str() and repr() never show it
+        self.text = text
+        self.detail = detail
 
 
 class UnknownJob(KieCoversError, LookupError):

@@ -44,6 +44,7 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
+from kie_covers.core.errors import UndecodableEntry
 from kie_covers.runtime.full_redis import wait_while_full
 from kie_covers.runtime.poison import NOT_JSON, envelope_problem, quarantine
 
@@ -52,15 +53,6 @@ _MARK = "_covers_guarded"
 PATCHED = (("Channel", "_connparams"), ("Channel", "_brpop_read"), ("Channel", "_get"),
            ("Transport", "_deliver"), ("QoS", "append"), ("QoS", "ack"),
            ("QoS", "reject"), ("module", "loads"))
-
-
-class UndecodableEntry(ValueError):
-    """A queue entry that is no JSON text (carries the text as received)."""
-
-    def __init__(self, text: str, detail: str) -> None:
-        super().__init__(detail)
-        self.text = text
-        self.detail = detail
 
 
 def install() -> None:
