@@ -13,6 +13,7 @@ import base64
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -178,7 +179,7 @@ def fill(admin: redis.Redis) -> None:
 
 
 def test_a_full_redis_pauses_workers_and_every_job_ends_paid_once(
-    standin: KieStandin, start_worker: StartWorker, tmp_path: Path,
+    standin: KieStandin, start_worker: StartWorker, tmp_path: Path, run_dir: Path,
 ) -> None:
     private = RedisServer(tmp_path / "full-redis", appendonly=False).start()
     workers: list[WorkerProcess] = []
@@ -198,11 +199,20 @@ def test_a_full_redis_pauses_workers_and_every_job_ends_paid_once(
         wait_until(lambda: standin.counts()["generate"] >= 1, 30, 0.05, "a generate call")
 
         fill(admin)
+        # A worker started while Redis is full (a supervisor restarting one) stays up,
+        # and gets ready once Redis has room (start() returns then)
+        newcomer = WorkerProcess(f"full-{uuid.uuid4().hex[:6]}",
+                                 process_env(REDIS_URL=private.url, COVERS_QUEUE=queue),
+                                 run_dir)
+        workers.append(newcomer)
+        starting = threading.Thread(target=newcomer.start, daemon=True)
+        starting.start()
         late = uuid.uuid4().hex
         refused = enqueue_on(env, late)[late]
         assert refused[:2] == ["error", "StoreFull"] and "Redis is full" in refused[2]
         time.sleep(FULL_FOR_S)
         assert all(w.process is not None and w.process.poll() is None for w in workers)
+        assert "ready." not in newcomer.log()
 
         admin.config_set("maxmemory", 0)
         admin.delete(*[f"filler:{n}" for n in range(80)], "probe")
@@ -214,6 +224,8 @@ def test_a_full_redis_pauses_workers_and_every_job_ends_paid_once(
 
         wait_until(ended, 120, 0.1, "every job to end after Redis had room again")
         recovery = time.monotonic() - freed
+        starting.join(60)
+        assert "ready." in newcomer.log() and "the consumer waits" in newcomer.log()
         print(f"\nfull Redis for {FULL_FOR_S:.0f}s: every job ended {recovery:.1f}s after "
               "memory was freed")
 
@@ -223,7 +235,7 @@ def test_a_full_redis_pauses_workers_and_every_job_ends_paid_once(
             assert record is not None and record.state == "succeeded", record
             assert paid.get(task) == 1, (task, paid.get(task))
         # Same worker processes, alive; the pause was logged with its cause
-        assert [w.process.pid for w in workers if w.process is not None] == pids
+        assert [w.process.pid for w in workers[:2] if w.process is not None] == pids
         assert all(w.process is not None and w.process.poll() is None for w in workers)
         logs = "".join(w.log() for w in workers)
         assert "Redis is full" in logs and "Unrecoverable" not in logs

@@ -1,17 +1,18 @@
 """The worker's Celery consumer: poison messages go to the quarantine; a full Redis is a pause.
 
 Installed through Celery's ``worker_consumer`` setting (`kie_covers.worker.celery`).
-It changes four of Celery's documented consumer callbacks and nothing else:
+It changes five of Celery's documented consumer callbacks and nothing else:
 
 - ``on_decode_error`` (the body is not what its content type says),
   ``on_invalid_task`` (a content type the workers refuse, a malformed task) and
   ``on_unknown_message`` (a message that is no task): the message is quarantined
   (`kie_covers.runtime.poison.quarantine`: stored, logged once without its content,
   counted) and taken off the queue, where Celery would log its body and drop it.
-- ``on_connection_error_after_connected``: when the "connection error" is a full
-  Redis (`kie_covers.runtime.kombu_guard` makes it one), it logs why and waits
-  (doubling from `FIRST_WAIT_S` up to `LONGEST_WAIT_S`) before Celery reconnects,
-  instead of reconnecting in a tight loop.
+- ``on_connection_error_before_connected`` / ``..._after_connected``: when the
+  "connection error" is a full Redis (`kie_covers.runtime.kombu_guard` makes it
+  one; a worker started while Redis is full meets it declaring its queues), it
+  logs why and waits (doubling from `FIRST_WAIT_S` up to `LONGEST_WAIT_S`) before
+  Celery connects again, instead of reconnecting in a tight loop.
 
 Entries that kombu itself cannot decode never reach here: the kombu guard
 quarantines them.
@@ -87,15 +88,24 @@ class QuarantiningConsumer(Consumer):  # type: ignore[misc]  # Celery is untyped
         message.reject_log_error(log, self.connection_errors)
         signals.task_rejected.send(sender=self, message=message, exc=None)
 
+    def _back_off_if_full(self, exc: BaseException) -> None:
+        """When `exc` is a full Redis, say so and wait before Celery reconnects."""
+        if not is_redis_full(exc):
+            return
+        if time.monotonic() - self._full_since > CALM_AFTER_S:
+            self._full_wait_s = FIRST_WAIT_S
+        log.warning("Redis is full (maxmemory reached: %s); the consumer waits %.1fs, "
+                    "then connects again", exc, self._full_wait_s)
+        time.sleep(self._full_wait_s)
+        self._full_since = time.monotonic()
+        self._full_wait_s = min(LONGEST_WAIT_S, self._full_wait_s * 2)
+
+    def on_connection_error_before_connected(self, exc: BaseException) -> None:
+        """A full Redis while connecting (declaring the queues writes): back off first."""
+        self._back_off_if_full(exc)
+        super().on_connection_error_before_connected(exc)
+
     def on_connection_error_after_connected(self, exc: BaseException) -> None:
-        """Before Celery reconnects after a full Redis, say so and back off."""
-        if is_redis_full(exc):
-            now = time.monotonic()
-            if now - self._full_since > CALM_AFTER_S:
-                self._full_wait_s = FIRST_WAIT_S
-            log.warning("Redis is full (maxmemory reached: %s); the consumer waits %.1fs, "
-                        "then reconnects", exc, self._full_wait_s)
-            time.sleep(self._full_wait_s)
-            self._full_since = time.monotonic()
-            self._full_wait_s = min(LONGEST_WAIT_S, self._full_wait_s * 2)
+        """A full Redis that broke the connection: back off before Celery reconnects."""
+        self._back_off_if_full(exc)
         super().on_connection_error_after_connected(exc)
