@@ -1,14 +1,18 @@
-"""Waiting out a full Redis: which errors count, and the wait itself (fast, no Redis)."""
+"""Waiting out a full Redis: which errors count, the wait, the dispatcher's unsent messages
+(fast, no Redis)."""
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import pytest
 import redis
 from kombu.exceptions import OperationalError
 
 from kie_covers.runtime import full_redis
+from kie_covers.runtime.app import app
+from kie_covers.worker.dispatcher import DueDispatcher
 
 OOM = "command not allowed when used memory > 'maxmemory'."
 
@@ -64,3 +68,28 @@ def test_other_errors_are_not_waited_out() -> None:
     with pytest.raises(redis.exceptions.ResponseError):
         full_redis.wait_while_full(write, "a test write")
     assert calls == [1]
+
+
+def test_the_dispatcher_keeps_claimed_messages_a_full_redis_refused() -> None:
+    dispatcher = DueDispatcher(app, interval_s=1.0, lease_s=60.0)
+    sent: list[str] = []
+    refusals: list[Exception] = [kombu_wrapped_oom()]
+
+    def send(name: str) -> None:
+        if refusals:
+            raise refusals.pop(0)
+        sent.append(name)
+
+    dispatcher._unsent.extend([partial(send, "a"), partial(send, "b")])
+    with pytest.raises(OperationalError):
+        dispatcher._send_unsent()
+    assert len(dispatcher._unsent) == 2 and sent == []  # kept, in order
+    assert dispatcher._send_unsent() == 2 and sent == ["a", "b"]
+
+    # Any other refusal drops that one message (its lease brings the job back), so it
+    # cannot hold up the others
+    refusals.append(ValueError("cannot encode"))
+    dispatcher._unsent.extend([partial(send, "c"), partial(send, "d")])
+    with pytest.raises(ValueError):
+        dispatcher._send_unsent()
+    assert dispatcher._send_unsent() == 1 and sent == ["a", "b", "d"]

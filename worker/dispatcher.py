@@ -28,6 +28,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
+from kombu.exceptions import OperationalError
 
 from kie_covers.config import get_settings
 from kie_covers.runtime.connections import get_store
@@ -89,11 +90,18 @@ class DueDispatcher:
     def _send_unsent(self) -> int:
         """Send the claimed messages not sent yet, oldest first; returns how many.
 
-        Raises what the broker raises; the message it refused stays first in line.
+        Raises what the broker raises. A message refused for a full Redis or a broker
+        out of reach stays first in line; one refused for anything else is dropped
+        (its job comes back when its lease ends), so it cannot block the others.
         """
         sent = 0
         while self._unsent:
-            self._unsent[0]()
+            try:
+                self._unsent[0]()
+            except Exception as error:
+                if not (is_redis_full(error) or isinstance(error, OperationalError)):
+                    self._unsent.popleft()
+                raise
             self._unsent.popleft()
             sent += 1
         return sent
