@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -152,6 +153,34 @@ print(json.dumps(out))
 """
 
 
+#: POST /v1/covers through the producer API's WSGI app, in a process on the env's Redis.
+HTTP_CREATE = """
+import io, json, sys
+from wsgiref.util import setup_testing_defaults
+from kie_covers.config import get_settings
+from kie_covers.worker.http_api import ProducerApi
+body = json.dumps({"taskId": sys.argv[2], "callBackUrl": sys.argv[1]}).encode()
+environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/covers", "REMOTE_ADDR": "127.0.0.1",
+           "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+           "wsgi.input": io.BytesIO(body)}
+setup_testing_defaults(environ)
+answer = {}
+def start_response(status, headers, exc_info=None):
+    answer.update(status=status, headers=dict(headers))
+answer["body"] = json.loads(b"".join(ProducerApi(get_settings())(environ, start_response)))
+print(json.dumps(answer))
+"""
+
+
+def http_create_on(env: dict[str, str], task_id: str) -> dict[str, Any]:
+    """POST /v1/covers for `task_id` to the producer API, in a process on `env`'s Redis."""
+    done = subprocess.run([sys.executable, "-c", HTTP_CREATE, APP_CALLBACK, task_id],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=True)
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
 def enqueue_on(env: dict[str, str], *task_ids: str) -> dict[str, list[str]]:
     """`enqueue_cover` for each music task, in a producer process on `env`'s Redis."""
     done = subprocess.run([sys.executable, "-c", ENQUEUE, APP_CALLBACK, *task_ids],
@@ -159,6 +188,25 @@ def enqueue_on(env: dict[str, str], *task_ids: str) -> dict[str, list[str]]:
                           capture_output=True, text=True, timeout=60, check=True)
     result: dict[str, list[str]] = json.loads(done.stdout)
     return result
+
+
+def assert_refused_as_full(env: dict[str, str], task_id: str) -> None:
+    """`enqueue_cover` raises StoreFull, and the HTTP API answers 503 store-full."""
+    refused = enqueue_on(env, task_id)[task_id]
+    assert refused[:2] == ["error", "StoreFull"] and "Redis is full" in refused[2]
+    answer = http_create_on(env, task_id)
+    assert answer["status"].startswith("503") and answer["headers"]["Retry-After"] == "5"
+    assert answer["body"]["type"] == "urn:kie-covers:problem:store-full", answer
+
+
+def assert_succeeded_paid_once(store: JobStore, standin: KieStandin,
+                               jobs: dict[str, str]) -> None:
+    """Every job (id -> music task) succeeded, its music task paid exactly once."""
+    paid = standin.paid()
+    for job_id, task in jobs.items():
+        record = store.get(job_id)
+        assert record is not None and record.state == "succeeded", record
+        assert paid.get(task) == 1, (task, paid.get(task))
 
 
 def fill(admin: redis.Redis) -> None:
@@ -208,8 +256,7 @@ def test_a_full_redis_pauses_workers_and_every_job_ends_paid_once(
         starting = threading.Thread(target=newcomer.start, daemon=True)
         starting.start()
         late = uuid.uuid4().hex
-        refused = enqueue_on(env, late)[late]
-        assert refused[:2] == ["error", "StoreFull"] and "Redis is full" in refused[2]
+        assert_refused_as_full(env, late)
         time.sleep(FULL_FOR_S)
         assert all(w.process is not None and w.process.poll() is None for w in workers)
         assert "ready." not in newcomer.log()
@@ -229,11 +276,7 @@ def test_a_full_redis_pauses_workers_and_every_job_ends_paid_once(
         print(f"\nfull Redis for {FULL_FOR_S:.0f}s: every job ended {recovery:.1f}s after "
               "memory was freed")
 
-        paid = standin.paid()
-        for job_id, task in jobs.items():
-            record = store.get(job_id)
-            assert record is not None and record.state == "succeeded", record
-            assert paid.get(task) == 1, (task, paid.get(task))
+        assert_succeeded_paid_once(store, standin, jobs)
         # Same worker processes, alive; the pause was logged with its cause
         assert [w.process.pid for w in workers[:2] if w.process is not None] == pids
         assert all(w.process is not None and w.process.poll() is None for w in workers)
