@@ -9,7 +9,7 @@ with ``covers metrics`` (port ``COVERS_METRICS_PORT``, path ``/metrics``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -26,6 +26,7 @@ from kie_covers.runtime.connections import get_redis
 from kie_covers.runtime.metrics import DURATION_BUCKETS_S, GAUGES, HELP
 from kie_covers.services.overview import cluster_overview
 from kie_covers.store.counters import bucket_name, parse_field
+from kie_covers.store.overview import Overview
 from kie_covers.worker.cluster_gauges import ClusterCollector
 
 PREFIX = "covers_"
@@ -72,10 +73,15 @@ class RedisCollector(Collector):
                 yield GaugeMetricFamily(PREFIX + name, HELP[name], value=float(value))
 
 
-def make_app() -> Any:
-    """A WSGI app serving /metrics from this cluster's Redis: the counters and
-    histograms kept there, and the cluster's gauges read at each scrape."""
+def make_registry(client: redis.Redis, read: Callable[[], Overview]) -> CollectorRegistry:
+    """Everything ``covers metrics`` serves: the counters and histograms kept in
+    `client`'s Redis, and the cluster's gauges from `read` (called at each scrape)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(get_redis()))
-    registry.register(ClusterCollector(cluster_overview))
-    return make_wsgi_app(registry)
+    registry.register(RedisCollector(client))
+    registry.register(ClusterCollector(read))
+    return registry
+
+
+def make_app() -> Any:
+    """A WSGI app serving /metrics from this cluster's Redis (`make_registry`)."""
+    return make_wsgi_app(make_registry(get_redis(), cluster_overview))
