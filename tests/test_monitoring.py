@@ -115,9 +115,8 @@ def served(client: redis.Redis) -> set[str]:
     text = generate_latest(registry).decode()
     names: set[str] = set()
     for family, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
-        if kind == "counter":
-            family = family.removesuffix("_total")
-        names.update(family + suffix for suffix in SUFFIXES[kind])
+        base = family.removesuffix("_total") if kind == "counter" else family
+        names.update(base + suffix for suffix in SUFFIXES[kind])
     return names
 
 
