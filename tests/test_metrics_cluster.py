@@ -70,7 +70,7 @@ def records(job_ids: list[str]) -> list[dict[str, Any]]:
     return [get_cover(job_id) for job_id in job_ids]
 
 
-def counted(record: dict[str, Any]) -> tuple[str, str | None, str | None]:
+def gauged(record: dict[str, Any]) -> tuple[str, str | None, str | None]:
     """What the gauges and counters see of a record: state, wait, error kind."""
     return record["state"], record["waiting_for"], (record["error"] or {}).get("kind")
 
@@ -112,7 +112,7 @@ def test_counters_and_gauges_agree_with_get_cover_when_web_and_workers_end_jobs(
     samples = scrape(exporter)
     # Nothing the gauges count moved while the exporter read (app notices may still be
     # given up meanwhile: they change other fields).
-    assert [counted(r) for r in records(every)] == [counted(r) for r in before]
+    assert [gauged(r) for r in records(every)] == [gauged(r) for r in before]
 
     # Gauges: the states and waits get_cover reports, job for job
     states = Counter(r["state"] for r in before)
