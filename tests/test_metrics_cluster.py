@@ -55,7 +55,7 @@ def exporter() -> Iterator[int]:
         [sys.executable, "-m", "kie_covers.worker.cli", "metrics", "--port", str(port)],
         cwd=ROOT, env=process_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: _up(port), 20, 0.1, "the exporter")
+        wait_until(lambda: _up(port), 60, 0.1, "the exporter")
         yield port
     finally:
         process.terminate()
