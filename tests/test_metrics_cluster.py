@@ -89,7 +89,7 @@ def test_counters_and_gauges_agree_with_get_cover_when_web_and_workers_end_jobs(
     polled.append(enqueue_cover("notfound" + uuid.uuid4().hex, APP_URL, queue=poller.queue))
     called = [enqueue_cover(uuid.uuid4().hex, APP_URL, queue=caller.queue) for _ in range(3)]
     called.append(enqueue_cover("genfail" + uuid.uuid4().hex, APP_URL, queue=caller.queue))
-    wait_until(lambda: all(ended(j) for j in polled + called), 40, 0.1, "every job to end")
+    wait_until(lambda: all(ended(j) for j in polled + called), 60, 0.1, "every job to end")
     # Where they ended: the poller's successes by its polls; the caller's jobs with no
     # poll at all, so by a callback to `covers web`.
     assert [r["polls"] >= 1 for r in records(polled[:3])] == [True] * 3
@@ -100,12 +100,12 @@ def test_counters_and_gauges_agree_with_get_cover_when_web_and_workers_end_jobs(
     # 30 s away), one queued for a queue no worker reads, three held by maintenance.
     standin.set_callback_mode("drop")
     submitted = enqueue_cover(uuid.uuid4().hex, APP_URL, queue=caller.queue)
-    wait_until(lambda: get_cover(submitted)["state"] == "submitted", 20, 0.1, "the submit")
+    wait_until(lambda: get_cover(submitted)["state"] == "submitted", 60, 0.1, "the submit")
     idle = enqueue_cover(uuid.uuid4().hex, APP_URL, queue="covers-nobody-" + uuid.uuid4().hex)
     standin.inject("generate", "455", times=None, retry_after="600")
     held = [enqueue_cover(uuid.uuid4().hex, APP_URL, queue=poller.queue) for _ in range(3)]
     wait_until(lambda: all(get_cover(j)["waiting_for"] == "maintenance" for j in held),
-               20, 0.1, "the held jobs to wait for maintenance")
+               60, 0.1, "the held jobs to wait for maintenance")
 
     every = polled + called + [submitted, idle] + held
     before = records(every)
