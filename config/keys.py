@@ -143,3 +143,6 @@ QUARANTINE = PREFIX + "quarantine"
 WORKERS = PREFIX + "workers"
 #: Hash: the newest credit check of any worker: ``at`` (unix ms) and ``left`` (credits).
 CREDITS_CHECKED = PREFIX + "credits:checked"
+#: String: set (to the unix time) once the jobs recorded before the indexes above
+#: existed have been indexed (`kie_covers.store.reindex`).
+INDEXES_BUILT = PREFIX + "indexes:built"

@@ -19,8 +19,8 @@ as each change (``lua/indexes.lua``; keys `keys.state_index`, `keys.waiting`):
   again for the same reason keeps its start, so the oldest entry's age is how
   long a job has been held for that reason.
 
-Jobs recorded before these indexes existed are not counted until they next
-change state.
+Jobs recorded before these indexes existed are indexed once by
+`kie_covers.store.reindex.index_existing` (the metrics exporter runs it as it starts).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from kie_covers.store.credits import record_check
 from kie_covers.store.jobs import JobStore, Lifetimes
 from kie_covers.store.limiter import RateLimiter
 from kie_covers.store.overview import LimiterSpec, read_overview
+from kie_covers.store.reindex import index_existing
 from kie_covers.store.run import Run
 from kie_covers.store.workers import WorkerBeats, dead_after_s
 from tests.conftest import STORE_DB, empty_db
@@ -203,3 +204,28 @@ def test_a_worker_that_stops_cleanly_leaves_the_live_set(client: redis.Redis) ->
     assert read_overview(client, dead_after_s=5).workers == ("w@host",)
     beats.gone()
     assert read_overview(client, dead_after_s=5).workers == ()
+
+
+def test_jobs_recorded_before_the_indexes_are_indexed_once(store: JobStore,
+                                                         client: redis.Redis) -> None:
+    queued, waiting, submitted, ended = (new_job(store) for _ in range(4))
+    run_of(store, waiting).wait(1, wait_reason=WaitReason.DAILY_CAP)
+    assert run_of(store, submitted).submitted("c", 30).changed
+    assert store.finish(ended, error=errors.NotFound("gone", 404)) is not None
+    at = time.time()
+    expected = overview_of(client, now=at)
+    # As an older version left them: records, and no index at all
+    client.delete(*[keys.state_index(s.value) for s in JobState],
+                  *[keys.waiting(r.value) for r in WaitReason])
+    assert overview_of(client)["jobs"] == {s.value: 0 for s in JobState}
+    assert index_existing(client) == 4
+    again = overview_of(client, now=at)
+    # The same counts, and the wait's start as its record says (updated_at)
+    assert again["jobs"] == expected["jobs"] and again["waiting"] == expected["waiting"]
+    assert [indexed(client, j)[0] for j in (queued, waiting, submitted, ended)] == \
+        [["queued"], ["queued"], ["submitted"], ["failed"]]
+    assert index_existing(client) is None  # done once per cluster
+    assert index_existing(client, force=True) == 0  # and nothing is indexed twice
+    # An indexed ended record still stops counting when it expires
+    later = read_overview(client, dead_after_s=5, now=time.time() + FAILURE_TTL_S + 1)
+    assert later.jobs[JobState.FAILED] == 0

@@ -9,6 +9,7 @@ with ``covers metrics`` (port ``COVERS_METRICS_PORT``, path ``/metrics``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,9 +28,12 @@ from kie_covers.runtime.metrics import DURATION_BUCKETS_S, GAUGES, HELP
 from kie_covers.services.overview import cluster_overview
 from kie_covers.store.counters import bucket_name, parse_field
 from kie_covers.store.overview import Overview
+from kie_covers.store.reindex import index_existing
 from kie_covers.worker.cluster_gauges import ClusterCollector
 
 PREFIX = "covers_"
+
+log = logging.getLogger("covers.metrics")
 
 
 class RedisCollector(Collector):
@@ -83,5 +87,13 @@ def make_registry(client: redis.Redis, read: Callable[[], Overview]) -> Collecto
 
 
 def make_app() -> Any:
-    """A WSGI app serving /metrics from this cluster's Redis (`make_registry`)."""
-    return make_wsgi_app(make_registry(get_redis(), cluster_overview))
+    """A WSGI app serving /metrics from this cluster's Redis (`make_registry`).
+
+    First, once per cluster, jobs recorded before the overview's indexes existed are
+    indexed (`kie_covers.store.reindex`), so the gauges count them too.
+    """
+    client = get_redis()
+    indexed = index_existing(client)
+    if indexed:
+        log.info("indexed %d jobs recorded before the overview's indexes", indexed)
+    return make_wsgi_app(make_registry(client, cluster_overview))
