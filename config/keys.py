@@ -117,3 +117,9 @@ IMAGES_DUE = PREFIX + "images:due"
 def images_lock(job_id: str) -> str:
     """String: held while one run copies a job's images to the image store."""
     return f"{PREFIX}images-lock:{job_id}"
+
+
+def history(job_id: str) -> str:
+    """List: a job's timeline (small JSON events, oldest first, capped; see
+    `kie_covers.store.history`), expiring with its record."""
+    return f"{PREFIX}history:{job_id}"

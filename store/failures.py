@@ -156,7 +156,7 @@ class FailureIndex:
         error = job.error or {}
         pipe = self.redis.pipeline()
         if delete_record:
-            pipe.delete(keys.job(job.job_id))
+            pipe.delete(keys.job(job.job_id), keys.history(job.job_id))
         pipe.zrem(keys.FAILURES, job.job_id)
         pipe.zrem(keys.failures_by_kind(str(error.get("kind"))), job.job_id)
         pipe.zrem(keys.failures_by_code(error.get("code")), job.job_id)
