@@ -53,7 +53,8 @@ class RetryOutcome:
 
 
 def list_failures(kind: str | None = None, code: int | str | None = None,
-                  limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+                  limit: int = 100, offset: int = 0, since: float | None = None,
+                  until: float | None = None) -> list[dict[str, Any]]:
     """Failed jobs, newest failure first, as `get_cover` dicts.
 
     Args:
@@ -61,14 +62,18 @@ def list_failures(kind: str | None = None, code: int | str | None = None,
         code: only this API code (e.g. 500); ``"none"`` for failures without one.
         limit: at most this many (default 100).
         offset: skip this many of the newest first.
+        since: only failures (last failed) at or after this unix time, in seconds.
+        until: only failures (last failed) at or before this unix time, in seconds.
     """
-    return [job.to_dict() for job in get_store().failures.newest(kind, code, limit, offset)]
+    jobs = get_store().failures.newest(kind, code, limit, offset, since=since, until=until)
+    return [job.to_dict() for job in jobs]
 
 
-def count_failures(kind: str | None = None, code: int | str | None = None) -> int:
-    """How many failures are listed (of a kind, or a code): at most one per music task,
-    as `list_failures` shows them."""
-    return get_store().failures.count(kind, code)
+def count_failures(kind: str | None = None, code: int | str | None = None,
+                   since: float | None = None, until: float | None = None) -> int:
+    """How many failures are listed (of a kind, or a code, in a time range): at most one
+    per music task, as `list_failures` shows them."""
+    return get_store().failures.count(kind, code, since=since, until=until)
 
 
 def retry_jobs(job_ids: list[str], by: str = "operator") -> list[RetryOutcome]:
