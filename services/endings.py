@@ -10,7 +10,6 @@ from celery import states
 from kie_covers.config import get_settings
 from kie_covers.core import errors
 from kie_covers.core.states import JobState
-from kie_covers.runtime import metrics
 from kie_covers.runtime.app import app
 from kie_covers.runtime.signals import cover_finished
 from kie_covers.services.images import schedule_images
@@ -71,10 +70,8 @@ def job_ended(store: JobStore, job: Job | None, via: str = "worker") -> None:
     record = job.to_dict()
     record_result(job, record)
     _note_ending(store, job, via)
-    metrics.inc("jobs_ended_total", state=job.state.value,
-                kind=(job.error or {}).get("kind", ""))
-    if job.created_at is not None and job.finished_at is not None:
-        metrics.observe("job_duration_seconds", max(0.0, job.finished_at - job.created_at))
+    # The ending was counted (jobs_ended_total, job_duration_seconds) by the step that
+    # ended it (`JobStore.finish`), whichever process that was.
     try:
         cover_finished.send(sender=job_ended, job_id=job_id, record=record)
     except Exception:  # an app's receiver must not stop the notice

@@ -155,11 +155,13 @@ class FailureIndex:
         return str(self._retry(
             keys=[keys.job(job_id), keys.FAILURES, keys.RETRY_DUE, Due.JOBS.key],
             args=[job_id, repr(now), due_ms(lease_s, now), keys.job(""), keys.music(""),
-                  keys.failures_by_kind(""), keys.failures_by_code(""), *flat(RETRY_RESETS)],
+                  keys.failures_by_kind(""), keys.failures_by_code(""),
+                  keys.state_index(""), keys.waiting(""), *flat(RETRY_RESETS)],
         ))
 
     def forget(self, job: Job) -> None:
-        """Delete a failed job's record and every index entry of it."""
+        """Delete a failed job's record and every index entry of it (the overview's
+        state and wait indexes too)."""
         self._unindex(job, delete_record=True)
         if job.music_task_id and self.redis.get(keys.music(job.music_task_id)) == job.job_id:
             self.redis.delete(keys.music(job.music_task_id))
@@ -170,6 +172,10 @@ class FailureIndex:
         pipe = self.redis.pipeline()
         if delete_record:
             pipe.delete(keys.job(job.job_id), keys.history(job.job_id))
+            for state in JobState:
+                pipe.zrem(keys.state_index(state.value), job.job_id)
+            if job.wait_reason is not None:
+                pipe.zrem(keys.waiting(job.wait_reason.value), job.job_id)
         pipe.zrem(keys.FAILURES, job.job_id)
         pipe.zrem(keys.failures_by_kind(str(error.get("kind"))), job.job_id)
         pipe.zrem(keys.failures_by_code(error.get("code")), job.job_id)

@@ -21,9 +21,11 @@ NAMES = ("enqueue", "begin", "submitted", "release", "finish", "claim", "begin_n
 
 #: Shared Lua functions (``lua/<name>.lua``) put before the scripts that call them.
 #: ``failure_rows``: a music task keeps at most one failure row (``unindex_failure``).
+#: ``indexes``: the overview's state and wait indexes (``index_state``, ``index_wait``).
 INCLUDES: dict[str, tuple[str, ...]] = {
-    "enqueue": ("failure_rows",), "finish": ("failure_rows",),
-    "retry_failed": ("failure_rows",),
+    "enqueue": ("failure_rows", "indexes"), "finish": ("failure_rows", "indexes"),
+    "retry_failed": ("failure_rows", "indexes"), "begin": ("indexes",),
+    "submitted": ("indexes",), "release": ("indexes",),
 }
 
 

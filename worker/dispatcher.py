@@ -10,6 +10,11 @@ without sending a job twice per lease, and a worker that dies after claiming
 loses nothing. Outcome notices
 (`Due.NOTICES`) and image copies (`Due.COPIES`) are
 claimed and sent the same way.
+
+The same thread is the worker's heartbeat: it writes the worker's node name to
+`keys.WORKERS` as it runs (`kie_covers.store.workers.WorkerBeats`, at most once a
+second), so the cluster overview can count live workers; a clean stop takes the
+name out.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from typing import Any, ClassVar
 from celery import Celery, bootsteps
 
 from kie_covers.config import get_settings
-from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.connections import get_redis, get_store
 from kie_covers.runtime.messages import send_images, send_job, send_notice
+from kie_covers.store.workers import BEAT_EVERY_S, WorkerBeats
 
 # Imported here, before the pool forks, so each child shares them (see
 # `_preload_then_freeze`); the worker registers their tasks from this same import.
@@ -44,12 +50,16 @@ class DueDispatcher:
         app: the Celery app to send with.
         interval_s: seconds between rounds.
         lease_s: seconds a claimed job has before it is claimed again.
+        node: the worker's node name for its heartbeat; None: no heartbeat.
     """
 
-    def __init__(self, app: Celery, interval_s: float, lease_s: float) -> None:
+    def __init__(self, app: Celery, interval_s: float, lease_s: float,
+                 node: str | None = None) -> None:
         self.app = app
         self.interval_s = interval_s
         self.lease_s = lease_s
+        self.node = node
+        self._beats: WorkerBeats | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -74,10 +84,23 @@ class DueDispatcher:
             if claimed.largest < CLAIM_BATCH:
                 return sent, claimed.next_due_in_s
 
+    def _beat(self) -> None:
+        if self.node is None:
+            return
+        if self._beats is None:
+            self._beats = WorkerBeats(get_redis(), self.node,
+                                      min(BEAT_EVERY_S, self.interval_s))
+        self._beats.beat()
+
     def _loop(self) -> None:
         pause = self.interval_s
+        try:
+            self._beat()  # live from the start, not one interval later
+        except Exception:
+            log.exception("heartbeat failed; trying again in %.1fs", self.interval_s)
         while not self._stop.wait(pause):
             try:
+                self._beat()
                 _, next_in = self.run_once()
                 # Wake for the next due entry rather than a whole interval later, so a
                 # rate-limit slot or a poll is kept to within a few milliseconds.
@@ -97,6 +120,11 @@ class DueDispatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._beats is not None:
+            try:
+                self._beats.gone()
+            except Exception:  # stopping must not fail on a Redis blip
+                log.warning("could not take worker %s out of the live set", self.node)
 
 
 def _preload_then_freeze() -> None:
@@ -123,7 +151,8 @@ class DispatcherStep(bootsteps.StartStopStep):
         settings.require_api_key()
         _preload_then_freeze()
         self.dispatcher = DueDispatcher(parent.app, settings.dispatch_interval,
-                                        settings.redispatch_after)
+                                        settings.redispatch_after,
+                                        node=getattr(parent, "hostname", None))
 
     def start(self, parent: Any) -> None:
         self.dispatcher.start()
