@@ -148,10 +148,12 @@ def image_sources(settings: Settings) -> str:
 def security_headers(settings: Settings) -> list[tuple[str, str]]:
     """Headers every console answer carries: the Content-Security-Policy (scripts,
     styles, fetches and forms only from the console itself; images as
-    `image_sources`), no framing, no sniffing, no referrer, no caching."""
+    `image_sources`), no framing, no sniffing, no caching, and the referrer only to
+    itself (``same-origin``: with ``no-referrer`` a browser sends ``Origin: null`` on the
+    login form's POST, which `origin_ok` refuses)."""
     policy = ("default-src 'self'; script-src 'self'; style-src 'self'; "
               f"img-src {image_sources(settings)}; connect-src 'self'; form-action 'self'; "
               "frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
     return [("Content-Security-Policy", policy), ("X-Content-Type-Options", "nosniff"),
-            ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"),
+            ("X-Frame-Options", "DENY"), ("Referrer-Policy", "same-origin"),
             ("Cache-Control", "no-store")]
