@@ -236,7 +236,8 @@ def _after_error(run: Run, error: errors.CoverError, context: RunContext
     if isinstance(error, errors.OutOfCredits) and job.hold_since is None:
         changes["hold_since"] = now
     run.wait(decision.wait_s, **changes)
-    _note(context, job, _step_event(job, error), _wait_event(error.kind, decision.wait_s))
+    _note(context, job, _step_event(job, error),
+          _wait_event(reason.value if reason else error.kind, decision.wait_s))
     log.warning("job %s (music %s) retries in %.1fs: %s [%s]", job.job_id, job.music_task_id,
                 decision.wait_s, error, decision.reason, extra=job.log_fields("retry"))
     if job.wait_reason is not reason:

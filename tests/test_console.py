@@ -195,6 +195,9 @@ def test_reads_refuse_bad_filters_and_unknown_paths_before_redis() -> None:
     assert call(app, environ(path="/console/api/nope"))[0] == 404
     assert call(app, environ("DELETE", "/console/api/retry"))[0] == 405
     assert call(app, environ(path="/console/nope"))[0] == 404
+    # Only the CSS and the script are static files; the pages have their own routes.
+    assert call(app, environ(path="/console/static/index.html"))[0] == 404
+    assert call(app, environ(path="/console/static/console.css"))[0] == 200
 
 
 def test_a_shown_record_hides_the_apps_callback_query_and_credentials() -> None:

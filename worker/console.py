@@ -72,6 +72,8 @@ STATIC = {"console.css": "text/css; charset=utf-8",
           "console.js": "text/javascript; charset=utf-8",
           "index.html": "text/html; charset=utf-8",
           "login.html": "text/html; charset=utf-8"}
+#: The static files served under /console/static/ (the pages have routes of their own).
+ASSETS = frozenset({"console.css", "console.js"})
 _KIND = re.compile(r"[a-z_]{1,64}")
 _CODE = re.compile(r"none|-?[0-9]{1,9}")
 _SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
@@ -116,7 +118,7 @@ class Console:
             return self._text(start_response, 403, "The console answers only this host "
                               "(loopback, not forwarded) unless COVERS_CONSOLE_TOKEN is set.")
         route = segments[0] if segments else ""
-        if route == "static" and len(segments) == 2 and segments[1] in STATIC:
+        if route == "static" and len(segments) == 2 and segments[1] in ASSETS:
             return self._file(start_response, segments[1], environ)
         if route == "login":
             return self._login(environ, start_response, method)
