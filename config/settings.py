@@ -224,8 +224,8 @@ SETTINGS: tuple[Spec, ...] = (
     Spec("COVERS_IMAGE_MAX_BYTES", "image_max_bytes", "20000000", _positive_int,
          "Largest image copied to the image store, in bytes."),
     Spec("COVERS_METRICS_PORT", "metrics_port", None, _port,
-         "Port for the Prometheus endpoint (`covers metrics`, path /metrics). Unset: "
-         "metrics are not collected."),
+         "Port for the Prometheus endpoint (`covers metrics`, path /metrics); its --port "
+         "wins. Only the exporter reads it: every process counts into Redis regardless."),
     Spec("COVERS_LOG_FORMAT", "log_format", "text", _choice("text", "json"),
          "Log lines as readable text, or one JSON object per line."),
     Spec("COVERS_MAX_CALLBACK_BYTES", "max_callback_bytes", "65536", _positive_int,

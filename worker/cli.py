@@ -243,7 +243,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     settings = get_settings()
     port = args.port or settings.metrics_port
     if port is None:
-        print("covers metrics: set COVERS_METRICS_PORT (workers collect only then)",
+        print("covers metrics: give --port or set COVERS_METRICS_PORT",
               file=sys.stderr)
         return EXIT_USAGE
     logs.configure()
