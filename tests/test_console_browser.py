@@ -30,6 +30,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
+from kie_covers.core.errors import UnknownJob
 from kie_covers.runtime.redis_server import free_port
 from kie_covers.standin import KieStandin
 from tests.conftest import process_env
@@ -206,6 +207,53 @@ def test_a_failed_job_is_found_filtered_retried_and_its_page_shows_thumbnails(
                             timeout=5)
     assert refused.status_code == 403
     assert get_cover(missing)["state"] == "failed"
+
+
+def tick(browser: WebDriver, job_id: str) -> None:
+    """Select a failure's row by its checkbox."""
+    browser.find_element(By.CSS_SELECTOR,
+                         f'#failures tr[data-job-id="{job_id}"] input[type=checkbox]').click()
+
+
+def said(browser: WebDriver, text: str) -> None:
+    until(browser, lambda d: d.find_element(By.ID, "message").text == text, repr(text))
+
+
+@pytest.mark.e2e
+def test_selected_and_all_retryable_failures_are_retried_and_a_failure_forgotten(
+    standin: KieStandin, start_worker: StartWorker, browser: WebDriver, console_web: str,
+) -> None:
+    worker = start_worker(COVERS_MAX_ATTEMPTS="1", COVERS_RETRY_BASE="3600")
+    standin.inject("generate", "500", times=None)
+    first, second = (enqueue_cover("console" + uuid.uuid4().hex, APP_CALLBACK,
+                                   queue=worker.queue) for _ in range(2))
+    for job_id in (first, second):
+        assert wait_for_cover(job_id, timeout_s=30)["state"] == "failed"
+    standin.clear_faults()
+    standin.inject("generate", "404", times=1)
+    missing = enqueue_cover("notfound" + uuid.uuid4().hex, APP_CALLBACK, queue=worker.queue)
+    assert wait_for_cover(missing, timeout_s=30)["error"]["retryable"] is False
+    browser.get(console_web)
+    until(browser, lambda d: set(failure_rows(d)) == {first, second, missing}, "3 failures")
+    # The selected one only.
+    tick(browser, first)
+    browser.find_element(By.ID, "retry-selected").click()
+    said(browser, "1 queued again")
+    assert wait_for_cover(first, timeout_s=30)["state"] == "succeeded"
+    assert get_cover(second)["state"] == "failed"
+    # All retryable ones: the 500, not the 404.
+    browser.find_element(By.ID, "retry-all").click()
+    said(browser, "1 queued again")
+    assert wait_for_cover(second, timeout_s=30)["state"] == "succeeded"
+    until(browser, lambda d: failure_rows(d) == [missing], "only the 404 is left")
+    # Forget asks first, then deletes the record.
+    tick(browser, missing)
+    browser.find_element(By.ID, "forget-selected").click()
+    until(browser, lambda d: d.switch_to.alert, "the confirmation").accept()
+    said(browser, "1 forgotten")
+    until(browser, lambda d: failure_rows(d) == [], "no failures left")
+    with pytest.raises(UnknownJob):
+        get_cover(missing)
 
 
 @pytest.mark.e2e

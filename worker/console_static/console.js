@@ -206,6 +206,7 @@ async function refreshCluster() {
 }
 
 async function retryIds(ids) {
+  say("retrying…");
   try {
     const answer = await postJson("/retry", { jobIds: ids });
     const refused = answer.results.filter((r) => r.result !== "ok");
@@ -219,6 +220,7 @@ async function retryIds(ids) {
 
 async function forgetIds(ids, after) {
   if (!window.confirm(`Forget ${ids.length} failed job(s)? Their records are deleted.`)) return;
+  say("forgetting…");
   try {
     const answer = await postJson("/forget", { jobIds: ids });
     say(`${answer.forgotten} forgotten`);
@@ -354,6 +356,7 @@ function wireCluster() {
   $("retry-all").addEventListener("click", async () => {
     const kind = $("kind").value;
     const code = $("code").value.trim();
+    say("retrying…");
     try {
       const payload = { allRetryable: true };
       if (kind) payload.kind = kind;
