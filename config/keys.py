@@ -119,6 +119,12 @@ def images_lock(job_id: str) -> str:
     return f"{PREFIX}images-lock:{job_id}"
 
 
+def history(job_id: str) -> str:
+    """List: a job's timeline (small JSON events, oldest first, capped; see
+    `kie_covers.store.history`), expiring with its record."""
+    return f"{PREFIX}history:{job_id}"
+
+
 # --- the cluster overview's indexes (`kie_covers.store.overview`) ----------------------
 # Kept by the job scripts in the same step as each change (``lua/indexes.lua``), so the
 # overview counts jobs by state and by wait without scanning job keys.

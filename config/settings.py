@@ -255,6 +255,10 @@ SETTINGS: tuple[Spec, ...] = (
          "Largest request body the producer API accepts, in bytes (a batch included)."),
     Spec("COVERS_API_MAX_BATCH", "api_max_batch", "1000", _positive_int,
          "Most items one POST /v1/covers/batch may hold; more are refused (422)."),
+    Spec("COVERS_CONSOLE_TOKEN", "console_token", None, _secret,
+         "Token the operations console (`covers web`, /console) asks for at its login "
+         "form. Unset: the console answers only clients on loopback that no proxy "
+         "forwarded; never logged nor shown."),
     Spec("COVERS_ALLOW_PRIVATE_TARGETS", "allow_private_targets", "0", _flag,
          "1 lets image downloads and app notices go to loopback and private addresses "
          "(development, the demo and the tests only). 0 (production): only public ones."),
@@ -318,6 +322,7 @@ class Settings:
     api_token: Secret | None
     max_api_bytes: int
     api_max_batch: int
+    console_token: Secret | None
     allow_private_targets: bool
     queue: str
     state_dir: str

@@ -34,6 +34,7 @@ from kie_covers.services.step import (
     advance,
     from_callback,
 )
+from kie_covers.store.history import Event, event
 from kie_covers.store.jobs import Counter, JobStore
 from kie_covers.store.record import Job
 from kie_covers.store.run import Busy, Ended, Run
@@ -142,16 +143,39 @@ def apply(run: Run, outcome: Outcome, context: RunContext) -> dict[str, Any] | s
         log.debug("job %s waits %.3fs (%s)", job.job_id, outcome.wait_s, outcome.reason,
                   extra=job.log_fields("throttled"))
         if job.wait_reason is not outcome.reason:
+            # Only a change of reason goes on the timeline: slot waits come in runs.
+            _note(context, job, _wait_event(outcome.reason.value, outcome.wait_s))
             _show(context, job.job_id, CeleryState.WAITING)
         return f"throttled ({outcome.reason}); next look in {outcome.wait_s:.3f}s"
     run.wait(outcome.seconds, retries=0, faults=0, wait_reason=None)
+    _note(context, job, event("poll", n=job.polls + 1))
     return _waits(job, outcome, context)
+
+
+def _note(context: RunContext, job: Job, *events: Event) -> None:
+    """Append to the job's timeline (one round trip; never fails the run)."""
+    context.store.history.add(job.job_id, *events)
+
+
+def _wait_event(reason: str, wait_s: float) -> Event:
+    return event("wait", reason=reason, until=int((time.time() + wait_s) * 1000))
+
+
+def _step_event(job: Job, error: errors.CoverError) -> Event:
+    """The failed call of this step: a generate (``attempt``) or a poll."""
+    if job.state is JobState.QUEUED:
+        return event("attempt", n=job.attempts + 1, kind=error.kind, code=error.code)
+    return event("poll", n=job.polls + 1, kind=error.kind, code=error.code)
 
 
 def _accepted(run: Run, outcome: Accepted, context: RunContext) -> dict[str, Any] | str:
     job = run.job
     poll_s = context.settings.kie_poll_interval
     recorded = run.submitted(outcome.cover_task_id, poll_s)
+    if recorded.changed:
+        _note(context, job, event("submitted", attempt=job.attempts + 1,
+                                  cover_task_id=outcome.cover_task_id,
+                                  existing=outcome.existing or None))
     log.info("job %s (music %s) submitted: cover task %s%s", job.job_id, job.music_task_id,
              outcome.cover_task_id, " (already existed)" if outcome.existing else "",
              extra=job.log_fields("submitted"))
@@ -202,6 +226,7 @@ def _after_error(run: Run, error: errors.CoverError, context: RunContext
     if decision.wait_s is None:
         log.warning("job %s (music %s) failed: %s [%s]", job.job_id, job.music_task_id,
                     error, decision.reason, extra=job.log_fields("failed"))
+        _note(context, job, _step_event(job, error))
         return _end(run, context.store, error=error)
     _pause_cluster(error, decision.wait_s)
     reason = WaitReason.parse(error.kind)
@@ -211,6 +236,8 @@ def _after_error(run: Run, error: errors.CoverError, context: RunContext
     if isinstance(error, errors.OutOfCredits) and job.hold_since is None:
         changes["hold_since"] = now
     run.wait(decision.wait_s, **changes)
+    _note(context, job, _step_event(job, error),
+          _wait_event(reason.value if reason else error.kind, decision.wait_s))
     log.warning("job %s (music %s) retries in %.1fs: %s [%s]", job.job_id, job.music_task_id,
                 decision.wait_s, error, decision.reason, extra=job.log_fields("retry"))
     if job.wait_reason is not reason:

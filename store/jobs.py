@@ -26,6 +26,7 @@ from kie_covers.core.states import JobState
 from kie_covers.store import counters
 from kie_covers.store.due import Due, DueSets, due_ms
 from kie_covers.store.failures import FailureIndex
+from kie_covers.store.history import History
 from kie_covers.store.locks import TokenLock
 from kie_covers.store.notices import Notices
 from kie_covers.store.record import Job, encode_fields, from_flat
@@ -90,6 +91,8 @@ class JobStore:
         self.due = DueSets(client)
         self.failures = FailureIndex(client, lifetimes.failure_ttl_s)
         self.notices = Notices(client, lifetimes.notice_lock_s)
+        #: Jobs' timelines; a live job's lives as long as the longer record lifetime.
+        self.history = History(client, max(lifetimes.result_ttl_s, lifetimes.failure_ttl_s))
         self._enqueue = register(client, "enqueue")
         self._begin = register(client, "begin")
         self._finish = register(client, "finish")
