@@ -117,3 +117,8 @@ IMAGES_DUE = PREFIX + "images:due"
 def images_lock(job_id: str) -> str:
     """String: held while one run copies a job's images to the image store."""
     return f"{PREFIX}images-lock:{job_id}"
+
+#: String with an EX expiry: renewed by every worker whose Celery task events are on
+#: (``-E``, or a monitor's ``enable_events``). While it lives, `covers web` sends the
+#: task event of each job it ends (`kie_covers.runtime.task_view`).
+TASK_EVENTS = PREFIX + "task-events"

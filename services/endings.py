@@ -13,6 +13,7 @@ from kie_covers.core.states import JobState
 from kie_covers.runtime import metrics
 from kie_covers.runtime.app import app
 from kie_covers.runtime.signals import cover_finished
+from kie_covers.runtime.task_view import announce_end
 from kie_covers.services.images import schedule_images
 from kie_covers.services.notify import deliver_soon
 from kie_covers.store.jobs import JobStore
@@ -56,6 +57,7 @@ def job_ended(store: JobStore, job: Job | None) -> None:
     job_id = job.job_id
     record = job.to_dict()
     record_result(job, record)
+    announce_end(job, record)  # the task event, when task events are on
     metrics.inc("jobs_ended_total", state=job.state.value,
                 kind=(job.error or {}).get("kind", ""))
     if job.created_at is not None and job.finished_at is not None:
