@@ -201,12 +201,27 @@ def announce_end(job: Job, record: dict[str, Any]) -> None:
     else:
         kind = "task-succeeded"
         fields = {"result": shown_result(record)}
+    _send(job.job_id, kind, fields)
+
+
+def _send(job_id: str, kind: str, fields: dict[str, Any]) -> None:
+    """Send task event `kind` of job `job_id` from this process (best effort)."""
     try:
         with app.events.default_dispatcher() as dispatcher:
-            dispatcher.send(kind, uuid=job.job_id, **fields)
-    except Exception as error:  # a monitor's view must never undo the ending itself
-        log.warning("job %s: its %s event was not sent (%s)", job.job_id, kind,
+            dispatcher.send(kind, uuid=job_id, **fields)
+    except Exception as error:  # a monitor's view must never undo the job's change
+        log.warning("job %s: its %s event was not sent (%s)", job_id, kind,
                     type(error).__name__)
+
+
+def announce_retry(job: Job) -> None:
+    """A failed job queued again (a retry round): send ``task-retried`` when task
+    events are on. Celery's event state lets ``RETRY`` follow ``FAILURE`` (custom
+    states cannot), so monitors follow the job's new runs."""
+    if not task_events_on():
+        return
+    text = f"queued again after its failure (retry round {job.retry_rounds})"
+    _send(job.job_id, "task-retried", {"exception": text, "traceback": None})
 
 
 def job_has_ended(job_id: str) -> bool:

@@ -34,6 +34,7 @@ from kie_covers.core.states import CeleryState, JobState
 from kie_covers.runtime.app import app
 from kie_covers.runtime.connections import get_store
 from kie_covers.runtime.messages import send_job
+from kie_covers.runtime.task_view import announce_retry
 
 log = logging.getLogger("covers.failures")
 
@@ -82,6 +83,7 @@ def retry_jobs(job_ids: list[str]) -> list[RetryOutcome]:
             if job is not None:
                 # Celery users see the job waiting again, not its old failure.
                 app.backend.store_result(job_id, job.to_dict(), CeleryState.WAITING.value)
+                announce_retry(job)  # and Flower sees its task retried, not FAILURE
                 send_job(job.job_id, job.music_task_id, job.callback_url, job.queue or None)
                 log.info("job %s (music %s) queued again, round %d", job_id,
                          job.music_task_id, job.retry_rounds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import secrets
 import signal
@@ -37,6 +38,7 @@ from kie_covers.config import keys
 from kie_covers.core.errors import GenerationFailed, NotFound
 from kie_covers.runtime.app import app
 from kie_covers.runtime.redis_server import RedisServer, free_port
+from kie_covers.services.failures import retry_jobs
 from kie_covers.standin import KieStandin
 from tests.conftest import process_env
 from tests.services import ROOT, WebProcess, WorkerProcess, wait_until
@@ -54,6 +56,8 @@ class EventLog:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.state = State()
+        #: Each task's state in `state` after each of its events, in order.
+        self.states: dict[str, list[str]] = {}
         self.lock = threading.Lock()
         self.receiver: Any = None
         self.thread = threading.Thread(target=self._run, name="event-log", daemon=True)
@@ -67,6 +71,9 @@ class EventLog:
         with self.lock:
             self.events.append(event)
             self.state.event(event)
+            task = self.state.tasks.get(event.get("uuid", ""))
+            if task is not None:
+                self.states.setdefault(task.uuid, []).append(str(task.state))
 
     def of(self, job_id: str) -> list[dict[str, Any]]:
         """The task events of job `job_id`, in the order received."""
@@ -191,11 +198,11 @@ def stage(standin_server: KieStandin, redis_server: RedisServer, run_dir: Path,
     worker = MonitoredWorker(name, env, run_dir)
     flower: Flower | None = None
     try:
-        # The receiver listens before the worker starts, so it hears it come online.
         wait_until(lambda: events.receiver is not None, 10, 0.05, "the event receiver")
-        time.sleep(0.5)  # its subscription is made as capture() starts
         worker.start()
         hostname = f"{name}@{os.uname().nodename}"
+        # Once the receiver hears the worker (online, or its heartbeat every 2 s), it
+        # is subscribed.
         wait_until(lambda: events.seen("worker-online", hostname)
                    or events.seen("worker-heartbeat", hostname), 30, 0.1,
                    "the worker's first event")
@@ -283,6 +290,22 @@ def test_failed_jobs_are_failures_with_their_typed_error_whoever_ends_them(
     error = AsyncResult(by_callback, app=app).info
     assert isinstance(error, GenerationFailed)
     assert error.to_dict() == get_cover(by_callback)["error"]
+
+    # Queued again (a retry round): monitors see it retried and follow its new runs.
+    assert [outcome.result for outcome in retry_jobs([by_callback])] == ["ok"]
+    wait_until(lambda: stage.events.types(by_callback).count("task-failed") == 2, 30, 0.05,
+               "the retried job's second failure")
+    types = stage.events.types(by_callback)
+    again = types[types.index("task-failed") + 1:]
+    assert "task-retried" in again and "task-submitted" in again[again.index("task-retried"):]
+    # Celery's event state (Flower's): FAILURE, then RETRY, RECEIVED, STARTED,
+    # SUBMITTED, FAILURE; a custom state alone could not have followed the FAILURE.
+    states = [state for state, _ in itertools.groupby(stage.events.states[by_callback])]
+    later = states[states.index("FAILURE") + 1:]
+    assert [state for state in later if state in ("RETRY", "SUBMITTED", "FAILURE")] == [
+        "RETRY", "SUBMITTED", "FAILURE"]
+    wait_until(functools.partial(_flower_state, stage, by_callback, "FAILURE"), 20, 0.1,
+               "Flower: FAILURE again")
 
     [failed] = [e for e in stage.events.of(in_worker) if e["type"] == "task-failed"]
     assert failed["hostname"] == stage.hostname  # the worker's own task-failed
