@@ -108,16 +108,17 @@ def wait_of(job: Job, reason: WaitReason, delay_s: float,
                 time.time() + max(0.0, delay_s))
 
 
-class JobWaits(Retry):  # type: ignore[misc]  # Celery ships no type hints
+class JobWaits(Retry, errors.KieCoversError):  # type: ignore[misc]  # Celery: no hints
     """Raised by the cover task when its run leaves the job waiting.
 
     A Celery ``Retry`` (the job's task will run again: the due set sends its message),
     not a new message: nothing is sent, the message is acknowledged, and the worker
-    reports no ``SUCCESS`` for the step. Picklable (it crosses the pool's pipe).
+    reports no ``SUCCESS`` for the step. Not an error of the job; a `KieCoversError`
+    only as every exception of the project is. Picklable (it crosses the pool's pipe).
     """
 
     def __init__(self, event: str, text: str, reason: str, resumes_at: str) -> None:
-        super().__init__(message=text)
+        Retry.__init__(self, message=text)
         self.event = event
         self.text = text
         self.reason = reason

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import itertools
 import os
+import pickle
 import secrets
 import signal
 import subprocess
@@ -31,6 +32,7 @@ import pytest
 import redis
 import requests
 from celery.events.state import State
+from celery.exceptions import Retry
 from celery.result import AsyncResult
 
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
@@ -38,12 +40,12 @@ from kie_covers.config import keys
 from kie_covers.core.errors import GenerationFailed, NotFound
 from kie_covers.runtime.app import app
 from kie_covers.runtime.redis_server import RedisServer, free_port
+from kie_covers.runtime.task_view import JobWaits, iso
 from kie_covers.services.failures import retry_jobs
 from kie_covers.standin import KieStandin
-from tests.conftest import process_env
+from kie_covers.store.shown_state import ShownState
+from tests.conftest import STORE_DB, empty_db, process_env
 from tests.services import ROOT, WebProcess, WorkerProcess, wait_until
-
-pytestmark = pytest.mark.e2e
 
 FLOWER_USER = "ops"
 FLOWER_PASSWORD = secrets.token_hex(8)
@@ -229,6 +231,7 @@ def _flower_state(stage: Stage, job_id: str, state: str) -> bool:
     return stage.flower.task(job_id).get("state") == state
 
 
+@pytest.mark.e2e
 def test_a_job_ended_by_callback_in_covers_web_succeeds_there_with_its_images(
     stage: Stage,
 ) -> None:
@@ -265,6 +268,7 @@ def test_a_job_ended_by_callback_in_covers_web_succeeds_there_with_its_images(
     assert result.state == "SUCCESS" and result.info["images"] == record["images"]
 
 
+@pytest.mark.e2e
 def test_failed_jobs_are_failures_with_their_typed_error_whoever_ends_them(
     stage: Stage,
 ) -> None:
@@ -316,6 +320,7 @@ def test_failed_jobs_are_failures_with_their_typed_error_whoever_ends_them(
     assert result.state == "FAILURE" and isinstance(result.info, NotFound)
 
 
+@pytest.mark.e2e
 def test_a_job_held_by_maintenance_is_waiting_with_its_reason_never_success(
     stage: Stage,
 ) -> None:
@@ -341,3 +346,37 @@ def test_a_job_held_by_maintenance_is_waiting_with_its_reason_never_success(
     # The worker's run for the step ended; Celery reported no success for it.
     assert not {"task-succeeded", "task-failed", "task-retried"} & set(
         stage.events.types(job_id))
+
+
+def test_a_wait_is_shown_only_while_its_job_has_not_ended(redis_server: RedisServer) -> None:
+    with empty_db(redis_server, STORE_DB) as client:
+        shown = ShownState(client)
+        job_key, result_key = keys.job("j1"), "celery-task-meta-j1"
+        assert not shown.show_wait("j1", result_key, "waiting", 60)  # no record at all
+        client.hset(job_key, "state", "submitted")
+        assert shown.show_wait("j1", result_key, "waiting", 60)
+        assert client.get(result_key) == "waiting" and 0 < client.ttl(result_key) <= 60
+        for final in ("succeeded", "failed"):
+            # The ending's outcome is written after the record turned final: a slower
+            # run's wait must never cover it.
+            client.set(result_key, "the outcome")
+            client.hset(job_key, "state", final)
+            assert not shown.show_wait("j1", result_key, "waiting", 60)
+            assert client.get(result_key) == "the outcome" and shown.has_ended("j1")
+
+
+def test_a_wait_crosses_the_pool_pipe_whole_and_says_why_and_until_when() -> None:
+    waits = JobWaits("task-waiting", "WAITING: waits for maintenance until T", "maintenance",
+                     iso(1_800_000_000.0))
+    back = pickle.loads(pickle.dumps(waits))
+    assert isinstance(back, Retry) and str(back) == "WAITING: waits for maintenance until T"
+    assert back.event_fields() == {"result": "WAITING: waits for maintenance until T",
+                                   "reason": "maintenance",
+                                   "resumes_at": "2027-01-15T08:00:00.000Z"}
+
+
+def test_a_typed_error_shows_its_kind_code_message_and_retryable_in_its_repr() -> None:
+    assert repr(NotFound("music task not found", 404)) == (
+        "NotFound(kind='not_found', code=404, message='music task not found', "
+        "retryable=False)")
+    assert "retryable=True" in repr(GenerationFailed("cover generation failed", 501))
