@@ -152,3 +152,7 @@ CREDITS_CHECKED = PREFIX + "credits:checked"
 #: String: set (to the unix time) once the jobs recorded before the indexes above
 #: existed have been indexed (`kie_covers.store.reindex`).
 INDEXES_BUILT = PREFIX + "indexes:built"
+#: String with an EX expiry: renewed by every worker whose Celery task events are on
+#: (``-E``, or a monitor's ``enable_events``). While it lives, `covers web` sends the
+#: task event of each job it ends (`kie_covers.runtime.task_view`).
+TASK_EVENTS = PREFIX + "task-events"

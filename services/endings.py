@@ -12,6 +12,7 @@ from kie_covers.core import errors
 from kie_covers.core.states import JobState
 from kie_covers.runtime.app import app
 from kie_covers.runtime.signals import cover_finished
+from kie_covers.runtime.task_view import announce_end
 from kie_covers.services.images import schedule_images
 from kie_covers.services.notify import deliver_soon
 from kie_covers.store.history import event
@@ -70,6 +71,7 @@ def job_ended(store: JobStore, job: Job | None, via: str = "worker") -> None:
     record = job.to_dict()
     record_result(job, record)
     _note_ending(store, job, via)
+    announce_end(job, record)  # the task event, when task events are on
     # The ending was counted (jobs_ended_total, job_duration_seconds) by the step that
     # ended it (`JobStore.finish`), whichever process that was.
     try:

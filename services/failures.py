@@ -34,6 +34,7 @@ from kie_covers.core.states import CeleryState, JobState
 from kie_covers.runtime.app import app
 from kie_covers.runtime.connections import get_store
 from kie_covers.runtime.messages import send_job
+from kie_covers.runtime.task_view import announce_retry
 from kie_covers.store.history import event
 
 log = logging.getLogger("covers.failures")
@@ -94,6 +95,7 @@ def retry_jobs(job_ids: list[str], by: str = "operator") -> list[RetryOutcome]:
                 store.history.add(job_id, event("retried", round=job.retry_rounds, by=by))
                 # Celery users see the job waiting again, not its old failure.
                 app.backend.store_result(job_id, job.to_dict(), CeleryState.WAITING.value)
+                announce_retry(job)  # and Flower sees its task retried, not FAILURE
                 send_job(job.job_id, job.music_task_id, job.callback_url, job.queue or None)
                 log.info("job %s (music %s) queued again, round %d", job_id,
                          job.music_task_id, job.retry_rounds)

@@ -17,7 +17,8 @@ from redis.commands.core import Script
 
 #: Every script, by file name (without ``.lua``).
 NAMES = ("enqueue", "begin", "submitted", "release", "finish", "claim", "begin_notice",
-         "unlock", "set_if_exists", "retry_failed", "acquire", "pause", "count", "index_jobs")
+         "unlock", "set_if_exists", "retry_failed", "acquire", "pause", "count", "index_jobs",
+         "show_wait")
 
 #: Shared Lua functions (``lua/<name>.lua``) put before the scripts that call them.
 #: ``failure_rows``: a music task keeps at most one failure row (``unindex_failure``).

@@ -30,10 +30,12 @@ from kie_covers.runtime.kie_client import get_client
 from kie_covers.runtime.logs import install_filter
 from kie_covers.services.image_store import check_store
 from kie_covers.worker.dispatcher import DispatcherStep
+from kie_covers.worker.task_events import TaskEventsMark
 
 __all__ = ["app"]
 
 app.steps["worker"].add(DispatcherStep)
+app.steps["consumer"].add(TaskEventsMark)
 
 
 #: Exit code of a worker refused at start-up for a setting (as ``covers`` uses).
