@@ -99,11 +99,6 @@ def notify_lock(job_id: str) -> str:
     """String: held while one process delivers a job's outcome to the app."""
     return f"{PREFIX}notify-lock:{job_id}"
 
-#: List, newest first: broker entries no worker could decode (poison), each a JSON
-#: object {at, queue, reason, detail, size, truncated, raw (base64)}; capped at
-#: `kie_covers.store.quarantine.QUARANTINE_MAX` entries (see ``covers quarantine``).
-QUARANTINE = PREFIX + "quarantine"
-
 #: Hash: every metric counter, field ``name|label=value,...`` -> count.
 METRIC_COUNTERS = PREFIX + "metrics:counters"
 #: Hash: every metric gauge, field ``name`` -> its newest value (last writer wins).
@@ -122,3 +117,44 @@ IMAGES_DUE = PREFIX + "images:due"
 def images_lock(job_id: str) -> str:
     """String: held while one run copies a job's images to the image store."""
     return f"{PREFIX}images-lock:{job_id}"
+
+
+def history(job_id: str) -> str:
+    """List: a job's timeline (small JSON events, oldest first, capped; see
+    `kie_covers.store.history`), expiring with its record."""
+    return f"{PREFIX}history:{job_id}"
+
+
+# --- the cluster overview's indexes (`kie_covers.store.overview`) ----------------------
+# Kept by the job scripts in the same step as each change (``lua/indexes.lua``), so the
+# overview counts jobs by state and by wait without scanning job keys.
+
+
+def state_index(state: str) -> str:
+    """Sorted set: the job ids in one `JobState`. Queued and submitted jobs are scored
+    by when they entered the state (ms); succeeded and failed ones by when their record
+    expires (ms), so entries past their score are gone records (pruned lazily)."""
+    return f"{PREFIX}state:{state}"
+
+
+def waiting(reason: str) -> str:
+    """Sorted set: the job ids waiting for one `WaitReason`, by when the wait began (ms)."""
+    return f"{PREFIX}waiting:{reason}"
+
+#: List, newest first: broker entries no worker could decode (poison), each a JSON
+#: object {at, queue, reason, detail, size, truncated, raw (base64)}; capped at
+#: `kie_covers.store.quarantine.QUARANTINE_MAX` entries (see ``covers quarantine``).
+#: Filled by `kie_covers.runtime.poison`; its length is the overview's ``quarantined``.
+QUARANTINE = PREFIX + "quarantine"
+#: Sorted set: worker node names, scored by when each was last seen alive (ms): each
+#: worker's dispatcher writes its name there as it runs (`kie_covers.store.workers`).
+WORKERS = PREFIX + "workers"
+#: Hash: the newest credit check of any worker: ``at`` (unix ms) and ``left`` (credits).
+CREDITS_CHECKED = PREFIX + "credits:checked"
+#: String: set (to the unix time) once the jobs recorded before the indexes above
+#: existed have been indexed (`kie_covers.store.reindex`).
+INDEXES_BUILT = PREFIX + "indexes:built"
+#: String with an EX expiry: renewed by every worker whose Celery task events are on
+#: (``-E``, or a monitor's ``enable_events``). While it lives, `covers web` sends the
+#: task event of each job it ends (`kie_covers.runtime.task_view`).
+TASK_EVENTS = PREFIX + "task-events"

@@ -131,6 +131,11 @@ class CoverError(KieCoversError):
         wait = f", retry after {self.retry_after:g}s" if self.retry_after is not None else ""
         return f"{self.kind}{code}: {self.message}{wait}"
 
+    def __repr__(self) -> str:
+        # What Celery's task events (Flower, ``celery events``) show of a failed job.
+        return (f"{type(self).__name__}(kind={self.kind!r}, code={self.code!r}, "
+                f"message={self.message!r}, retryable={self.retryable!r})")
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message, self.code, self.retry_after, self.detail))
 

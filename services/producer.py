@@ -23,6 +23,7 @@ from kie_covers.core.states import JobState
 from kie_covers.runtime.connections import get_store
 from kie_covers.runtime.full_redis import is_redis_full
 from kie_covers.runtime.messages import send_job
+from kie_covers.store.history import event
 
 
 def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = None,
@@ -57,11 +58,14 @@ def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = 
                                       "priority": priority, "tenant": tenant})
     settings = get_settings()
     queue = queue or settings.queue
+    store = get_store()
     try:
-        job_id, created = get_store().enqueue(
+        job_id, created = store.enqueue(
             str(uuid.uuid4()), request["taskId"], request["callBackUrl"],
             settings.redispatch_after, queue, request["priority"], request["tenant"])
         if created:
+            store.history.add(job_id, event("enqueued", queue=queue,
+                                            priority=request["priority"]))
             # Should this send fail (broker down), the job is already in the due set and
             # a worker's dispatcher sends it within COVERS_REDISPATCH_AFTER seconds.
             send_job(job_id, request["taskId"], request["callBackUrl"], queue=queue)

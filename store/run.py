@@ -106,7 +106,8 @@ class Run:
         changed, early = self._scripts.submitted(
             keys=[keys.job(job_id), keys.cover(cover_task_id), Due.JOBS.key,
                   keys.early_callback(cover_task_id), keys.lock(job_id)],
-            args=[job_id, cover_task_id, repr(now), due_ms(next_look_s, now), self.token])
+            args=[job_id, cover_task_id, repr(now), due_ms(next_look_s, now), self.token,
+                  keys.state_index(""), keys.waiting("")])
         early_body = str(early) if early else None
         if changed and early_body is None:
             self.open = False  # the script released the lock with the record
@@ -120,8 +121,8 @@ class Run:
         fields = encode_fields({**changes, "updated_at": now})
         job_id = self.job.job_id
         self._scripts.release(keys=[keys.job(job_id), Due.JOBS.key, keys.lock(job_id)],
-                      args=[job_id, due_ms(delay_s, now), self.token,
-                            *flat(fields)])
+                      args=[job_id, due_ms(delay_s, now), self.token, keys.waiting(""),
+                            int(now * 1000), *flat(fields)])
         self.open = False
 
     def finish(self, images: list[str] | None = None,

@@ -17,13 +17,16 @@ from redis.commands.core import Script
 
 #: Every script, by file name (without ``.lua``).
 NAMES = ("enqueue", "begin", "submitted", "release", "finish", "claim", "begin_notice",
-         "unlock", "set_if_exists", "retry_failed", "acquire", "pause", "count")
+         "unlock", "set_if_exists", "retry_failed", "acquire", "pause", "count", "index_jobs",
+         "show_wait")
 
 #: Shared Lua functions (``lua/<name>.lua``) put before the scripts that call them.
 #: ``failure_rows``: a music task keeps at most one failure row (``unindex_failure``).
+#: ``indexes``: the overview's state and wait indexes (``index_state``, ``index_wait``).
 INCLUDES: dict[str, tuple[str, ...]] = {
-    "enqueue": ("failure_rows",), "finish": ("failure_rows",),
-    "retry_failed": ("failure_rows",),
+    "enqueue": ("failure_rows", "indexes"), "finish": ("failure_rows", "indexes"),
+    "retry_failed": ("failure_rows", "indexes"), "begin": ("indexes",),
+    "submitted": ("indexes",), "release": ("indexes",),
 }
 
 

@@ -32,10 +32,12 @@ from kie_covers.runtime.kie_client import get_client
 from kie_covers.runtime.logs import install_filter
 from kie_covers.services.image_store import check_store
 from kie_covers.worker.dispatcher import DispatcherStep
+from kie_covers.worker.task_events import TaskEventsMark
 
 __all__ = ["app"]
 
 app.steps["worker"].add(DispatcherStep)
+app.steps["consumer"].add(TaskEventsMark)
 # Celery's documented hook for the consumer class (a string: loaded by the worker only).
 app.conf.worker_consumer = "kie_covers.worker.quarantine_consumer:QuarantiningConsumer"
 # A worker waits out a full Redis on every command rather than failing the step at hand.

@@ -2,7 +2,8 @@
 
     covers worker [CELERY WORKER OPTIONS]   start a worker (same as celery -A worker worker)
     covers beat                             start the beat scheduler
-    covers web [--host H] [--port P]        serve the callback endpoint under waitress
+    covers web [--host H] [--port P]        serve the callback endpoint, the producer API
+                                            (/v1/...) and the console (/console) under waitress
                                             (port: --port, else COVERS_WEB_PORT; never $PORT)
     covers metrics [--host H] [--port P]    serve Prometheus metrics (/metrics)
     covers standin [--port P] ...           run the Kie stand-in (no credits spent)
@@ -246,7 +247,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     settings = get_settings()
     port = args.port or settings.metrics_port
     if port is None:
-        print("covers metrics: set COVERS_METRICS_PORT (workers collect only then)",
+        print("covers metrics: give --port or set COVERS_METRICS_PORT",
               file=sys.stderr)
         return EXIT_USAGE
     logs.configure()
@@ -456,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="start a Celery worker (extra options go to celery)",
                    add_help=False)
     sub.add_parser("beat", help="start the beat scheduler", add_help=False)
-    web = sub.add_parser("web", help="serve the callback endpoint")
+    web = sub.add_parser("web", help="serve the callback endpoint, the producer API and the "
+                         "console")
     web.add_argument("--host", default="127.0.0.1")
     # Not $PORT: honcho and foreman set it per process (5000 + 100 x line), and the
     # callback URL handed to Kie must name the port this listens on.

@@ -15,6 +15,11 @@ A message claimed but refused by the broker (a full Redis: maxmemory reached) is
 kept and sent first in the next round, before anything new is claimed: its claim
 renewed its lease, so dropping it would leave its job waiting a whole lease. While
 Redis is full the rounds back off (up to `LONGEST_WAIT_S`) with one warning each.
+
+The same thread is the worker's heartbeat: it writes the worker's node name to
+`keys.WORKERS` as it runs (`kie_covers.store.workers.WorkerBeats`, at most once a
+second), so the cluster overview can count live workers; a clean stop takes the
+name out.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from celery import Celery, bootsteps
 from kombu.exceptions import OperationalError
 
 from kie_covers.config import get_settings
-from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.connections import get_redis, get_store
 from kie_covers.runtime.full_redis import FIRST_WAIT_S, LONGEST_WAIT_S, is_redis_full
 from kie_covers.runtime.messages import send_images, send_job, send_notice
+from kie_covers.store.workers import BEAT_EVERY_S, WorkerBeats
 
 # Imported here, before the pool forks, so each child shares them (see
 # `_preload_then_freeze`); the worker registers their tasks from this same import.
@@ -54,12 +60,16 @@ class DueDispatcher:
         app: the Celery app to send with.
         interval_s: seconds between rounds.
         lease_s: seconds a claimed job has before it is claimed again.
+        node: the worker's node name for its heartbeat; None: no heartbeat.
     """
 
-    def __init__(self, app: Celery, interval_s: float, lease_s: float) -> None:
+    def __init__(self, app: Celery, interval_s: float, lease_s: float,
+                 node: str | None = None) -> None:
         self.app = app
         self.interval_s = interval_s
         self.lease_s = lease_s
+        self.node = node
+        self._beats: WorkerBeats | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: Sends of claimed messages not made yet (the broker refused them), oldest first.
@@ -106,10 +116,23 @@ class DueDispatcher:
             sent += 1
         return sent
 
+    def _beat(self) -> None:
+        if self.node is None:
+            return
+        if self._beats is None:
+            self._beats = WorkerBeats(get_redis(), self.node,
+                                      min(BEAT_EVERY_S, self.interval_s))
+        self._beats.beat()
+
     def _loop(self) -> None:
         pause, full_wait = self.interval_s, FIRST_WAIT_S
+        try:
+            self._beat()  # live from the start, not one interval later
+        except Exception:
+            log.exception("heartbeat failed; trying again in %.1fs", self.interval_s)
         while not self._stop.wait(pause):
             try:
+                self._beat()
                 _, next_in = self.run_once()
                 # Wake for the next due entry rather than a whole interval later, so a
                 # rate-limit slot or a poll is kept to within a few milliseconds.
@@ -137,6 +160,11 @@ class DueDispatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._beats is not None:
+            try:
+                self._beats.gone()
+            except Exception:  # stopping must not fail on a Redis blip
+                log.warning("could not take worker %s out of the live set", self.node)
 
 
 def _preload_then_freeze() -> None:
@@ -163,7 +191,8 @@ class DispatcherStep(bootsteps.StartStopStep):
         settings.require_api_key()
         _preload_then_freeze()
         self.dispatcher = DueDispatcher(parent.app, settings.dispatch_interval,
-                                        settings.redispatch_after)
+                                        settings.redispatch_after,
+                                        node=getattr(parent, "hostname", None))
 
     def start(self, parent: Any) -> None:
         self.dispatcher.start()

@@ -285,7 +285,7 @@ class ProducerApi:
     def retry(self, environ: Environ, job_id: str) -> Answer:
         """POST /v1/covers/{jobId}/retry: queue a failed job again under its id."""
         _record(job_id)  # 404 for an unknown job
-        result = retry_jobs([job_id])[0].result
+        result = retry_jobs([job_id], by="api")[0].result
         if result == "unknown":
             raise Problem(404, "not-found", f"no cover job {job_id!r}")
         if result != "ok":
