@@ -129,3 +129,44 @@ BEATS = PREFIX + "liveness:beats"
 def held(holder: str) -> str:
     """Set: the job ids one worker process holds (messages it reserved, runs it does)."""
     return f"{PREFIX}liveness:held:{holder}"
+
+
+def history(job_id: str) -> str:
+    """List: a job's timeline (small JSON events, oldest first, capped; see
+    `kie_covers.store.history`), expiring with its record."""
+    return f"{PREFIX}history:{job_id}"
+
+
+# --- the cluster overview's indexes (`kie_covers.store.overview`) ----------------------
+# Kept by the job scripts in the same step as each change (``lua/indexes.lua``), so the
+# overview counts jobs by state and by wait without scanning job keys.
+
+
+def state_index(state: str) -> str:
+    """Sorted set: the job ids in one `JobState`. Queued and submitted jobs are scored
+    by when they entered the state (ms); succeeded and failed ones by when their record
+    expires (ms), so entries past their score are gone records (pruned lazily)."""
+    return f"{PREFIX}state:{state}"
+
+
+def waiting(reason: str) -> str:
+    """Sorted set: the job ids waiting for one `WaitReason`, by when the wait began (ms)."""
+    return f"{PREFIX}waiting:{reason}"
+
+#: List, newest first: broker entries no worker could decode (poison), each a JSON
+#: object {at, queue, reason, detail, size, truncated, raw (base64)}; capped at
+#: `kie_covers.store.quarantine.QUARANTINE_MAX` entries (see ``covers quarantine``).
+#: Filled by `kie_covers.runtime.poison`; its length is the overview's ``quarantined``.
+QUARANTINE = PREFIX + "quarantine"
+#: Sorted set: worker node names, scored by when each was last seen alive (ms): each
+#: worker's dispatcher writes its name there as it runs (`kie_covers.store.workers`).
+WORKERS = PREFIX + "workers"
+#: Hash: the newest credit check of any worker: ``at`` (unix ms) and ``left`` (credits).
+CREDITS_CHECKED = PREFIX + "credits:checked"
+#: String: set (to the unix time) once the jobs recorded before the indexes above
+#: existed have been indexed (`kie_covers.store.reindex`).
+INDEXES_BUILT = PREFIX + "indexes:built"
+#: String with an EX expiry: renewed by every worker whose Celery task events are on
+#: (``-E``, or a monitor's ``enable_events``). While it lives, `covers web` sends the
+#: task event of each job it ends (`kie_covers.runtime.task_view`).
+TASK_EVENTS = PREFIX + "task-events"

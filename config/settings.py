@@ -232,8 +232,8 @@ SETTINGS: tuple[Spec, ...] = (
     Spec("COVERS_IMAGE_MAX_BYTES", "image_max_bytes", "20000000", _positive_int,
          "Largest image copied to the image store, in bytes."),
     Spec("COVERS_METRICS_PORT", "metrics_port", None, _port,
-         "Port for the Prometheus endpoint (`covers metrics`, path /metrics). Unset: "
-         "metrics are not collected."),
+         "Port for the Prometheus endpoint (`covers metrics`, path /metrics); its --port "
+         "wins. Only the exporter reads it: every process counts into Redis regardless."),
     Spec("COVERS_LOG_FORMAT", "log_format", "text", _choice("text", "json"),
          "Log lines as readable text, or one JSON object per line."),
     Spec("COVERS_MAX_CALLBACK_BYTES", "max_callback_bytes", "65536", _positive_int,
@@ -263,6 +263,10 @@ SETTINGS: tuple[Spec, ...] = (
          "Largest request body the producer API accepts, in bytes (a batch included)."),
     Spec("COVERS_API_MAX_BATCH", "api_max_batch", "1000", _positive_int,
          "Most items one POST /v1/covers/batch may hold; more are refused (422)."),
+    Spec("COVERS_CONSOLE_TOKEN", "console_token", None, _secret,
+         "Token the operations console (`covers web`, /console) asks for at its login "
+         "form. Unset: the console answers only clients on loopback that no proxy "
+         "forwarded; never logged nor shown."),
     Spec("COVERS_ALLOW_PRIVATE_TARGETS", "allow_private_targets", "0", _flag,
          "1 lets image downloads and app notices go to loopback and private addresses "
          "(development, the demo and the tests only). 0 (production): only public ones."),
@@ -328,6 +332,7 @@ class Settings:
     api_token: Secret | None
     max_api_bytes: int
     api_max_batch: int
+    console_token: Secret | None
     allow_private_targets: bool
     queue: str
     state_dir: str

@@ -4,6 +4,8 @@
     ├── SettingsError               a setting is missing or malformed (also a ValueError)
     ├── UnknownJob                  no such job (also a LookupError)
     ├── BadArgument                 a Python API argument out of range (also a ValueError)
+    ├── StoreFull                   Redis refused a write: maxmemory reached (noeviction)
+    ├── UndecodableEntry            a broker entry that is no JSON (quarantined, internal)
     ├── ImageError                  copying images to the image store
     │   ├── ImageRefused            this image never: 404, wrong type, too large
     │   ├── ImageFault              try later: network, 5xx, store error
@@ -51,6 +53,29 @@ class SettingsError(KieCoversError, ValueError):
 
 class BadArgument(KieCoversError, ValueError):
     """A Python API call got an argument it cannot work with (the message says which)."""
+
+
+class StoreFull(KieCoversError):
+    """Redis refused a write because it reached ``maxmemory`` (OOM under ``noeviction``).
+
+    Nothing is lost: call again once Redis has room (`enqueue_cover` is idempotent per
+    music task). Workers do not raise it: they pause and resume by themselves.
+    """
+
+
+class UndecodableEntry(KieCoversError, ValueError):
+    """A broker queue entry that is no JSON text (raised inside the kombu guard, which
+    quarantines the entry; never reaches a caller).
+
+    Args:
+        text: the entry as received (it may hold anything: never log it).
+        detail: the decoder's message (names no content).
+    """
+
+    def __init__(self, text: str, detail: str) -> None:
+        super().__init__(detail)  # not the text: str() and repr() never show it
+        self.text = text
+        self.detail = detail
 
 
 class UnknownJob(KieCoversError, LookupError):
@@ -105,6 +130,11 @@ class CoverError(KieCoversError):
         code = f" (code {self.code})" if self.code is not None else ""
         wait = f", retry after {self.retry_after:g}s" if self.retry_after is not None else ""
         return f"{self.kind}{code}: {self.message}{wait}"
+
+    def __repr__(self) -> str:
+        # What Celery's task events (Flower, ``celery events``) show of a failed job.
+        return (f"{type(self).__name__}(kind={self.kind!r}, code={self.code!r}, "
+                f"message={self.message!r}, retryable={self.retryable!r})")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message, self.code, self.retry_after, self.detail))

@@ -37,6 +37,7 @@ TITLES: dict[str, str] = {
     "conflict": "Conflicts with the job's state",
     "too-large": "Request body too large",
     "unavailable": "Temporarily unavailable",
+    "store-full": "Redis is full (maxmemory reached)",
 }
 
 #: (rule, fragment of the message) in the order tried: the first fragment found in a

@@ -2,8 +2,8 @@
 
 `JobState` is what the app sees in ``get_cover(...)["state"]``; `WaitReason` is
 ``waiting_for``, the limiter's answer and the ``reason`` label of the limiter
-metrics; `CeleryState` names the two custom states Celery's result backend shows
-while a job waits.
+metrics; `CeleryState` names the two custom states Celery's tools (result backend,
+task events) show while a job waits.
 """
 
 from __future__ import annotations
@@ -67,5 +67,5 @@ class CeleryState(StrEnum):
     Neither is a Celery built-in, so `AsyncResult.get()` keeps waiting through both.
     """
 
-    WAITING = "WAITING"  #: waiting out a rate limit, maintenance, credits or a fault
-    SUBMITTED = "SUBMITTED"  #: after such a wait, Kie has the cover
+    WAITING = "WAITING"  #: held back: a rate limit, a pause, credits or a fault's backoff
+    SUBMITTED = "SUBMITTED"  #: Kie has the cover; waiting for it (its next poll)

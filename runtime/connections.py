@@ -10,6 +10,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from kie_covers.config import get_settings
+from kie_covers.runtime.full_redis import WaitWhenFull
 from kie_covers.runtime.process import per_process
 from kie_covers.runtime.redis_server import ensure_private_redis
 from kie_covers.store.jobs import JobStore, Lifetimes
@@ -28,15 +29,28 @@ def redis_url() -> str:
     return url
 
 
+#: Whether this process's Redis client waits out a full Redis (`pause_when_full`).
+_waits_when_full = [False]
+
+
+def pause_when_full() -> None:
+    """Make this process (and its forks) wait out a full Redis on every command, logging
+    each wait (`kie_covers.runtime.full_redis`), instead of raising. Worker processes
+    call it; producers and `covers web` do not (they answer "Redis is full" at once)."""
+    _waits_when_full[0] = True
+    get_redis.reset()
+
+
 @per_process
 def get_redis() -> redis.Redis:
     """A Redis client for this process (decoded strings)."""
+    retry_class = WaitWhenFull if _waits_when_full[0] else Retry
     return redis.Redis.from_url(
         redis_url(), decode_responses=True, health_check_interval=30,
         socket_timeout=10, socket_connect_timeout=5,
         # Ride out a dropped connection or a Redis restart (about 10 s in all)
         # instead of failing the step that was running.
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 8),
+        retry=retry_class(ExponentialBackoff(cap=2.0, base=0.05), 8),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError,
                         redis.exceptions.BusyLoadingError],
     )

@@ -204,11 +204,11 @@ def get_masker() -> Masker:
 
 def settings_masker(settings: Settings) -> Masker:
     """A masker for every secret in `settings`: the API key, the webhook keys, the
-    callback secrets and the producer API's token."""
+    callback secrets, the producer API's token and the console's."""
     return Masker(secret.reveal() for secret in (
         settings.kie_api_key, settings.kie_webhook_hmac_key, settings.app_webhook_key,
-        settings.callback_secret, settings.callback_secret_previous, settings.api_token)
-        if secret is not None)
+        settings.callback_secret, settings.callback_secret_previous, settings.api_token,
+        settings.console_token) if secret is not None)
 
 
 @per_process

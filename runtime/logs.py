@@ -66,7 +66,8 @@ def secret_filter(settings: Settings | None = None) -> SecretFilter:
     return SecretFilter([s.reveal() for s in (settings.kie_api_key,
                                               settings.kie_webhook_hmac_key,
                                               settings.app_webhook_key,
-                                              settings.api_token) if s])
+                                              settings.api_token,
+                                              settings.console_token) if s])
 
 
 def install_filter(logger: logging.Logger | None = None) -> None:

@@ -69,7 +69,7 @@ def apply_callback(store: JobStore, body: Any, early_ttl_s: float, *, job_id: st
         return CallbackResult.DUPLICATE
     ended_id = job.job_id
     state = job.state.value
-    job_ended(store, job)
+    job_ended(store, job, via="callback")
     log.info("job %s %s by callback (cover %s)", ended_id, state, outcome.cover_task_id,
              extra=job.log_fields(state))
     return CallbackResult.COMPLETED

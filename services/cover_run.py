@@ -4,7 +4,8 @@
 task (`kie_covers.tasks.cover`) only turns its results into Celery's terms. A
 run costs three Redis round trips: one to start (`JobStore.begin`), the limiter
 (which also counts the attempt or poll it lets go), and one to end
-(`Run.submitted`, `Run.wait` or `Run.finish`).
+(`Run.submitted`, `Run.wait` or `Run.finish`); a run that leaves the job waiting
+adds one to show the wait in Celery's result backend (`kie_covers.runtime.task_view`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from kie_covers.config import Settings, get_settings
 from kie_covers.core import errors
 from kie_covers.core.retry import Effect, decide, rule_for
 from kie_covers.core.schemas import job_id_problem, validate_cover_request
-from kie_covers.core.states import CeleryState, JobState, WaitReason
+from kie_covers.core.states import JobState, WaitReason
 from kie_covers.runtime import metrics
 from kie_covers.runtime.connections import get_limiters, get_store
 from kie_covers.runtime.heartbeat import current_holder, holding, reserving_holder
 from kie_covers.runtime.kie_client import get_client, get_masker
+from kie_covers.runtime.task_view import Wait, wait_of
 from kie_covers.services.endings import job_ended
 from kie_covers.services.step import (
     Accepted,
@@ -35,14 +37,15 @@ from kie_covers.services.step import (
     advance,
     from_callback,
 )
+from kie_covers.store.history import Event, event
 from kie_covers.store.jobs import Counter, JobStore
 from kie_covers.store.record import Job
 from kie_covers.store.run import Busy, Ended, Run
 
 log = logging.getLogger("covers.task")
 
-#: Shows a waiting job's state in Celery's result backend: (job id, state, record).
-Show = Callable[[str, CeleryState, dict[str, Any]], None]
+#: Shows a waiting job in Celery's result backend (`kie_covers.runtime.task_view.show_wait`).
+Show = Callable[[Wait], None]
 
 
 class JobBusy(errors.KieCoversError):
@@ -72,15 +75,16 @@ class RunContext:
 
 
 def run_cover(job_id: str, payload: dict[str, Any], queue: str | None, show: Show
-              ) -> dict[str, Any] | str:
+              ) -> dict[str, Any] | Wait:
     """Run one step of job `job_id` from a message's `payload`.
 
     Args:
         queue: the queue the message came from (the job's queue for later runs).
-        show: called when a wait starts or ends, to show it in Celery's backend.
+        show: called with each wait the run leaves the job in, to show it in Celery's
+            result backend.
 
     Returns:
-        The ended job's record, or a short text saying why the job waits.
+        The ended job's record, or the `Wait` the job was left in.
 
     Raises:
         JobIdRefused: `job_id` is not a usable job id (see
@@ -127,7 +131,7 @@ def replay(job: Job) -> dict[str, Any]:
     return job.to_dict()
 
 
-def apply(run: Run, outcome: Outcome, context: RunContext) -> dict[str, Any] | str:
+def apply(run: Run, outcome: Outcome, context: RunContext) -> dict[str, Any] | Wait:
     """Take the run's one exit that `outcome` calls for."""
     job = run.job
     if isinstance(outcome, Accepted):
@@ -144,16 +148,38 @@ def apply(run: Run, outcome: Outcome, context: RunContext) -> dict[str, Any] | s
         log.debug("job %s waits %.3fs (%s)", job.job_id, outcome.wait_s, outcome.reason,
                   extra=job.log_fields("throttled"))
         if job.wait_reason is not outcome.reason:
-            _show(context, job.job_id, CeleryState.WAITING)
-        return f"throttled ({outcome.reason}); next look in {outcome.wait_s:.3f}s"
+            # Only a change of reason goes on the timeline: slot waits come in runs.
+            _note(context, job, _wait_event(outcome.reason.value, outcome.wait_s))
+        return _shown(context, wait_of(job, outcome.reason, outcome.wait_s))
     run.wait(outcome.seconds, retries=0, faults=0, wait_reason=None)
+    _note(context, job, event("poll", n=job.polls + 1))
     return _waits(job, outcome, context)
 
 
-def _accepted(run: Run, outcome: Accepted, context: RunContext) -> dict[str, Any] | str:
+def _note(context: RunContext, job: Job, *events: Event) -> None:
+    """Append to the job's timeline (one round trip; never fails the run)."""
+    context.store.history.add(job.job_id, *events)
+
+
+def _wait_event(reason: str, wait_s: float) -> Event:
+    return event("wait", reason=reason, until=int((time.time() + wait_s) * 1000))
+
+
+def _step_event(job: Job, error: errors.CoverError) -> Event:
+    """The failed call of this step: a generate (``attempt``) or a poll."""
+    if job.state is JobState.QUEUED:
+        return event("attempt", n=job.attempts + 1, kind=error.kind, code=error.code)
+    return event("poll", n=job.polls + 1, kind=error.kind, code=error.code)
+
+
+def _accepted(run: Run, outcome: Accepted, context: RunContext) -> dict[str, Any] | Wait:
     job = run.job
     poll_s = context.settings.kie_poll_interval
     recorded = run.submitted(outcome.cover_task_id, poll_s)
+    if recorded.changed:
+        _note(context, job, event("submitted", attempt=job.attempts + 1,
+                                  cover_task_id=outcome.cover_task_id,
+                                  existing=outcome.existing or None))
     log.info("job %s (music %s) submitted: cover task %s%s", job.job_id, job.music_task_id,
              outcome.cover_task_id, " (already existed)" if outcome.existing else "",
              extra=job.log_fields("submitted"))
@@ -164,14 +190,10 @@ def _accepted(run: Run, outcome: Accepted, context: RunContext) -> dict[str, Any
     return _waits(job, Later(poll_s), context)
 
 
-def _waits(job: Job, later: Later, context: RunContext) -> str:
-    # Celery's state changes only when a wait ends: a job that never waited shows
-    # PENDING until it ends, like any task, and costs no result-backend write here.
-    if job.wait_reason is not None:
-        _show(context, job.job_id, CeleryState.SUBMITTED)
+def _waits(job: Job, later: Later, context: RunContext) -> Wait:
     log.info("job %s waits %.1fs for its %s", job.job_id, later.seconds, later.reason,
              extra=job.log_fields("wait"))
-    return f"waits {later.seconds:g}s for its {later.reason}"
+    return _shown(context, wait_of(job, later.reason, later.seconds, JobState.SUBMITTED))
 
 
 def _end(run: Run, store: JobStore, images: list[str] | None = None,
@@ -195,7 +217,7 @@ def _end(run: Run, store: JobStore, images: list[str] | None = None,
 
 
 def _after_error(run: Run, error: errors.CoverError, context: RunContext
-                 ) -> dict[str, Any] | str:
+                 ) -> dict[str, Any] | Wait:
     job, settings = run.job, context.settings
     now = time.time()
     held = now - job.hold_since if job.hold_since is not None else 0.0
@@ -204,6 +226,7 @@ def _after_error(run: Run, error: errors.CoverError, context: RunContext
     if decision.wait_s is None:
         log.warning("job %s (music %s) failed: %s [%s]", job.job_id, job.music_task_id,
                     error, decision.reason, extra=job.log_fields("failed"))
+        _note(context, job, _step_event(job, error))
         return _end(run, context.store, error=error)
     _pause_cluster(error, decision.wait_s)
     reason = WaitReason.parse(error.kind)
@@ -213,11 +236,11 @@ def _after_error(run: Run, error: errors.CoverError, context: RunContext
     if isinstance(error, errors.OutOfCredits) and job.hold_since is None:
         changes["hold_since"] = now
     run.wait(decision.wait_s, **changes)
+    _note(context, job, _step_event(job, error),
+          _wait_event(reason.value if reason else error.kind, decision.wait_s))
     log.warning("job %s (music %s) retries in %.1fs: %s [%s]", job.job_id, job.music_task_id,
                 decision.wait_s, error, decision.reason, extra=job.log_fields("retry"))
-    if job.wait_reason is not reason:
-        _show(context, job.job_id, CeleryState.WAITING)
-    return f"retry ({error.kind}); next look in {decision.wait_s:.1f}s"
+    return _shown(context, wait_of(job, reason or WaitReason.PAUSED, decision.wait_s))
 
 
 def _pause_cluster(error: errors.CoverError, wait_s: float) -> None:
@@ -233,10 +256,7 @@ def _pause_cluster(error: errors.CoverError, wait_s: float) -> None:
         metrics.inc("pauses_total", reason=error.kind)
 
 
-def _show(context: RunContext, job_id: str, state: CeleryState) -> None:
-    """Let Celery's result backend show a waiting job's state, with its record as
-    ``info``; read here, as this happens only when a wait starts or ends. A job that
-    ended meanwhile keeps the outcome already written."""
-    record = context.store.get(job_id)
-    if record is not None and not record.state.final:
-        context.show(job_id, state, record.to_dict())
+def _shown(context: RunContext, wait: Wait) -> Wait:
+    """Show `wait` in Celery's result backend (unless the job ended meanwhile)."""
+    context.show(wait)
+    return wait

@@ -10,11 +10,12 @@ from celery import states
 from kie_covers.config import get_settings
 from kie_covers.core import errors
 from kie_covers.core.states import JobState
-from kie_covers.runtime import metrics
 from kie_covers.runtime.app import app
 from kie_covers.runtime.signals import cover_finished
+from kie_covers.runtime.task_view import announce_end
 from kie_covers.services.images import schedule_images
 from kie_covers.services.notify import deliver_soon
+from kie_covers.store.history import event
 from kie_covers.store.jobs import JobStore
 from kie_covers.store.record import Job
 
@@ -46,20 +47,33 @@ def record_result(job: Job, record: dict[str, Any]) -> None:
         backend.expire(key, int(get_settings().failure_ttl))
 
 
-def job_ended(store: JobStore, job: Job | None) -> None:
+def _note_ending(store: JobStore, job: Job, via: str) -> None:
+    """The ending on the job's timeline, living as long as the ended record."""
+    life = store.lifetimes
+    if job.error is not None:
+        entry = event("failed", job.finished_at, kind=job.error.get("kind"),
+                      code=job.error.get("code"), via=via)
+        store.history.add(job.job_id, entry, ttl_s=life.failure_ttl_s)
+    else:
+        entry = event("succeeded", job.finished_at, images=len(job.images), via=via)
+        store.history.add(job.job_id, entry, ttl_s=life.result_ttl_s)
+
+
+def job_ended(store: JobStore, job: Job | None, via: str = "worker") -> None:
     """Run once per ended job (as read just after it ended): the ``cover_finished``
     signal, the app's notice and, for a succeeded job when COVERS_IMAGE_STORE is set,
     the copy of its images. First of all, the outcome is written to Celery's result
-    backend (`AsyncResult(job_id).get()` returns or raises it)."""
+    backend (`AsyncResult(job_id).get()` returns or raises it), and the ending goes on
+    the job's timeline (`via`: who ended it, ``worker`` or ``callback``)."""
     if job is None:
         return
     job_id = job.job_id
     record = job.to_dict()
     record_result(job, record)
-    metrics.inc("jobs_ended_total", state=job.state.value,
-                kind=(job.error or {}).get("kind", ""))
-    if job.created_at is not None and job.finished_at is not None:
-        metrics.observe("job_duration_seconds", max(0.0, job.finished_at - job.created_at))
+    _note_ending(store, job, via)
+    announce_end(job, record)  # the task event, when task events are on
+    # The ending was counted (jobs_ended_total, job_duration_seconds) by the step that
+    # ended it (`JobStore.finish`), whichever process that was.
     try:
         cover_finished.send(sender=job_ended, job_id=job_id, record=record)
     except Exception:  # an app's receiver must not stop the notice

@@ -34,6 +34,8 @@ from kie_covers.core.states import CeleryState, JobState
 from kie_covers.runtime.app import app
 from kie_covers.runtime.connections import get_store
 from kie_covers.runtime.messages import send_job
+from kie_covers.runtime.task_view import announce_retry
+from kie_covers.store.history import event
 
 log = logging.getLogger("covers.failures")
 
@@ -52,7 +54,8 @@ class RetryOutcome:
 
 
 def list_failures(kind: str | None = None, code: int | str | None = None,
-                  limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+                  limit: int = 100, offset: int = 0, since: float | None = None,
+                  until: float | None = None) -> list[dict[str, Any]]:
     """Failed jobs, newest failure first, as `get_cover` dicts.
 
     Args:
@@ -60,18 +63,27 @@ def list_failures(kind: str | None = None, code: int | str | None = None,
         code: only this API code (e.g. 500); ``"none"`` for failures without one.
         limit: at most this many (default 100).
         offset: skip this many of the newest first.
+        since: only failures (last failed) at or after this unix time, in seconds.
+        until: only failures (last failed) at or before this unix time, in seconds.
     """
-    return [job.to_dict() for job in get_store().failures.newest(kind, code, limit, offset)]
+    jobs = get_store().failures.newest(kind, code, limit, offset, since=since, until=until)
+    return [job.to_dict() for job in jobs]
 
 
-def count_failures(kind: str | None = None, code: int | str | None = None) -> int:
-    """How many failures are listed (of a kind, or a code): at most one per music task,
-    as `list_failures` shows them."""
-    return get_store().failures.count(kind, code)
+def count_failures(kind: str | None = None, code: int | str | None = None,
+                   since: float | None = None, until: float | None = None) -> int:
+    """How many failures are listed (of a kind, or a code, in a time range): at most one
+    per music task, as `list_failures` shows them."""
+    return get_store().failures.count(kind, code, since=since, until=until)
 
 
-def retry_jobs(job_ids: list[str]) -> list[RetryOutcome]:
-    """Queue failed jobs again under their own job ids."""
+def retry_jobs(job_ids: list[str], by: str = "operator") -> list[RetryOutcome]:
+    """Queue failed jobs again under their own job ids.
+
+    Args:
+        by: who asked, for the job's timeline (``operator``, ``schedule``,
+            ``console``, ``api``).
+    """
     store = get_store()
     lease = get_settings().redispatch_after
     outcomes: list[RetryOutcome] = []
@@ -80,8 +92,10 @@ def retry_jobs(job_ids: list[str]) -> list[RetryOutcome]:
         if result == "ok":
             job = store.get(job_id)
             if job is not None:
+                store.history.add(job_id, event("retried", round=job.retry_rounds, by=by))
                 # Celery users see the job waiting again, not its old failure.
                 app.backend.store_result(job_id, job.to_dict(), CeleryState.WAITING.value)
+                announce_retry(job)  # and Flower sees its task retried, not FAILURE
                 send_job(job.job_id, job.music_task_id, job.callback_url, job.queue or None)
                 log.info("job %s (music %s) queued again, round %d", job_id,
                          job.music_task_id, job.retry_rounds)
@@ -90,12 +104,12 @@ def retry_jobs(job_ids: list[str]) -> list[RetryOutcome]:
 
 
 def retry_where(kind: str | None = None, code: int | str | None = None,
-                retryable_only: bool = True) -> list[RetryOutcome]:
+                retryable_only: bool = True, by: str = "operator") -> list[RetryOutcome]:
     """Retry every recorded failure of a kind or code (or all), by default only retryable
-    ones."""
+    ones (`by`: as `retry_jobs`)."""
     jobs = get_store().failures.newest(kind, code, limit=10**9)
     return retry_jobs([job.job_id for job in jobs
-                       if not retryable_only or (job.error or {}).get("retryable")])
+                       if not retryable_only or (job.error or {}).get("retryable")], by=by)
 
 
 def forget_jobs(job_ids: list[str]) -> int:
@@ -141,7 +155,7 @@ def run_retry_round(now: float | None = None, interval_s: float | None = None
             counts["expired"] += 1
         else:
             ready.append(job.job_id)
-    for outcome in retry_jobs(ready):
+    for outcome in retry_jobs(ready, by="schedule"):
         counts["retried" if outcome.result == "ok" else "skipped"] += 1
         if outcome.result != "ok":
             failures.unschedule(outcome.job_id)

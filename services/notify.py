@@ -64,6 +64,7 @@ from kie_covers.runtime import poster
 from kie_covers.runtime.connections import get_store
 from kie_covers.runtime.process import per_process
 from kie_covers.store.due import Due
+from kie_covers.store.history import event
 from kie_covers.store.jobs import Counter, JobStore
 from kie_covers.store.notices import LEASE_MARGIN_S, NoticeLock
 from kie_covers.store.record import Job
@@ -277,6 +278,13 @@ def _post(settings: Settings, job: Job) -> tuple[str | None, bool]:
     return (None, False) if 200 <= status < 300 else (f"HTTP {status}", False)
 
 
+def _note(store: JobStore, job: Job, status: str, problem: str | None = None) -> None:
+    """A try of the notice on the job's timeline, living as long as the ended record."""
+    life = store.lifetimes
+    store.history.add(job.job_id, event("notice", status=status, problem=problem),
+                      ttl_s=life.failure_ttl_s if job.error else life.result_ttl_s)
+
+
 def _send(store: JobStore, settings: Settings, held: NoticeLock) -> str:
     """POST the notice of `held.job`, whose lock the caller holds; release the lock."""
     job = held.job
@@ -298,6 +306,7 @@ def _send(store: JobStore, settings: Settings, held: NoticeLock) -> str:
         if problem is None:
             store.notices.delivered(job_id, held.token)
             released = True
+            _note(store, job, "delivered")
             log.info("job %s: outcome delivered to the app", job_id)
             return "delivered"
         attempts = store.count(job_id, Counter.NOTICE_ATTEMPTS)
@@ -306,11 +315,13 @@ def _send(store: JobStore, settings: Settings, held: NoticeLock) -> str:
             return "nothing"
         if final:
             store.notices.gave_up(job_id, problem)
+            _note(store, job, "gave_up", problem)
             log.warning("job %s: notice not sent, for good (%s)", job_id, problem)
             return "gave_up"
         age = time.time() - (job.finished_at or time.time())
         if age >= settings.notify_max_age:
             store.notices.gave_up(job_id, f"gave up after {attempts} attempts: {problem}")
+            _note(store, job, "gave_up", problem)
             log.warning("job %s: gave up telling the app after %d attempts (%s)", job_id,
                         attempts, problem)
             return "gave_up"
@@ -321,6 +332,7 @@ def _send(store: JobStore, settings: Settings, held: NoticeLock) -> str:
         store.notices.unlock(job_id, held.token)
         released = True
         store.due.later(Due.NOTICES, job_id, wait)
+        _note(store, job, "retrying", problem)
         log.info("job %s: app did not take the outcome (%s); again in %.1fs", job_id,
                  problem, wait)
         return "retrying"

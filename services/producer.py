@@ -18,12 +18,15 @@ import uuid
 from typing import Any
 
 from kie_covers.config import get_settings
-from kie_covers.core.errors import BadArgument, UnknownJob
+from kie_covers.core.errors import BadArgument, StoreFull, UnknownJob
 from kie_covers.core.schemas import validate_cover_request
 from kie_covers.core.states import JobState
 from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.full_redis import is_redis_full
 from kie_covers.runtime.messages import send_job
 from kie_covers.store.due import Due
+from kie_covers.store.history import event
+from kie_covers.store.jobs import JobStore
 
 
 def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = None,
@@ -48,27 +51,47 @@ def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = 
 
     An idempotent repeat returns the existing job as it is (its priority and tenant
     are not changed).
+
+    Raises `kie_covers.core.errors.StoreFull` when Redis refuses the write because it
+    reached ``maxmemory``: call again once it has room. If the job was recorded but
+    its message could not be sent, it is made due at once and a worker's dispatcher
+    sends it; a repeat returns the same job id.
     """
     request = validate_cover_request({"taskId": music_task_id, "callBackUrl": callback_url,
                                       "priority": priority, "tenant": tenant})
     settings = get_settings()
     queue = queue or settings.queue
-    job_id, created = get_store().enqueue(
-        str(uuid.uuid4()), request["taskId"], request["callBackUrl"], settings.redispatch_after,
-        queue, request["priority"], request["tenant"])
-    if created:
-        try:
-            send_job(job_id, request["taskId"], request["callBackUrl"], queue=queue)
-        except Exception:
-            # The job is recorded but its message may not be (broker down, connection
-            # cut): make it due now, so a worker's dispatcher sends it within a second
-            # instead of after COVERS_REDISPATCH_AFTER; a repeated enqueue_cover of the
-            # music task returns this job and sends nothing. Best effort: if Redis is
-            # out of reach too, the lease remains.
-            with contextlib.suppress(Exception):
-                get_store().due.later(Due.JOBS, job_id, 0)
-            raise
+    store = get_store()
+    try:
+        job_id, created = store.enqueue(
+            str(uuid.uuid4()), request["taskId"], request["callBackUrl"],
+            settings.redispatch_after, queue, request["priority"], request["tenant"])
+        if created:
+            store.history.add(job_id, event("enqueued", queue=queue,
+                                            priority=request["priority"]))
+            _send_first(store, job_id, request["taskId"], request["callBackUrl"], queue)
+    except Exception as error:
+        if is_redis_full(error):
+            raise StoreFull(f"Redis is full (maxmemory reached): the cover for music task "
+                            f"{request['taskId']!r} could not be queued; call again once "
+                            "Redis has room (a repeat returns the same job)") from error
+        raise
     return job_id
+
+
+def _send_first(store: JobStore, job_id: str, music_task_id: str, callback_url: str,
+                queue: str) -> None:
+    """Send a new job's first message; if that fails (broker down, connection cut),
+    make the job due at once so a worker's dispatcher sends it within a second instead
+    of after COVERS_REDISPATCH_AFTER (a repeated `enqueue_cover` returns the job and
+    sends nothing), then raise. Best effort: with Redis out of reach too, the lease
+    remains."""
+    try:
+        send_job(job_id, music_task_id, callback_url, queue=queue)
+    except Exception:
+        with contextlib.suppress(Exception):
+            store.due.later(Due.JOBS, job_id, 0)
+        raise
 
 
 def get_cover(job_id: str) -> dict[str, Any]:

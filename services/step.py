@@ -24,6 +24,7 @@ from kie_covers.core.states import JobState, WaitReason
 from kie_covers.runtime.callback_secret import callback_url_for
 from kie_covers.runtime.connections import Limiters
 from kie_covers.runtime.kie_client import FAILED, SUCCESS, KieClient
+from kie_covers.store.credits import record_check
 from kie_covers.store.limiter import RateLimiter, Verdict
 from kie_covers.store.record import Job
 
@@ -124,6 +125,7 @@ def gate(limiter: RateLimiter, job: Job, client: KieClient, count: tuple[str, st
         answer = limiter.acquire(job.job_id, count)
     if answer.verdict is Verdict.PROBE:
         left = client.credits()
+        record_check(limiter.redis, left)
         if left <= 0:
             raise errors.OutOfCredits(f"still no credits ({left:g} left)", 402)
         limiter.release_credits()

@@ -40,6 +40,13 @@ def index_key(kind: str | None = None, code: int | str | None = None) -> str:
     return keys.FAILURES
 
 
+def _bounds(since: float | None, until: float | None) -> tuple[str, str]:
+    """ZRANGEBYSCORE bounds (ms scores) of failures from `since` to `until` (unix s)."""
+    low = "-inf" if since is None else str(int(since * 1000))
+    high = "+inf" if until is None else str(int(until * 1000))
+    return low, high
+
+
 class FailureIndex:
     """Reads the failure index, and queues failed jobs again.
 
@@ -88,7 +95,8 @@ class FailureIndex:
         return found
 
     def newest(self, kind: str | None = None, code: int | str | None = None,
-               limit: int = 100, offset: int = 0) -> list[Job]:
+               limit: int = 100, offset: int = 0, since: float | None = None,
+               until: float | None = None) -> list[Job]:
         """Failed jobs, newest failure first.
 
         Args:
@@ -96,14 +104,18 @@ class FailureIndex:
             code: only this API code (e.g. 500); ``"none"`` for failures without one.
             limit: at most this many (default 100).
             offset: skip this many of the newest first.
+            since: only failures at or after this unix time (seconds; default any).
+            until: only failures at or before this unix time (seconds; default any).
         """
         index = index_key(kind, code)
         self._prune(index)
+        low, high = _bounds(since, until)
         out: list[Job] = []
         start = offset
         page = max(limit, PAGE)
         while len(out) < limit:
-            ids = [str(i) for i in self.redis.zrevrange(index, start, start + page - 1)]
+            ids = [str(i) for i in self.redis.zrevrangebyscore(index, high, low, start=start,
+                                                               num=page)]
             if not ids:
                 break
             start += len(ids)
@@ -115,14 +127,15 @@ class FailureIndex:
                     break
         return out
 
-    def count(self, kind: str | None = None, code: int | str | None = None) -> int:
-        """How many failures are indexed (of a kind, or a code, or both): at most one
-        per music task."""
+    def count(self, kind: str | None = None, code: int | str | None = None,
+              since: float | None = None, until: float | None = None) -> int:
+        """How many failures are indexed (of a kind, or a code, or both; in a time
+        range, unix seconds, as `newest`): at most one per music task."""
         if kind and code is not None:
-            return len(self.newest(kind, code, limit=10**9))
+            return len(self.newest(kind, code, limit=10**9, since=since, until=until))
         index = index_key(kind, code)
         self._prune(index)
-        return int(self.redis.zcard(index))
+        return int(self.redis.zcount(index, *_bounds(since, until)))
 
     def requeue(self, job_id: str, lease_s: float) -> str:
         """Queue a failed job again under its own id (failed -> queued, one script).
@@ -142,11 +155,13 @@ class FailureIndex:
         return str(self._retry(
             keys=[keys.job(job_id), keys.FAILURES, keys.RETRY_DUE, Due.JOBS.key],
             args=[job_id, repr(now), due_ms(lease_s, now), keys.job(""), keys.music(""),
-                  keys.failures_by_kind(""), keys.failures_by_code(""), *flat(RETRY_RESETS)],
+                  keys.failures_by_kind(""), keys.failures_by_code(""),
+                  keys.state_index(""), keys.waiting(""), *flat(RETRY_RESETS)],
         ))
 
     def forget(self, job: Job) -> None:
-        """Delete a failed job's record and every index entry of it."""
+        """Delete a failed job's record and every index entry of it (the overview's
+        state and wait indexes too)."""
         self._unindex(job, delete_record=True)
         if job.music_task_id and self.redis.get(keys.music(job.music_task_id)) == job.job_id:
             self.redis.delete(keys.music(job.music_task_id))
@@ -156,7 +171,11 @@ class FailureIndex:
         error = job.error or {}
         pipe = self.redis.pipeline()
         if delete_record:
-            pipe.delete(keys.job(job.job_id))
+            pipe.delete(keys.job(job.job_id), keys.history(job.job_id))
+            for state in JobState:
+                pipe.zrem(keys.state_index(state.value), job.job_id)
+            if job.wait_reason is not None:
+                pipe.zrem(keys.waiting(job.wait_reason.value), job.job_id)
         pipe.zrem(keys.FAILURES, job.job_id)
         pipe.zrem(keys.failures_by_kind(str(error.get("kind"))), job.job_id)
         pipe.zrem(keys.failures_by_code(error.get("code")), job.job_id)

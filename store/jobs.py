@@ -22,8 +22,10 @@ import redis
 from kie_covers.config import keys
 from kie_covers.core.errors import CoverError
 from kie_covers.core.states import JobState
+from kie_covers.store import counters
 from kie_covers.store.due import Due, DueSets, due_ms
 from kie_covers.store.failures import FailureIndex
+from kie_covers.store.history import History
 from kie_covers.store.liveness import lock_token
 from kie_covers.store.locks import TokenLock
 from kie_covers.store.notices import Notices
@@ -89,6 +91,8 @@ class JobStore:
         self.due = DueSets(client)
         self.failures = FailureIndex(client, lifetimes.failure_ttl_s)
         self.notices = Notices(client, lifetimes.notice_lock_s)
+        #: Jobs' timelines; a live job's lives as long as the longer record lifetime.
+        self.history = History(client, max(lifetimes.result_ttl_s, lifetimes.failure_ttl_s))
         self._enqueue = register(client, "enqueue")
         self._begin = register(client, "begin")
         self._finish = register(client, "finish")
@@ -121,7 +125,8 @@ class JobStore:
         result = self._enqueue(
             keys=[keys.music(music_task_id), Due.JOBS.key, keys.FAILURES, keys.RETRY_DUE],
             args=[keys.job(""), job_id, due_ms(lease_s, now), keys.failures_by_kind(""),
-                  keys.failures_by_code(""), *_flat(record.to_hash())])
+                  keys.failures_by_code(""), keys.state_index(""), int(now * 1000),
+                  *_flat(record.to_hash())])
         existing = str(result[0])
         # The job found is this very `job_id` only when this call is a retry of one
         # whose answer was lost (a connection cut after Redis ran it): it was created.
@@ -157,7 +162,8 @@ class JobStore:
             job_keys.append(keys.held(holder))
             if reserved_by is not None:
                 job_keys.append(keys.held(reserved_by))
-        args: list[str | int] = [job_id, due_ms(lease_s, now), token, int(lease_s * 1000)]
+        args: list[str | int] = [job_id, due_ms(lease_s, now), token, int(lease_s * 1000),
+                                 keys.state_index(""), int(now * 1000)]
         status, flat = self._begin(keys=job_keys, args=args)
         if status == "new":  # a raw message: no record yet, so make one in the same step
             record = Job.new(job_id, music_task_id, callback_url, queue, now, priority,
@@ -312,7 +318,8 @@ class JobStore:
         ended = self._finish(
             keys=[Due.JOBS.key, keys.FAILURES, keys.failures_by_kind(kind),
                   keys.failures_by_code(code), keys.RETRY_DUE, Due.NOTICES.key,
-                  keys.EARLY_BYTES, keys.EARLY_EXPIRY, keys.EARLY_SIZES],
+                  keys.EARLY_BYTES, keys.EARLY_EXPIRY, keys.EARLY_SIZES,
+                  keys.METRIC_COUNTERS, keys.metric_histogram(counters.JOB_DURATION)],
             args=[job_id, state.value, json.dumps(images or []),
                   json.dumps(error.to_dict()) if error is not None else "",
                   repr(time.time()), int(ttl), keys.cover(""),
@@ -323,7 +330,9 @@ class JobStore:
                   keys.cover(cover_task_id), keys.early_callback(cover_task_id), body,
                   max(1, int(early_ttl_s)), keys.job(""), keys.lock(""),
                   keys.notify_lock(""), expected_job_id, cover_task_id, early_cap_bytes,
-                  keys.failures_by_kind(""), keys.failures_by_code("")],
+                  keys.failures_by_kind(""), keys.failures_by_code(""),
+                  keys.state_index(""), keys.waiting(""),
+                  counters.ended_field(state.value, kind), counters.DURATION_BOUNDS_ARG],
         )
         if ended in FINISH_REFUSALS:
             return str(ended)

@@ -117,7 +117,8 @@ class Run:
             keys=[keys.job(job_id), keys.cover(cover_task_id), Due.JOBS.key,
                   keys.early_callback(cover_task_id), keys.lock(job_id),
                   *self._held()],
-            args=[job_id, cover_task_id, repr(now), due_ms(next_look_s, now), self.token])
+            args=[job_id, cover_task_id, repr(now), due_ms(next_look_s, now), self.token,
+                  keys.state_index(""), keys.waiting("")])
         early_body = str(early) if early else None
         if changed and early_body is None:
             self.open = False  # the script released the lock with the record
@@ -134,7 +135,7 @@ class Run:
         self._scripts.release(keys=[keys.job(job_id), Due.JOBS.key, keys.lock(job_id),
                                     *self._held()],
                               args=[job_id, due_ms(delay_s, now), self.token,
-                                    *flat(fields)])
+                                    keys.waiting(""), int(now * 1000), *flat(fields)])
         self.open = False
         self.held_key = None  # the script untied the job
 

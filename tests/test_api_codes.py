@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 
@@ -9,6 +10,7 @@ import pytest
 import requests
 
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
+from kie_covers.services.overview import cluster_overview
 from kie_covers.standin import KieStandin
 from tests.conftest import API_KEY
 from tests.services import StartWorker, WebProcess, WorkerProcess, wait_until
@@ -115,6 +117,7 @@ def test_out_of_credits_holds_the_job_until_credits_return(
 ) -> None:
     # Given an account with no credits
     standin.set_credits(0)
+    started = time.time()
     task_id = music_id()
     job_id = enqueue_cover(task_id, APP_CALLBACK)
     wait_until(lambda: get_cover(job_id)["waiting_for"] == "out_of_credits", 15,
@@ -128,6 +131,11 @@ def test_out_of_credits_holds_the_job_until_credits_return(
     assert standin.paid() == {task_id: 1}
     assert standin.counts()["credit"] >= 1
     assert standin.counts()["generate"] == 2  # the refused one, and the paid one
+    # The overview keeps the newest credit check: the one that found the credits back
+    credits = cluster_overview().credits
+    assert credits.held is None and credits.last_check is not None
+    assert credits.last_check.left == 100
+    assert started - 1 <= credits.last_check.at <= time.time()
 
 
 @pytest.mark.parametrize(

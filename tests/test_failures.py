@@ -385,3 +385,23 @@ def test_a_notice_whose_process_died_before_sending_it_is_sent_once_after_its_le
         assert get_cover(job_id)["notified_at"] is not None
     finally:
         app.server.shutdown()
+
+
+def test_failures_filter_by_time_newest_first(store: JobStore, client: redis.Redis) -> None:
+    ids = [_enqueue(store, f"timed-{n}") for n in range(3)]
+    for job_id in ids:
+        assert store.finish(job_id, error=errors.UpstreamError("down", 500)) is not None
+    # Scores are the failures' times (ms); spread them so the bounds are exact.
+    for n, job_id in enumerate(ids):
+        client.zadd(keys.FAILURES, {job_id: 1_700_000_000_000 + n * 60_000})
+        client.zadd(keys.failures_by_kind("upstream"), {job_id: 1_700_000_000_000 + n * 60_000})
+    store.failures.failure_ttl_s = 10**10  # keep the old scores from being pruned
+    since, until = 1_700_000_030.0, 1_700_000_150.0
+    assert [j.job_id for j in store.failures.newest(since=since)] == [ids[2], ids[1]]
+    assert [j.job_id for j in store.failures.newest(until=until)] == [ids[2], ids[1], ids[0]]
+    assert [j.job_id for j in store.failures.newest(until=1_700_000_090.0)] == [ids[1], ids[0]]
+    assert [j.job_id for j in store.failures.newest("upstream", since=since,
+                                                    until=1_700_000_090.0)] == [ids[1]]
+    assert store.failures.count(since=since) == 2
+    assert store.failures.count("upstream", 500, since=since) == 2
+    assert store.failures.count(until=1_700_000_000.0) == 1

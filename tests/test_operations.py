@@ -59,8 +59,8 @@ def test_the_metrics_endpoint_counts_a_runs_known_outcomes(
     standin: KieStandin, start_worker: StartWorker, run_dir: Path
 ) -> None:
     port = free_port()
-    # No COVERS_CALLBACK_URL: jobs end in the worker (by polling), where this test's
-    # settings are; the session's callback endpoint has metrics off.
+    # No COVERS_CALLBACK_URL: jobs end in the worker (by polling). Endings in `covers web`
+    # and processes without COVERS_METRICS_PORT: tests/test_metrics_cluster.py.
     env = {"COVERS_METRICS_PORT": str(port), "COVERS_CALLBACK_URL": ""}
     worker = start_worker(**env)
     exporter = subprocess.Popen([sys.executable, "-m", "kie_covers.worker.cli", "metrics"],

@@ -3,11 +3,13 @@
 ``celery -A kie_covers.worker worker`` (and ``covers worker``) loads this module:
 it is the app of `kie_covers.runtime.app` plus what only a worker needs, the due
 dispatcher (`kie_covers.worker.dispatcher`), warm clients in each pool child, the
-log filter that masks secrets, a start-up refusal of an image store whose backend
-is missing, and the watch on COVERS_CALLBACK_URL's ``/healthz``
-(`kie_covers.runtime.callback_health`), and the liveness hooks: a heartbeat in each
-pool process, and each cover message the main process reserves tied to it
-(`kie_covers.runtime.heartbeat`).
+consumer that quarantines poison messages and waits out a full Redis
+(`kie_covers.worker.quarantine_consumer`; its Redis clients wait it out too,
+`kie_covers.runtime.connections.pause_when_full`), the log filter that masks
+secrets, a start-up refusal of an image store whose backend is missing, the
+watch on COVERS_CALLBACK_URL's ``/healthz`` (`kie_covers.runtime.callback_health`),
+and the liveness hooks: a heartbeat in each pool process, and each cover message the
+main process reserves tied to it (`kie_covers.runtime.heartbeat`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from kie_covers.config import get_settings
 from kie_covers.core.errors import StoreUnusable
 from kie_covers.runtime.app import app
 from kie_covers.runtime.callback_health import start_callback_watch
-from kie_covers.runtime.connections import get_limiters, get_store
+from kie_covers.runtime.connections import get_limiters, get_store, pause_when_full
 from kie_covers.runtime.heartbeat import current, get_liveness, start_heartbeat
 from kie_covers.runtime.kie_client import get_client
 from kie_covers.runtime.logs import install_filter
@@ -37,10 +39,16 @@ from kie_covers.runtime.messages import COVER_TASK
 from kie_covers.services.image_store import check_store
 from kie_covers.store.liveness import holder_id
 from kie_covers.worker.dispatcher import DispatcherStep
+from kie_covers.worker.task_events import TaskEventsMark
 
 __all__ = ["app"]
 
 app.steps["worker"].add(DispatcherStep)
+app.steps["consumer"].add(TaskEventsMark)
+# Celery's documented hook for the consumer class (a string: loaded by the worker only).
+app.conf.worker_consumer = "kie_covers.worker.quarantine_consumer:QuarantiningConsumer"
+# A worker waits out a full Redis on every command rather than failing the step at hand.
+pause_when_full()
 
 
 #: Exit code of a worker refused at start-up for a setting (as ``covers`` uses).

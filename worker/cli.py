@@ -2,7 +2,8 @@
 
     covers worker [CELERY WORKER OPTIONS]   start a worker (same as celery -A worker worker)
     covers beat                             start the beat scheduler
-    covers web [--host H] [--port P]        serve the callback endpoint under waitress
+    covers web [--host H] [--port P]        serve the callback endpoint, the producer API
+                                            (/v1/...) and the console (/console) under waitress
                                             (port: --port, else COVERS_WEB_PORT; never $PORT)
     covers metrics [--host H] [--port P]    serve Prometheus metrics (/metrics)
     covers standin [--port P] ...           run the Kie stand-in (no credits spent)
@@ -14,6 +15,7 @@
     covers failures [--kind K] [--code C] [--limit N] [--json]
     covers retry JOB_ID... | --kind K | --code C | --all-retryable
     covers forget JOB_ID...
+    covers quarantine [--limit N] [--json] [--clear]   poison broker entries set aside
     covers demo [--count N] [--keep]        everything, on a private Redis and the stand-in
     covers redis status | stop              the private Redis under COVERS_STATE_DIR
 
@@ -23,6 +25,7 @@ Exit codes: 0 ok, 1 a job failed or did not finish, 2 bad input or settings.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -37,11 +40,12 @@ from redis.retry import Retry
 
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
 from kie_covers.config import SettingsError, get_settings
-from kie_covers.core.errors import InvalidPayload, StoreUnusable, UnknownJob
+from kie_covers.core.errors import InvalidPayload, StoreFull, StoreUnusable, UnknownJob
+from kie_covers.core.masking import Masker
 from kie_covers.core.schemas import INTERACTIVE
 from kie_covers.core.states import JobState
 from kie_covers.runtime import logs
-from kie_covers.runtime.connections import redis_url
+from kie_covers.runtime.connections import get_redis, redis_url
 from kie_covers.runtime.redis_server import private_redis_status, stop_private_redis
 from kie_covers.services.failures import (
     count_failures,
@@ -52,6 +56,7 @@ from kie_covers.services.failures import (
 )
 from kie_covers.services.image_store import check_store
 from kie_covers.standin import main as standin_main
+from kie_covers.store.quarantine import Quarantine
 from kie_covers.worker import metrics_server, web
 from kie_covers.worker.batch_cli import (
     add_enqueue_from_arguments,
@@ -69,7 +74,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 #: Subcommands that talk to Redis: `main` checks it answers before running them.
 REDIS_COMMANDS = frozenset({"enqueue", "status", "failures", "retry", "forget", "metrics",
-                            "web", "worker", "beat"})
+                            "web", "worker", "beat", "quarantine"})
 #: Seconds the start-up check waits for Redis to connect and answer PING (no retries),
 #: so a wrong REDIS_URL is one line and exit 2 at once, not a traceback 10 s later.
 REDIS_CHECK_TIMEOUT_S = 2.0
@@ -242,7 +247,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     settings = get_settings()
     port = args.port or settings.metrics_port
     if port is None:
-        print("covers metrics: set COVERS_METRICS_PORT (workers collect only then)",
+        print("covers metrics: give --port or set COVERS_METRICS_PORT",
               file=sys.stderr)
         return EXIT_USAGE
     logs.configure()
@@ -290,6 +295,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         for name, messages in sorted(bad.fields.items()):
             print(f"  {name}: {' '.join(messages)}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreFull as full:
+        print(f"covers: {full}", file=sys.stderr)
+        return EXIT_FAILED
     if not args.wait:
         print(json.dumps({"job_id": job_id}) if args.json else job_id)
         return EXIT_OK
@@ -360,6 +368,39 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return EXIT_OK if removed == len(args.job_ids) else EXIT_FAILED
 
 
+#: Characters of a quarantined entry shown in the table (the JSON has it whole).
+PREVIEW_CHARS = 40
+
+
+def _preview(entry: dict[str, Any]) -> str:
+    """The start of a quarantined entry's raw bytes, printable, masked for secrets."""
+    try:
+        raw = base64.b64decode(entry.get("raw") or "")
+    except ValueError:
+        raw = str(entry.get("raw", "")).encode()
+    # Mask before cutting, so a secret that runs past the cut is masked too.
+    text = Masker(logs.secret_filter().secrets)(raw[:4096].decode("utf-8", "replace"))
+    return "".join(c if c.isprintable() else "?" for c in text)[:PREVIEW_CHARS]
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """List the poison broker entries set aside, newest first (at most ``args.limit``,
+    default 50; ``args.json`` prints them whole), or with ``args.clear`` empty the list."""
+    quarantine = Quarantine(get_redis())
+    if args.clear:
+        print(f"{quarantine.clear()} quarantined entries removed")
+        return EXIT_OK
+    entries = quarantine.list(args.limit)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return EXIT_OK
+    rows = [[e.get("at", ""), e.get("queue", ""), e.get("reason", ""), e.get("size", ""),
+             _preview(e), str(e.get("detail", ""))[:60]] for e in entries]
+    print(render(["at", "queue", "reason", "bytes", "starts with", "detail"], rows))
+    print(f"{len(entries)} shown of {quarantine.count()}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run everything on a private Redis and the stand-in: ``args.count`` covers
     (default 5), waiting at most ``args.timeout`` seconds (default 120); with
@@ -405,7 +446,7 @@ PASSTHROUGH: dict[str, Handler] = {
 COMMANDS: dict[str, Handler] = {
     "web": cmd_web, "metrics": cmd_metrics, "enqueue": cmd_enqueue, "status": cmd_status,
     "failures": cmd_failures, "retry": cmd_retry, "forget": cmd_forget, "demo": cmd_demo,
-    "redis": cmd_redis,
+    "redis": cmd_redis, "quarantine": cmd_quarantine,
 }
 
 
@@ -416,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="start a Celery worker (extra options go to celery)",
                    add_help=False)
     sub.add_parser("beat", help="start the beat scheduler", add_help=False)
-    web = sub.add_parser("web", help="serve the callback endpoint")
+    web = sub.add_parser("web", help="serve the callback endpoint, the producer API and the "
+                         "console")
     web.add_argument("--host", default="127.0.0.1")
     # Not $PORT: honcho and foreman set it per process (5000 + 100 x line), and the
     # callback URL handed to Kie must name the port this listens on.
@@ -456,6 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="every failure a retry can help")
     forget = sub.add_parser("forget", help="remove failure records")
     forget.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    quarantine = sub.add_parser(
+        "quarantine", help="list broker entries no worker could decode, newest first")
+    quarantine.add_argument("--limit", type=positive_count, default=50,
+                            help="most entries to list (default 50)")
+    quarantine.add_argument("--json", action="store_true",
+                            help="print the entries whole (raw bytes in base64)")
+    quarantine.add_argument("--clear", action="store_true", help="empty the quarantine")
     demo = sub.add_parser("demo", help="run everything locally on the stand-in")
     demo.add_argument("--count", type=positive_count, default=5,
                       help="covers to make (default 5)")

@@ -11,11 +11,22 @@ loses nothing. Outcome notices
 (`Due.NOTICES`) and image copies (`Due.COPIES`) are
 claimed and sent the same way.
 
+A message claimed but refused by the broker (a full Redis: maxmemory reached) is
+kept and sent first in the next round, before anything new is claimed: its claim
+renewed its lease, so dropping it would leave its job waiting a whole lease. While
+Redis is full the rounds back off (up to `LONGEST_WAIT_S`) with one warning each.
+
+The same thread is the worker's heartbeat: it writes the worker's node name to
+`keys.WORKERS` as it runs (`kie_covers.store.workers.WorkerBeats`, at most once a
+second), so the cluster overview can count live workers; a clean stop takes the
+name out.
+
 Each round also checks the liveness registry (`kie_covers.store.liveness`): the jobs
 of a worker process whose heartbeat lapsed COVERS_DEAD_AFTER seconds ago are made due
 at once and sent again in the same round. The bootstep runs the main process's
-heartbeat (`kie_covers.runtime.heartbeat`) and, at a warm shutdown, gives back the
-jobs of the messages it reserved but never started.
+liveness heartbeat (`kie_covers.runtime.heartbeat`, a thread of its own, so it beats
+whatever this thread waits on) and, at a warm shutdown, gives back the jobs of the
+messages it reserved but never started.
 """
 
 from __future__ import annotations
@@ -24,16 +35,22 @@ import gc
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
 from celery.worker import state as worker_state
+from kombu.exceptions import OperationalError
 
 from kie_covers.config import get_settings
-from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.connections import get_redis, get_store
+from kie_covers.runtime.full_redis import FIRST_WAIT_S, LONGEST_WAIT_S, is_redis_full
 from kie_covers.runtime.heartbeat import Heartbeat, get_liveness, install_heartbeat
 from kie_covers.runtime.messages import send_images, send_job, send_notice
 from kie_covers.store.liveness import holder_id
+from kie_covers.store.workers import BEAT_EVERY_S, WorkerBeats
 
 # Imported here, before the pool forks, so each child shares them (see
 # `_preload_then_freeze`); the worker registers their tasks from this same import.
@@ -54,19 +71,50 @@ class DueDispatcher:
         app: the Celery app to send with.
         interval_s: seconds between rounds.
         lease_s: seconds a claimed job has before it is claimed again.
-        heartbeat: this process's heartbeat; with it, each round first hands back the
-            jobs of dead worker processes (at most once per heartbeat interval).
+        node: the worker's node name for its heartbeat; None: no heartbeat.
+        heartbeat: this process's liveness heartbeat; with it, each round first hands
+            back the jobs of dead worker processes (at most once per heartbeat
+            interval).
     """
 
     def __init__(self, app: Celery, interval_s: float, lease_s: float,
-                 heartbeat: Heartbeat | None = None) -> None:
+                 node: str | None = None, heartbeat: Heartbeat | None = None) -> None:
         self.app = app
         self.interval_s = interval_s
         self.lease_s = lease_s
+        self.node = node
         self.heartbeat = heartbeat
         self._next_reap = 0.0
+        self._beats: WorkerBeats | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Sends of claimed messages not made yet (the broker refused them), oldest first.
+        self._unsent: deque[Callable[[], None]] = deque()
+
+    def run_once(self) -> tuple[int, float | None]:
+        """One round: claim what is due and send it.
+
+        Returns:
+            (messages sent, seconds until the next entry is due or None if nothing
+            waits).
+        """
+        store = get_store()
+        if self.heartbeat is not None and time.monotonic() >= self._next_reap:
+            self._next_reap = time.monotonic() + self.heartbeat.interval_s
+            self.reap_once()
+        sent = self._send_unsent()
+        while True:
+            claimed = store.due.claim(self.lease_s, CLAIM_BATCH)
+            self._unsent.extend(
+                partial(send_job, job.job_id, job.music_task_id, job.callback_url,
+                        job.queue or None) for job in claimed.jobs)
+            self._unsent.extend(partial(send_notice, job_id, queue or None)
+                                for job_id, queue in claimed.notices)
+            self._unsent.extend(partial(send_images, job_id, queue or None)
+                                for job_id, queue in claimed.copies)
+            sent += self._send_unsent()
+            if claimed.largest < CLAIM_BATCH:
+                return sent, claimed.next_due_in_s
 
     def reap_once(self) -> int:
         """Hand back the jobs of worker processes whose heartbeat lapsed (unless this
@@ -85,45 +133,60 @@ class DueDispatcher:
             handed += dead.jobs
         return handed
 
-    def run_once(self) -> tuple[int, float | None]:
-        """One round: claim what is due and send it.
+    def _send_unsent(self) -> int:
+        """Send the claimed messages not sent yet, oldest first; returns how many.
 
-        Returns:
-            (messages sent, seconds until the next entry is due or None if nothing
-            waits).
+        Raises what the broker raises. A message refused for a full Redis or a broker
+        out of reach stays first in line; one refused for anything else is dropped
+        (its job comes back when its lease ends), so it cannot block the others.
         """
-        store = get_store()
         sent = 0
-        if self.heartbeat is not None and time.monotonic() >= self._next_reap:
-            self._next_reap = time.monotonic() + self.heartbeat.interval_s
-            self.reap_once()
-        while True:
-            claimed = store.due.claim(self.lease_s, CLAIM_BATCH)
-            for job in claimed.jobs:
-                send_job(job.job_id, job.music_task_id, job.callback_url, job.queue or None)
-            for job_id, queue in claimed.notices:
-                send_notice(job_id, queue or None)
-            for job_id, queue in claimed.copies:
-                send_images(job_id, queue or None)
-            sent += claimed.count
-            if claimed.largest < CLAIM_BATCH:
-                return sent, claimed.next_due_in_s
+        while self._unsent:
+            try:
+                self._unsent[0]()
+            except Exception as error:
+                if not (is_redis_full(error) or isinstance(error, OperationalError)):
+                    self._unsent.popleft()
+                raise
+            self._unsent.popleft()
+            sent += 1
+        return sent
+
+    def _beat(self) -> None:
+        if self.node is None:
+            return
+        if self._beats is None:
+            self._beats = WorkerBeats(get_redis(), self.node,
+                                      min(BEAT_EVERY_S, self.interval_s))
+        self._beats.beat()
 
     def _loop(self) -> None:
         # Rounds come at least once per heartbeat interval, so a dead worker's jobs
         # are handed back soon after its heartbeat lapses.
         longest = self.interval_s if self.heartbeat is None else \
             min(self.interval_s, self.heartbeat.interval_s)
-        pause = longest
+        pause, full_wait = longest, FIRST_WAIT_S
+        try:
+            self._beat()  # live from the start, not one interval later
+        except Exception:
+            log.exception("heartbeat failed; trying again in %.1fs", self.interval_s)
         while not self._stop.wait(pause):
             try:
+                self._beat()
                 _, next_in = self.run_once()
                 # Wake for the next due entry rather than a whole interval later, so a
                 # rate-limit slot or a poll is kept to within a few milliseconds.
                 pause = longest if next_in is None else min(longest, max(MIN_PAUSE_S, next_in))
-            except Exception:  # keep dispatching through a Redis blip
-                log.exception("dispatch round failed; trying again in %.1fs", longest)
-                pause = longest
+                full_wait = FIRST_WAIT_S
+            except Exception as error:  # keep dispatching through a Redis blip
+                if not is_redis_full(error):
+                    log.exception("dispatch round failed; trying again in %.1fs", longest)
+                    pause = longest
+                    continue
+                pause, full_wait = full_wait, min(LONGEST_WAIT_S, full_wait * 2)
+                log.warning("Redis is full (maxmemory reached: %s); %d claimed message(s) "
+                            "wait to be sent; the dispatcher tries again in %.1fs",
+                            error, len(self._unsent), pause)
 
     def start(self) -> None:
         """Start the background thread."""
@@ -135,6 +198,11 @@ class DueDispatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._beats is not None:
+            try:
+                self._beats.gone()
+            except Exception:  # stopping must not fail on a Redis blip
+                log.warning("could not take worker %s out of the live set", self.node)
 
 
 def _preload_then_freeze() -> None:
@@ -176,14 +244,15 @@ class DispatcherStep(bootsteps.StartStopStep):
         settings = get_settings()
         settings.require_api_key()
         _preload_then_freeze()
+        node = getattr(parent, "hostname", None)
         # Made now, before the pool forks, so each pool process knows this holder id
         # (its runs take the jobs out of this process's held set as they begin).
-        node = str(getattr(parent, "hostname", None) or "worker")
         self.heartbeat: Heartbeat | None = install_heartbeat(
-            get_liveness(), holder_id(node, "worker"), settings.heartbeat_interval,
-            reserved_ids)
+            get_liveness(), holder_id(str(node or "worker"), "worker"),
+            settings.heartbeat_interval, reserved_ids)
         self.dispatcher = DueDispatcher(parent.app, settings.dispatch_interval,
-                                        settings.redispatch_after, self.heartbeat)
+                                        settings.redispatch_after, node=node,
+                                        heartbeat=self.heartbeat)
 
     def start(self, parent: Any) -> None:
         if self.heartbeat is not None:

@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from kie_covers.config import Settings
 from kie_covers.core.addresses import is_loopback
 from kie_covers.core.cover_items import check_batch
-from kie_covers.core.errors import InvalidPayload, KieCoversError, UnknownJob
+from kie_covers.core.errors import InvalidPayload, KieCoversError, StoreFull, UnknownJob
 from kie_covers.core.problems import PROBLEM_MEDIA_TYPE, FieldError, field_errors, problem
 from kie_covers.core.schemas import job_id_problem, validate_cover_request
 from kie_covers.services.batch import batch_records
@@ -285,7 +285,7 @@ class ProducerApi:
     def retry(self, environ: Environ, job_id: str) -> Answer:
         """POST /v1/covers/{jobId}/retry: queue a failed job again under its id."""
         _record(job_id)  # 404 for an unknown job
-        result = retry_jobs([job_id])[0].result
+        result = retry_jobs([job_id], by="api")[0].result
         if result == "unknown":
             raise Problem(404, "not-found", f"no cover job {job_id!r}")
         if result != "ok":
@@ -314,9 +314,17 @@ _RETRY_REFUSALS = {
 }
 
 
+#: Seconds a client is asked to wait when Redis is full (``Retry-After``).
+FULL_RETRY_AFTER_S = 5
+
+
 def _enqueue(request: Mapping[str, Any]) -> str:
-    return enqueue_cover(request["taskId"], request["callBackUrl"],
-                         priority=request["priority"], tenant=request["tenant"])
+    try:
+        return enqueue_cover(request["taskId"], request["callBackUrl"],
+                             priority=request["priority"], tenant=request["tenant"])
+    except StoreFull as full:
+        raise Problem(503, "store-full", str(full),
+                      headers=[("Retry-After", str(FULL_RETRY_AFTER_S))]) from None
 
 
 def _record(job_id: str) -> dict[str, Any]:

@@ -1,13 +1,16 @@
 """The Prometheus endpoint: one exporter for the whole cluster, reading Redis.
 
-Workers on every host add to counters in Redis (`kie_covers.runtime.metrics`); this
-collector turns them into Prometheus metrics on each scrape. Run it with
-``covers metrics`` (port ``COVERS_METRICS_PORT``, path ``/metrics``).
+Every process on every host adds to counters in Redis (`kie_covers.runtime.metrics`,
+always on); `RedisCollector` turns them into Prometheus metrics on each scrape, and
+`kie_covers.worker.cluster_gauges.ClusterCollector` adds the cluster's state (jobs by
+state, waits, limiter, pause, credits, workers) read from Redis at that moment. Run it
+with ``covers metrics`` (port ``COVERS_METRICS_PORT``, path ``/metrics``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -22,14 +25,15 @@ from prometheus_client.registry import Collector
 from kie_covers.config import keys
 from kie_covers.runtime.connections import get_redis
 from kie_covers.runtime.metrics import DURATION_BUCKETS_S, GAUGES, HELP
+from kie_covers.services.overview import cluster_overview
+from kie_covers.store.counters import bucket_name, parse_field
+from kie_covers.store.overview import Overview
+from kie_covers.store.reindex import index_existing
+from kie_covers.worker.cluster_gauges import ClusterCollector
 
 PREFIX = "covers_"
 
-
-def _labels(field: str) -> tuple[str, dict[str, str]]:
-    name, _, inner = field.partition("|")
-    labels = dict(part.split("=", 1) for part in inner.split(",") if "=" in part)
-    return name, labels
+log = logging.getLogger("covers.metrics")
 
 
 class RedisCollector(Collector):
@@ -42,7 +46,7 @@ class RedisCollector(Collector):
         raw: dict[str, str] = self.redis.hgetall(keys.METRIC_COUNTERS)  # type: ignore[assignment]
         families: dict[str, CounterMetricFamily] = {}
         for field, value in sorted(raw.items()):
-            name, labels = _labels(field)
+            name, labels = parse_field(field)
             base = name.removesuffix("_total")
             family = families.get(name)
             if family is None:
@@ -59,7 +63,8 @@ class RedisCollector(Collector):
         yield from families.values()
         hist: dict[str, str] = self.redis.hgetall(  # type: ignore[assignment]
             keys.metric_histogram("job_duration_seconds"))
-        buckets = [(f"{b:g}", float(hist.get(f"le={b:g}", 0))) for b in DURATION_BUCKETS_S]
+        buckets = [(bucket_name(b), float(hist.get(f"le={bucket_name(b)}", 0)))
+                   for b in DURATION_BUCKETS_S]
         count = float(hist.get("count", 0))
         buckets.append(("+Inf", count))
         histogram = HistogramMetricFamily(PREFIX + "job_duration_seconds",
@@ -72,8 +77,23 @@ class RedisCollector(Collector):
                 yield GaugeMetricFamily(PREFIX + name, HELP[name], value=float(value))
 
 
-def make_app() -> Any:
-    """A WSGI app serving /metrics from this cluster's Redis."""
+def make_registry(client: redis.Redis, read: Callable[[], Overview]) -> CollectorRegistry:
+    """Everything ``covers metrics`` serves: the counters and histograms kept in
+    `client`'s Redis, and the cluster's gauges from `read` (called at each scrape)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(get_redis()))
-    return make_wsgi_app(registry)
+    registry.register(RedisCollector(client))
+    registry.register(ClusterCollector(read))
+    return registry
+
+
+def make_app() -> Any:
+    """A WSGI app serving /metrics from this cluster's Redis (`make_registry`).
+
+    First, once per cluster, jobs recorded before the overview's indexes existed are
+    indexed (`kie_covers.store.reindex`), so the gauges count them too.
+    """
+    client = get_redis()
+    indexed = index_existing(client)
+    if indexed:
+        log.info("indexed %d jobs recorded before the overview's indexes", indexed)
+    return make_wsgi_app(make_registry(client, cluster_overview))

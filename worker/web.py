@@ -7,6 +7,7 @@ Routes:
                          KIE_WEBHOOK_HMAC_KEY is set
     GET  /healthz        200 when Redis answers
     /v1/...              the producer API (`kie_covers.worker.http_api`)
+    /console...          the operations console (`kie_covers.worker.console`)
 
 Run it under waitress with ``covers web`` (the Procfile's ``web`` line).
 """
@@ -30,7 +31,9 @@ from kie_covers.runtime.callback_health import CALLBACK_PATH, HEALTH_PATH
 from kie_covers.runtime.callback_secret import CallbackSecrets, callback_secrets
 from kie_covers.runtime.connections import get_store
 from kie_covers.services.callbacks import CallbackResult, apply_callback
+from kie_covers.services.overview import cluster_overview
 from kie_covers.store.jobs import JobStore
+from kie_covers.worker.console import CONSOLE_PREFIX, Console
 from kie_covers.worker.http_api import API_PREFIX, ProducerApi
 from kie_covers.worker.http_body import Refused, declared_length, decode_json, read_body
 
@@ -69,15 +72,18 @@ class CallbackApp:
             process's, `callback_secrets`).
         api: the producer API, answering every path under /v1/ (default None: not
             served).
+        console: the operations console, answering /console and every path under it
+            (default None: not served).
     """
 
     def __init__(self, settings: Settings, store: Callable[[], JobStore],
                  secrets: Callable[[], CallbackSecrets] = callback_secrets,
-                 api: ProducerApi | None = None) -> None:
+                 api: ProducerApi | None = None, console: Console | None = None) -> None:
         self.settings = settings
         self.store = store
         self.secrets = secrets
         self.api = api
+        self.console = console
 
     def waitress_options(self) -> dict[str, Any]:
         """Keyword arguments for ``waitress.serve`` that bound what one client can make
@@ -108,6 +114,9 @@ class CallbackApp:
         method = environ.get("REQUEST_METHOD", "GET")
         if self.api is not None and path.startswith(API_PREFIX):
             return self.api(environ, start_response)
+        if self.console is not None and (path == CONSOLE_PREFIX
+                                         or path.startswith(CONSOLE_PREFIX + "/")):
+            return self.console(environ, start_response)
         try:
             if path == HEALTH_PATH and method in ("GET", "HEAD"):
                 # Never reads a body: a slow or huge upload cannot hold /healthz up.
@@ -250,4 +259,5 @@ def make_app() -> CallbackApp:
     with app.producer_or_acquire():
         pass
     settings = get_settings()
-    return CallbackApp(settings, get_store, api=ProducerApi(settings))
+    return CallbackApp(settings, get_store, api=ProducerApi(settings),
+                       console=Console(settings, lambda: cluster_overview().to_dict()))

@@ -3,14 +3,16 @@
 -- KEYS 1 job, 2 music, 3 due, 4 lock; optional (kie_covers.store.liveness): 5 the held
 -- set of the worker process that runs it (the job is tied to it), 6 the held set of the
 -- process that reserved the message (the job leaves it: the run holds it now)
--- ARGV 1 job id, 2 lease due ms, 3 token, 4 lock ms, 5.. field, value of a new record
+-- ARGV 1 job id, 2 lease due ms, 3 token, 4 lock ms, 5 state index prefix, 6 now ms,
+--      7.. field, value of a new record
 -- Returns {'go' | 'ended' | 'busy', the record or {}}, or {'new', {}} when the job has no
 -- record and none was given: the caller asks again with one (only raw messages, so the
 -- common run does not carry a record it does not need).
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  if #ARGV < 5 then return {'new', {}} end
-  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+  if #ARGV < 7 then return {'new', {}} end
+  redis.call('HSET', KEYS[1], unpack(ARGV, 7))
   redis.call('SET', KEYS[2], ARGV[1], 'NX')
+  index_state(ARGV[5], ARGV[1], '', 'queued', ARGV[6])
 end
 if KEYS[6] then redis.call('SREM', KEYS[6], ARGV[1]) end
 local state = redis.call('HGET', KEYS[1], 'state')

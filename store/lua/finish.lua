@@ -9,13 +9,17 @@
 -- Kept bodies are capped: all kept and unexpired ones together hold at most ARGV[23]
 -- bytes ('full' otherwise, keeping nothing), counted in KEYS 7-9.
 -- KEYS 1 due, 2 failures, 3 kind index, 4 code index, 5 retry-due, 6 notify-due,
---      7 early bytes (string), 8 early expiry (zset cover id -> ms), 9 early sizes (hash)
+--      7 early bytes (string), 8 early expiry (zset cover id -> ms), 9 early sizes (hash),
+--      10 metric counters (hash), 11 job duration histogram (hash)
 -- ARGV 1 job id, 2 state, 3 images json, 4 error json, 5 now (s), 6 ttl s, 7 cover prefix,
 --      8 retryable (1/0), 9 first retry delay ms, 10 longest retry delay ms,
 --      11 music prefix, 12 notice lease ms (0: the app is not sent notices),
 --      13 notice lock ms, 14-17 see above, 18 job prefix, 19 lock prefix,
 --      20 notice lock prefix, 21 expected job id ('' any), 22 cover id,
---      23 early bytes cap, 24 kind index prefix, 25 code index prefix
+--      23 early bytes cap, 24 kind index prefix, 25 code index prefix,
+--      26 state index prefix, 27 wait index prefix, 28 the ending's counter field,
+--      29 the histogram's bucket bounds (s, comma-separated, as their field names)
+-- The ending is counted here (KEYS 10-11), once, by whichever process ended the job.
 -- Returns {the ended record, 1 if the notice lock was taken}, false if the job had
 -- already ended (or is unknown), 'unknown', 'mismatch' or 'full'.
 
@@ -50,6 +54,19 @@ local function keep_early()
   return 'unknown'
 end
 
+-- The ending's counter, and enqueue-to-end seconds in the duration histogram.
+local function count_ending(job)
+  redis.call('HINCRBY', KEYS[10], ARGV[28], 1)
+  local created = tonumber(redis.call('HGET', job, 'created_at') or '')
+  if not created then return end
+  local seconds = math.max(0, tonumber(ARGV[5]) - created)
+  for bound in string.gmatch(ARGV[29], '[^,]+') do
+    if seconds <= tonumber(bound) then redis.call('HINCRBY', KEYS[11], 'le=' .. bound, 1) end
+  end
+  redis.call('HINCRBY', KEYS[11], 'count', 1)
+  redis.call('HINCRBYFLOAT', KEYS[11], 'sum', tostring(seconds))
+end
+
 local id = ARGV[1]
 if id == '' then
   local expected = ARGV[21]
@@ -74,6 +91,12 @@ end
 local job = ARGV[18] .. id
 local state = redis.call('HGET', job, 'state')
 if not state or state == 'succeeded' or state == 'failed' then return false end
+local now_ms = math.floor(tonumber(ARGV[5]) * 1000)
+index_state(ARGV[26], id, state, ARGV[2], now_ms + tonumber(ARGV[6]) * 1000)
+-- Ended records expire on their own: drop the index entries of those that have.
+redis.call('ZREMRANGEBYSCORE', ARGV[26] .. ARGV[2], '-inf', now_ms)
+index_wait(ARGV[27], id, redis.call('HGET', job, 'wait_reason') or '', '', now_ms)
+count_ending(job)
 redis.call('HSET', job, 'state', ARGV[2], 'images', ARGV[3], 'error', ARGV[4],
            'finished_at', ARGV[5], 'updated_at', ARGV[5], 'wait_reason', '')
 redis.call('EXPIRE', job, ARGV[6])
