@@ -123,6 +123,11 @@ class Liveness:
             keys.BEATS, now_ms - int(self.dead_after_s * 1000), "+inf")
         return [h for h in fresh if role is None or h.split("|")[1:2] == [role]]
 
+    def live_nodes(self) -> list[str]:
+        """The node names (``name@host``) of the Celery workers whose main process has a
+        fresh heartbeat, sorted: what a "live workers" gauge counts."""
+        return sorted({holder.split("|", 1)[0] for holder in self.live("worker")})
+
     def reap(self, limit: int = REAP_BATCH) -> list[Reaped]:
         """Hand back the jobs of every holder whose heartbeat lapsed (at most `limit`).
 

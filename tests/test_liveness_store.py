@@ -97,6 +97,7 @@ def test_a_beating_holder_is_live_and_never_reaped(liveness: Liveness) -> None:
     liveness.tie(main, ["job-a"])
     assert set(liveness.live()) == {main, pool}
     assert liveness.live("worker") == [main] and liveness.live("pool") == [pool]
+    assert liveness.live_nodes() == ["w1@h"]
     assert liveness.reap() == []
     assert liveness.held(main) == {"job-a"}
 
