@@ -87,7 +87,11 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.beat_once()
+            try:
+                self.beat_once()
+            except Exception:  # the thread must outlive any surprise: it is the liveness
+                log.exception("heartbeat of %s failed; trying again in %.1fs", self.holder,
+                              self.interval_s)
 
     def beat_once(self) -> None:
         """One beat, then untie what the process no longer holds; never raises."""
