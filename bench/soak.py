@@ -8,8 +8,8 @@ Not a test and not in CI. It starts everything on loopback itself: a private
 limit, covers ready after 0.3 s, signed callbacks), the callback endpoint
 (``python -m kie_covers.worker.cli web``) and ``--workers`` real ``celery worker`` processes of
 ``--concurrency`` pool slots each, with the short waits the test suite uses, except
-the liveness timers (COVERS_REDISPATCH_AFTER, COVERS_HEARTBEAT_INTERVAL,
-COVERS_DEAD_AFTER), which keep their defaults.
+the heartbeat timers (COVERS_HEARTBEAT_INTERVAL, COVERS_DEAD_AFTER), which keep their
+defaults, and COVERS_REDISPATCH_AFTER, 60 s (see ``bench.soak_services``).
 
 Until ``--minutes`` have passed it runs rounds. Each round enqueues ``--batch`` jobs
 (distinct music task ids) and applies one scenario picked at random (seeded):
