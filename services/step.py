@@ -24,7 +24,7 @@ from kie_covers.core.states import JobState, WaitReason
 from kie_covers.runtime.callback_secret import callback_url_for
 from kie_covers.runtime.connections import Limiters
 from kie_covers.runtime.kie_client import FAILED, SUCCESS, KieClient
-from kie_covers.store.limiter import RateLimiter, Verdict
+from kie_covers.store.limiter import Place, RateLimiter, Verdict
 from kie_covers.store.record import Job
 
 log = logging.getLogger("covers.step")
@@ -61,10 +61,15 @@ class Later:
 
 @dataclass(frozen=True)
 class Throttled:
-    """The limiter says not now: wait `wait_s` seconds. Not a failure, not an attempt."""
+    """The limiter says not now: wait `wait_s` seconds. Not a failure, not an attempt.
+
+    `parked`: the job waits in the fair limiter's queue; its grant makes it due sooner
+    (default False).
+    """
 
     wait_s: float
     reason: WaitReason
+    parked: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,27 +119,33 @@ def gate(limiter: RateLimiter, job: Job, client: KieClient, count: tuple[str, st
     Raises:
         OutOfCredits: the account has no credits (still, or held).
     """
-    answer = limiter.acquire(job.job_id, count)
+    place = place_of(job)
+    answer = limiter.acquire(job.job_id, count, place)
     for _ in range(INLINE_WAITS):
         if answer.reason is not WaitReason.RATE_SLOT or answer.wait_s > INLINE_WAIT_MAX_S:
             break
         # A few milliseconds to the slot: going back through the due set would cost
         # more than the wait itself, and each round trip would push later slots back.
         time.sleep(answer.wait_s)
-        answer = limiter.acquire(job.job_id, count)
+        answer = limiter.acquire(job.job_id, count, place)
     if answer.verdict is Verdict.PROBE:
         left = client.credits()
         if left <= 0:
             raise errors.OutOfCredits(f"still no credits ({left:g} left)", 402)
         limiter.release_credits()
         log.warning("credits are back (%g left): generates resume for every worker", left)
-        answer = limiter.acquire(job.job_id, count)
+        answer = limiter.acquire(job.job_id, count, place)
     if answer.reason is WaitReason.OUT_OF_CREDITS:
         raise errors.OutOfCredits("the account is out of credits; holding", 402,
                                   answer.wait_s)
     if answer.go:
         return None
-    return Throttled(answer.wait_s, answer.reason or WaitReason.PAUSED)
+    return Throttled(answer.wait_s, answer.reason or WaitReason.PAUSED, answer.parked)
+
+
+def place_of(job: Job) -> Place:
+    """The job's place in the fair limiter: its lane, tenant and arrival (created_at)."""
+    return Place(job.priority, job.tenant, int((job.created_at or time.time()) * 1_000_000))
 
 
 def poll(job: Job, client: KieClient, settings: Settings) -> Done | Later:

@@ -11,7 +11,9 @@ How a decision is made (`RateLimiter.acquire`):
 1. A cluster-wide **pause** (after a 429 or a 455) stops everyone until it ends.
 2. For generates, a **credits hold** (after a 402/433) stops everyone; one
    caller at a time is told to ``probe`` the credit endpoint.
-3. A job without a ticket **reserves a slot**: the earliest time at which one
+3. (`kie_covers.store.fair.FairLimiter`, the generate limiter, instead hands
+   slots out by priority lane and tenant: see there.)
+   A job without a ticket **reserves a slot**: the earliest time at which one
    more call keeps every window of ``per_seconds`` at or under ``limit``
    (exact sliding window over all reservations). Jobs are served in the order
    they reserved, so nobody starves, and a crowd of waiting jobs does not wake
@@ -35,6 +37,26 @@ from kie_covers.config import keys
 from kie_covers.core.states import WaitReason
 from kie_covers.store.scripts import register
 
+#: The fair limiter's answer for a job it parked in its queue.
+QUEUED = "queued"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a job waits its turn (`kie_covers.store.fair.FairLimiter`; a plain
+    `RateLimiter` serves in reservation order and ignores it).
+
+    Attributes:
+        lane: ``interactive`` (the default) or ``bulk``.
+        tenant: the tenant id, or None (the default) for the default tenant.
+        arrival_us: when the job was created (unix µs): its order within its tenant;
+            0 (the default) means now.
+    """
+
+    lane: str = "interactive"
+    tenant: str | None = None
+    arrival_us: int = 0
+
 
 class Verdict(StrEnum):
     """What a caller of `RateLimiter.acquire` is to do."""
@@ -54,11 +76,14 @@ class Gate:
             has not come), the reason of a cluster-wide pause (``rate_limited`` after a
             429, ``maintenance`` after a 455), or ``out_of_credits`` (held until a
             credit check finds credits); None unless waiting.
+        parked: True when the job waits in the fair limiter's queue: a grant makes it
+            due before `wait_ms` (which is only a safety net); default False.
     """
 
     wait_ms: int
     verdict: Verdict
     reason: WaitReason | None = None
+    parked: bool = False
 
     @property
     def go(self) -> bool:
@@ -77,6 +102,8 @@ class Gate:
             return cls(0, Verdict.GO)
         if answer == Verdict.PROBE.value:
             return cls(0, Verdict.PROBE)
+        if answer == QUEUED:
+            return cls(wait_ms, Verdict.WAIT, WaitReason.RATE_SLOT, parked=True)
         return cls(wait_ms, Verdict.WAIT, WaitReason.parse(answer) or WaitReason.PAUSED)
 
 
@@ -106,12 +133,15 @@ class RateLimiter:
         self._acquire = register(client, "acquire")
         self._pause = register(client, "pause")
 
-    def acquire(self, job_id: str, count: tuple[str, str] | None = None) -> Gate:
+    def acquire(self, job_id: str, count: tuple[str, str] | None = None,
+                place: Place | None = None) -> Gate:
         """Ask to make one call for `job_id` now (see the module docstring).
 
         Args:
             count: (hash key, field): when the call may go, that counter gets one
                 more in the same step (a job's ``attempts`` or ``polls``).
+            place: the job's lane and tenant; ignored here (reservation order), used by
+                `kie_covers.store.fair.FairLimiter`.
         """
         extra_keys, extra_args = ([count[0]], [count[1]]) if count else ([], [])
         wait_ms, reason = self._acquire(

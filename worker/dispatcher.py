@@ -9,7 +9,9 @@ that renews the claimed entries' leases, so many workers can run this at once
 without sending a job twice per lease, and a worker that dies after claiming
 loses nothing. Outcome notices
 (`Due.NOTICES`) and image copies (`Due.COPIES`) are
-claimed and sent the same way.
+claimed and sent the same way. Each round first hands out the generate slots free
+now to the jobs waiting for one (`kie_covers.store.fair.FairLimiter.grant`), in
+the fair order; the jobs granted are due at once, so the same round sends them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, ClassVar
 from celery import Celery, bootsteps
 
 from kie_covers.config import get_settings
-from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.connections import get_limiters, get_store
 from kie_covers.runtime.messages import send_images, send_job, send_notice
 
 # Imported here, before the pool forks, so each child shares them (see
@@ -61,6 +63,9 @@ class DueDispatcher:
             waits).
         """
         store = get_store()
+        # First hand out the generate slots free now: the jobs granted are due now and
+        # claimed just below.
+        granted = get_limiters().generate.grant()
         sent = 0
         while True:
             claimed = store.due.claim(self.lease_s, CLAIM_BATCH)
@@ -72,15 +77,16 @@ class DueDispatcher:
                 send_images(job_id, queue or None)
             sent += claimed.count
             if claimed.largest < CLAIM_BATCH:
-                return sent, claimed.next_due_in_s
+                return sent, _sooner(claimed.next_due_in_s, granted.next_in_s)
 
     def _loop(self) -> None:
         pause = self.interval_s
         while not self._stop.wait(pause):
             try:
                 _, next_in = self.run_once()
-                # Wake for the next due entry rather than a whole interval later, so a
-                # rate-limit slot or a poll is kept to within a few milliseconds.
+                # Wake for the next due entry (or the next free generate slot) rather
+                # than a whole interval later, so a slot or a poll is kept to within a
+                # few milliseconds.
                 pause = self.interval_s if next_in is None else \
                     min(self.interval_s, max(MIN_PAUSE_S, next_in))
             except Exception:  # keep dispatching through a Redis blip
@@ -97,6 +103,13 @@ class DueDispatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def _sooner(first: float | None, second: float | None) -> float | None:
+    """The sooner of two waits in seconds (None: nothing to wait for)."""
+    if first is None or second is None:
+        return second if first is None else first
+    return min(first, second)
 
 
 def _preload_then_freeze() -> None:
