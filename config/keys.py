@@ -84,7 +84,7 @@ def rate_grants(limiter: str) -> str:
 
 
 def rate_waiting(limiter: str) -> str:
-    """Hash: job id -> ``lane<TAB>tenant<TAB>arrival µs`` of every job queued or granted."""
+    """Hash: job id -> ``lane<TAB>tenant<TAB>arrival us`` of every job queued or granted."""
     return f"{PREFIX}rate:{limiter}:waiting"
 
 
@@ -101,7 +101,7 @@ def rate_ring(limiter: str, lane: str) -> str:
 
 def rate_queue_prefix(limiter: str) -> str:
     """Prefix of the queues of waiting jobs: ``<prefix><lane>:<tenant>`` is a sorted set
-    of job ids by arrival (unix µs); the default tenant is ``-`` (no tenant id starts so)."""
+    of job ids by arrival (unix us); the default tenant is ``-`` (no tenant id starts so)."""
     return f"{PREFIX}rate:{limiter}:queue:"
 
 #: Sorted set: every failed job id, scored by its last failure time (ms).

@@ -136,7 +136,7 @@ def _share(name: str, raw: str) -> float:
         raise SettingsError(f"{name} must be a number between 0 and 1, got {raw!r}") from None
     if not 0 < value < 1:  # also refuses nan
         raise SettingsError(
-            f"{name} must be greater than 0 and less than 1, got {raw!r}")
+            f"{name} must be a finite number greater than 0 and less than 1, got {raw!r}")
     return value
 
 

@@ -33,6 +33,10 @@ log = logging.getLogger("covers.step")
 INLINE_WAIT_MAX_S = 0.025
 #: At most this many such short waits per step.
 INLINE_WAITS = 3
+#: A job holding its generate grant waits up to this many seconds in the step: the
+#: grant comes a little before the room (`kie_covers.store.fair.GRANT_LEAD_S`), so that
+#: the call goes the moment the window has room.
+GRANTED_WAIT_MAX_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,8 @@ def gate(limiter: RateLimiter, job: Job, client: KieClient, count: tuple[str, st
     place = place_of(job)
     answer = limiter.acquire(job.job_id, count, place)
     for _ in range(INLINE_WAITS):
-        if answer.reason is not WaitReason.RATE_SLOT or answer.wait_s > INLINE_WAIT_MAX_S:
+        longest = GRANTED_WAIT_MAX_S if answer.granted else INLINE_WAIT_MAX_S
+        if answer.reason is not WaitReason.RATE_SLOT or answer.wait_s > longest:
             break
         # A few milliseconds to the slot: going back through the due set would cost
         # more than the wait itself, and each round trip would push later slots back.

@@ -11,9 +11,7 @@ How a decision is made (`RateLimiter.acquire`):
 1. A cluster-wide **pause** (after a 429 or a 455) stops everyone until it ends.
 2. For generates, a **credits hold** (after a 402/433) stops everyone; one
    caller at a time is told to ``probe`` the credit endpoint.
-3. (`kie_covers.store.fair.FairLimiter`, the generate limiter, instead hands
-   slots out by priority lane and tenant: see there.)
-   A job without a ticket **reserves a slot**: the earliest time at which one
+3. A job without a ticket **reserves a slot**: the earliest time at which one
    more call keeps every window of ``per_seconds`` at or under ``limit``
    (exact sliding window over all reservations). Jobs are served in the order
    they reserved, so nobody starves, and a crowd of waiting jobs does not wake
@@ -24,6 +22,10 @@ How a decision is made (`RateLimiter.acquire`):
 
 Windows are ``per_seconds + margin_s`` long, so network jitter between our
 send and Kie's count does not push Kie's own window over the limit.
+
+This is the status limiter. The generate limiter, `kie_covers.store.fair.FairLimiter`,
+keeps 1, 2, 4 and the windows but replaces 3: it hands slots out by priority lane,
+tenant and arrival instead of reservation order.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from kie_covers.store.scripts import register
 
 #: The fair limiter's answer for a job it parked in its queue.
 QUEUED = "queued"
+#: The fair limiter's answer for a granted job that came before the window has room.
+GRANTED = "granted"
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Place:
     Attributes:
         lane: ``interactive`` (the default) or ``bulk``.
         tenant: the tenant id, or None (the default) for the default tenant.
-        arrival_us: when the job was created (unix µs): its order within its tenant;
+        arrival_us: when the job was created (unix us): its order within its tenant;
             0 (the default) means now.
     """
 
@@ -78,12 +82,16 @@ class Gate:
             credit check finds credits); None unless waiting.
         parked: True when the job waits in the fair limiter's queue: a grant makes it
             due before `wait_ms` (which is only a safety net); default False.
+        granted: True when the job holds the fair limiter's grant, handed out a little
+            before the window has room: `wait_ms` is short and worth waiting out in
+            the run; default False.
     """
 
     wait_ms: int
     verdict: Verdict
     reason: WaitReason | None = None
     parked: bool = False
+    granted: bool = False
 
     @property
     def go(self) -> bool:
@@ -104,6 +112,8 @@ class Gate:
             return cls(0, Verdict.PROBE)
         if answer == QUEUED:
             return cls(wait_ms, Verdict.WAIT, WaitReason.RATE_SLOT, parked=True)
+        if answer == GRANTED:
+            return cls(wait_ms, Verdict.WAIT, WaitReason.RATE_SLOT, granted=True)
         return cls(wait_ms, Verdict.WAIT, WaitReason.parse(answer) or WaitReason.PAUSED)
 
 

@@ -22,12 +22,13 @@ from kie_covers.config import keys
 from kie_covers.core.states import WaitReason
 from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.standin import KieStandin
-from kie_covers.store.fair import FairLimiter
+from kie_covers.store.fair import GRANT_LEAD_S, FairLimiter
 from kie_covers.store.limiter import Place, Verdict
 from tests.conftest import FAIR_DB, empty_db
 from tests.services import StartWorker, wait_until
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
+LEAD_MS = int(GRANT_LEAD_S * 1000)
 
 
 @pytest.fixture
@@ -136,6 +137,28 @@ def test_a_granted_job_goes_and_others_wait_for_their_grant(client: redis.Redis)
     assert fair.waiting() == 1
 
 
+def test_a_grant_comes_just_before_the_room_and_its_job_waits_that_out(
+    client: redis.Redis
+) -> None:
+    fair = limiter(client, 1, 30.0)
+    job = queued_job(client)
+    # Given the one call of the window sent long ago: it leaves the window in 40 ms
+    now_s, now_us = client.time()
+    leaves_in_ms = 40
+    sent_ms = now_s * 1000 + now_us // 1000 - fair.window_ms + leaves_in_ms
+    client.zadd(keys.rate_sent("generate"), {f"old:{sent_ms}": sent_ms})
+    # When the job asks: the room opens within the lead, so it is granted now...
+    gate = fair.acquire(job)
+    assert not gate.parked
+    # ...and it goes once the window really has room (the limit is that check)
+    if not gate.go:
+        assert gate.granted and 0 < gate.wait_ms <= leaves_in_ms + 1
+        time.sleep(gate.wait_s)
+        assert fair.acquire(job).go
+    latest = client.zrange(keys.rate_sent("generate"), -1, -1, withscores=True)
+    assert float(latest[0][1]) >= sent_ms + fair.window_ms
+
+
 def test_an_unused_grant_goes_back_to_its_place_and_ended_jobs_take_no_slot(
     client: redis.Redis
 ) -> None:
@@ -223,12 +246,14 @@ def test_the_limit_holds_in_every_window_through_random_asks_grants_and_ends(
         if gate.go:
             sent_at.append(int(client.zrange(keys.rate_sent("generate"), -1, -1,
                                              withscores=True)[0][1]))
-        # Calls sent in the window plus grants kept never pass the limit
+        # Never more calls sent in the window than the limit, nor more grants kept than
+        # the room there will be once the lead (GRANT_LEAD_S) has passed
         now_s, now_us = client.time()
         now_ms = now_s * 1000 + now_us // 1000
-        in_window = client.zcount(keys.rate_sent("generate"), f"({now_ms - fair.window_ms}",
-                                  "+inf")
-        assert in_window + client.zcard(keys.rate_grants("generate")) <= limit
+        sent = keys.rate_sent("generate")
+        assert client.zcount(sent, f"({now_ms - fair.window_ms}", "+inf") <= limit
+        staying = client.zcount(sent, f"({now_ms + LEAD_MS - fair.window_ms}", "+inf")
+        assert staying + client.zcard(keys.rate_grants("generate")) <= limit
     sent_at.sort()
     assert len(sent_at) > 3 * limit  # (the run did send)
     assert all(sent_at[i + limit] - sent_at[i] >= fair.window_ms
@@ -316,22 +341,26 @@ def test_two_tenants_alternate(standin: KieStandin, start_worker: StartWorker) -
     standin.set_rate_limit((limit, per_s))
     worker = start_worker(KIE_RATE_LIMIT=f"{limit}/{per_s:g}s")
     music: dict[str, str] = {}
-    # Given tenant a's 8 bulk jobs, all asked (2 sent, the rest waiting)...
-    first = _enqueue("a", 8, worker.queue, "bulk", "a", music)
+    # Given tenant a's 10 bulk jobs, all asked (2 sent, the rest waiting)...
+    first = _enqueue("a", 10, worker.queue, "bulk", "a", music)
 
     def waiting(job_ids: list[str], count: int) -> bool:
         reasons = [str(get_cover(j)["waiting_for"]) for j in job_ids]
         return reasons.count(WaitReason.RATE_SLOT.value) >= count
 
-    wait_until(lambda: waiting(first, 8 - limit), 30, 0.05, "a's jobs to wait")
+    wait_until(lambda: waiting(first, 10 - limit), 30, 0.05, "a's jobs to wait")
     # ...when tenant b's 4 arrive and wait too
     second = _enqueue("b", 4, worker.queue, "bulk", "b", music)
     wait_until(lambda: waiting(second, 4), 30, 0.05, "b's jobs to wait")
     settled = len(standin.generate_times())
     _all_end(first + second)
-    # Then, once the slots already handed out are used, a and b alternate until b's end
+    # Then, once the slots already handed out are used, a and b take turns until b's
+    # jobs are done: never more than one window's worth (`limit`, whose calls go out
+    # together, in any order) of one tenant in a row; first come, first served would
+    # have sent all of a's backlog first
     order = _sent_order(standin, music)
     last_b = len(order) - 1 - order[::-1].index("b")
-    assert last_b < len(order) - 1  # b did not wait for a's backlog
-    assert all(order[i] != order[i - 1] for i in range(settled + limit + 1, last_b + 1)), order
+    assert last_b < len(order) - limit, order
+    turns = order[settled + limit:last_b + 1]
+    assert all(len(set(turns[i:i + limit + 1])) == 2 for i in range(len(turns) - limit)), order
     _no_window_over(standin, limit, per_s)

@@ -4,8 +4,10 @@
 --      8 pause, 9 credits hold, 10 credits probe
 -- ARGV 1 limit, 2 window ms, 3 gate on credits (1/0), 4 grant ttl ms,
 --      5 bulk share (thousandths), 6 queue key prefix, 7 job key prefix,
---      8 most entries looked at per call
+--      8 most entries looked at per call, 9 lead ms (grants go out this much before the
+--      room opens, so the granted job is at the door when it does)
 local LIMIT, WINDOW = tonumber(ARGV[1]), tonumber(ARGV[2])
+local LEAD = tonumber(ARGV[9])
 local GRANT_TTL, SHARE = tonumber(ARGV[4]), tonumber(ARGV[5])
 local QUEUES, JOBS, MAX_LOOKS = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local SENT, GRANTS, WAITING, STATE, DUE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
@@ -56,10 +58,21 @@ local function reclaim(now)
   end
 end
 
--- Slots free now: the limit less calls sent in the window and grants not yet used.
+-- Slots free LEAD ms from now: the limit less the calls sent that will still be in the
+-- window then, and the grants not yet used.
 local function room(now)
   redis.call('ZREMRANGEBYSCORE', SENT, '-inf', now - WINDOW)
-  return LIMIT - redis.call('ZCARD', SENT) - redis.call('ZCARD', GRANTS)
+  local staying = redis.call('ZCOUNT', SENT, '(' .. (now + LEAD - WINDOW), '+inf')
+  return LIMIT - staying - redis.call('ZCARD', GRANTS)
+end
+
+-- Ms until the window of calls really sent has room (0: room now). A granted job that
+-- comes early waits this out (in its run, or in the due set).
+local function until_sent_room(now)
+  redis.call('ZREMRANGEBYSCORE', SENT, '-inf', now - WINDOW)
+  if redis.call('ZCARD', SENT) < LIMIT then return 0 end
+  local oldest = redis.call('ZRANGE', SENT, 0, 0, 'WITHSCORES')
+  return tonumber(oldest[2]) + WINDOW - now + 1
 end
 
 -- The lane of the next grant: interactive first, but while both lanes have jobs bulk
@@ -74,10 +87,9 @@ local function next_lane()
     end
     return 'interactive'
   end
-  redis.call('HSET', STATE, 'bulk_credit', 0)  -- no credit saved up while one lane idles
-  if interactive then return 'interactive' end
-  if bulk then return 'bulk' end
-  return nil
+  if not (interactive or bulk) then return nil end
+  redis.call('HDEL', STATE, 'bulk_credit')  -- no credit saved up while one lane idles
+  return interactive and 'interactive' or 'bulk'
 end
 
 -- The next job of `lane`: the oldest of the tenant whose turn it is (round robin).
@@ -119,8 +131,8 @@ local function grant(now, self)
   return granted
 end
 
--- Ms until room may open again (a sent call leaves the window, or a grant expires),
--- 0 if there is room now, -1 if no job waits.
+-- Ms until room may open again (LEAD ms before a sent call leaves the window, or when a
+-- grant expires), 0 if there is room now, -1 if no job waits.
 local function next_room(now)
   if redis.call('ZCARD', RINGS.interactive) + redis.call('ZCARD', RINGS.bulk) == 0 then
     return -1
@@ -128,7 +140,7 @@ local function next_room(now)
   if room(now) > 0 then return 0 end
   local at = nil
   local oldest = redis.call('ZRANGE', SENT, 0, 0, 'WITHSCORES')[2]
-  if oldest then at = tonumber(oldest) + WINDOW + 1 end
+  if oldest then at = tonumber(oldest) + WINDOW + 1 - LEAD end
   local expiry = redis.call('ZRANGE', GRANTS, 0, 0, 'WITHSCORES')[2]
   if expiry and (not at or tonumber(expiry) + 1 < at) then at = tonumber(expiry) + 1 end
   if not at then return 0 end
