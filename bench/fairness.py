@@ -18,10 +18,12 @@ Scenarios:
   from its enqueue to its generate at the stand-in, and how many of A's jobs
   were sent between the two. The target: within one window plus the margin.
 - **b**: tenants A, B and C enqueue 300, 30 and 3 bulk jobs, in that order.
-  Printed: slots each got while all three had jobs not yet sent (from C's
-  first enqueue to the first tenant's last send), and Jain's fairness index of
-  those counts, (sum x)^2 / (n * sum x^2): 1.0 when all got the same, 1/n when
-  one got all. The target: at least 0.95.
+  Printed: slots each got while all three had jobs waiting at the limiter
+  (from when C's first job asked for a slot to the first tenant's last send),
+  and Jain's fairness index of those counts, (sum x)^2 / (n * sum x^2): 1.0
+  when all got the same, 1/n when one got all. The target: at least 0.95. The
+  same for A and B alone, until one of them had sent its last job (a longer
+  look: C's three jobs make the first one short).
 
 For every run: the share of the limit used once it binds (``--limit``'s window
 over the mean time from call i to call i+limit, as in bench.rate_limit), the
@@ -59,7 +61,7 @@ from bench.common import (
     stderr,
     window_violations,
 )
-from kie_covers import enqueue_cover
+from kie_covers import enqueue_cover, get_cover
 from kie_covers.runtime.app import app
 from kie_covers.runtime.connections import get_limiters
 from kie_covers.runtime.redis_server import RedisServer
@@ -97,8 +99,14 @@ class Result:
         backlog: (a) A's jobs not yet sent when the interactive job arrived.
         counts: (b) tenant -> generates while all three had work.
         jain: (b) Jain's index of `counts`.
+        counts_ab: (b) A's and B's generates from the same start until one of them
+            had sent its last job.
+        jain_ab: (b) Jain's index of `counts_ab`.
         accepted: generates the stand-in accepted.
         limit_use: the share of the limit used once it binds.
+        arrived_at: (a) monotonic time the interactive job was enqueued.
+        limit_use_after: (a) `limit_use` of the generates from then on (with the
+            backlog waiting in Redis, after the flood of its first messages).
         answers_429: 429 answers to generates.
         window_violations: accepted generates that were the (limit+1)-th in a window.
         error: why the run broke, if it did.
@@ -112,8 +120,12 @@ class Result:
     backlog: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     jain: float = 0.0
+    counts_ab: list[int] = field(default_factory=list)
+    jain_ab: float = 0.0
     accepted: int = 0
     limit_use: float = 0.0
+    arrived_at: float = 0.0
+    limit_use_after: float = 0.0
     answers_429: int = 0
     window_violations: int = 0
     log_dir: str = ""
@@ -127,11 +139,19 @@ def jain_index(counts: list[int]) -> float:
 
 
 def _enqueue(count: int, label: str, lane: str, tenant: str, labels: dict[str, str]
-             ) -> None:
+             ) -> list[str]:
+    ids = []
     for _ in range(count):
         music_id = uuid.uuid4().hex
         labels[music_id] = label
-        enqueue_cover(music_id, CALLBACK_URL, priority=lane, tenant=tenant)
+        ids.append(enqueue_cover(music_id, CALLBACK_URL, priority=lane, tenant=tenant))
+    return ids
+
+
+def _asked(job_id: str) -> bool:
+    """True once the job has been to the limiter (it waits for a slot, or went)."""
+    record = get_cover(job_id)
+    return record["waiting_for"] is not None or record["state"] != "queued"
 
 
 def _wait(condition: Any, timeout_s: float, what: str) -> None:
@@ -162,6 +182,7 @@ def _scenario_a(standin: KieStandin, args: argparse.Namespace, fair: bool,
     at = order.index("urgent")
     result.time_to_send_s = standin.generate_times()[at] - started
     result.sent_before = order[sent_at_arrival:at].count("A")
+    result.arrived_at = started
     if fair:  # keep the backlog flowing a while, to measure the limit's use
         time.sleep(args.steady)
 
@@ -169,23 +190,31 @@ def _scenario_a(standin: KieStandin, args: argparse.Namespace, fair: bool,
 def _scenario_b(standin: KieStandin, args: argparse.Namespace, fair: bool,
                 result: Result) -> None:
     labels: dict[str, str] = {}
-    all_have_work = 0.0
+    last_ids: list[str] = []
     for tenant, count in TENANT_JOBS:
         stderr(f"{result.run}: enqueuing {count} bulk jobs of tenant {tenant}")
-        if tenant == TENANT_JOBS[-1][0]:
-            all_have_work = time.monotonic()
         # fcfs: one tenant for all, so arrival alone decides
-        _enqueue(count, tenant, "bulk", tenant if fair else "A", labels)
+        last_ids = _enqueue(count, tenant, "bulk", tenant if fair else "A", labels)
+    # All three have work at the limiter once C's first job has asked for a slot
+    _wait(lambda: _asked(last_ids[0]), args.timeout, "C's first job to ask")
+    all_have_work = time.monotonic()
     total = sum(count for _, count in TENANT_JOBS)
     _wait(lambda: len(standin.generate_times()) >= total, args.timeout, "every generate")
     sends = list(zip(standin.generate_times(), (labels[m] for m in standin.generate_order()),
                      strict=True))
     # While all three had work: from C's first enqueue until a tenant's last send
-    ends = min(max(t for t, who in sends if who == tenant) for tenant, _ in TENANT_JOBS)
+    last = {tenant: max(t for t, who in sends if who == tenant) for tenant, _ in TENANT_JOBS}
+    ends = min(last.values())
     counts = {tenant: sum(1 for t, who in sends if who == tenant and all_have_work < t <= ends)
               for tenant, _ in TENANT_JOBS}
     result.counts = counts
     result.jain = jain_index(list(counts.values()))
+    # A longer look: A and B, over the same start until one of them had sent its last
+    ends_ab = min(last["A"], last["B"])
+    result.counts_ab = [
+        sum(1 for t, who in sends if who == tenant and all_have_work < t <= ends_ab)
+        for tenant in ("A", "B")]
+    result.jain_ab = jain_index(result.counts_ab)
 
 
 def run_one(args: argparse.Namespace) -> Result:
@@ -226,6 +255,8 @@ def run_one(args: argparse.Namespace) -> Result:
             times = standin.generate_times()
             result.accepted = len(times)
             result.limit_use = full_window_share(times, limit, per_s)
+            result.limit_use_after = full_window_share(
+                [t for t in times if t >= result.arrived_at], limit, per_s)
             result.window_violations = window_violations(times, limit, per_s)
             result.answers_429 = standin.answers().get("generate:429", 0)
             standin.stop()
@@ -273,9 +304,10 @@ def _print(results: list[Result], args: argparse.Namespace) -> None:
         print(f"\n(b) bulk jobs of three tenants ({jobs}), enqueued in that order: slots "
               f"while all three had work (target: Jain's index >= {JAIN_TARGET})")
         print(render(["order", *(f"slots {t}" for t, _ in TENANT_JOBS), "Jain's index",
-                      *common],
+                      "A, B until one is done", "Jain's index (A, B)", *common],
                      [[r.run[2:], *(r.counts.get(t, 0) for t, _ in TENANT_JOBS),
-                       f"{r.jain:.3f}", *_common(r)] for r in b]))
+                       f"{r.jain:.3f}", ", ".join(map(str, r.counts_ab)), f"{r.jain_ab:.3f}",
+                       *_common(r)] for r in b]))
     print(f"\nlimit {limit} generates per {per_s:g} s (window {window:g} s with the "
           f"margin), {args.workers} worker processes x {args.concurrency} pool slots; "
           "limit use = window / mean time from call i to call i+limit (bench.rate_limit)")

@@ -20,8 +20,9 @@ from kie_covers.config import get_settings
 from kie_covers.core.errors import BadArgument, UnknownJob
 from kie_covers.core.schemas import validate_cover_request
 from kie_covers.core.states import JobState
-from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.connections import get_limiters, get_store
 from kie_covers.runtime.messages import send_job
+from kie_covers.store.limiter import Place
 
 
 def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = None,
@@ -54,7 +55,11 @@ def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = 
     job_id, created = get_store().enqueue(
         str(uuid.uuid4()), request["taskId"], request["callBackUrl"], settings.redispatch_after,
         queue, request["priority"], request["tenant"])
-    if created:
+    # Queued at once in the generate limiter's fair order: its message goes now only if
+    # its turn has come; else a dispatcher sends it when it is granted (a batch waits
+    # in Redis, not as thousands of messages in the broker).
+    place = Place(request["priority"], request["tenant"], int(time.time() * 1_000_000))
+    if created and get_limiters().generate.admit(job_id, place):
         # Should this send fail (broker down), the job is already in the due set and a
         # worker's dispatcher sends it within COVERS_REDISPATCH_AFTER seconds.
         send_job(job_id, request["taskId"], request["callBackUrl"], queue=queue)

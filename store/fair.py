@@ -16,8 +16,10 @@ the order jobs asked:
 3. **Arrival.** Within a tenant, first come (the job's ``created_at``), first
    served; a job that asks again after a fault keeps its place.
 
-How: slots are handed out when they are free, not reserved ahead. A job that
-asks (`FairLimiter.acquire`) while its turn has not come is put in Redis (a
+How: slots are handed out when they are free, not reserved ahead. A new job is
+queued at once by the producer (`FairLimiter.admit`): its message is sent only
+if its turn has come. A job that asks (`FairLimiter.acquire`: a raw message's,
+a retry's) while its turn has not come is put in Redis (a
 sorted set per lane and tenant, by arrival; a ring of the tenants with work per
 lane) and *parked*: its run puts it in the due set far ahead
 (`Gate.parked`, a safety net only) and ends; no worker holds it. Whenever the
@@ -44,7 +46,7 @@ import redis
 
 from kie_covers.config import keys
 from kie_covers.core.schemas import BULK, INTERACTIVE
-from kie_covers.store.limiter import Gate, Place, RateLimiter
+from kie_covers.store.limiter import GRANTED, Gate, Place, RateLimiter
 from kie_covers.store.scripts import register
 
 #: Seconds a grant keeps its slot for the granted job before it goes back to its queue.
@@ -127,15 +129,32 @@ class FairLimiter(RateLimiter):
                 more in the same step (a job's ``attempts``).
             place: the job's lane, tenant and arrival.
         """
+        wait_ms, answer = self._ask(job_id, count, place, admit=False)
+        return Gate.from_script(wait_ms, answer)
+
+    def admit(self, job_id: str, place: Place | None = None) -> bool:
+        """Queue a new job (its record exists, state queued) at `place`, in one step.
+
+        Returns:
+            True if its turn has come: it holds a grant, and its message is to be sent
+            now. False: it waits in Redis (its record says ``rate_slot``) and a
+            dispatcher sends it when it is granted; no message, no task run until
+            then, so a batch of 10,000 costs the broker nothing while it waits. (Also
+            False until a worker has asked once: the limit in force is the workers'.)
+        """
+        return self._ask(job_id, None, place, admit=True)[1] == GRANTED
+
+    def _ask(self, job_id: str, count: tuple[str, str] | None, place: Place | None,
+             admit: bool) -> tuple[int, str]:
         place = place or Place()
         arrival_us = place.arrival_us or int(time.time() * 1_000_000)
-        extra_keys, extra_args = ([count[0]], [count[1]]) if count else ([], [])
         wait_ms, answer = self._fair_acquire(
-            keys=[*self._keys(), *extra_keys],
+            keys=[*self._keys(), *([count[0]] if count else [])],
             args=[*self._args(), job_id, place.lane, place.tenant or DEFAULT_TENANT,
                   arrival_us, self.probe_every_ms, self.park_min_ms,
-                  max(self.park_min_ms, int(PARK_MAX_S * 1000)), *extra_args])
-        return Gate.from_script(int(wait_ms), str(answer))
+                  max(self.park_min_ms, int(PARK_MAX_S * 1000)), count[1] if count else "",
+                  "1" if admit else "0"])
+        return int(wait_ms), str(answer)
 
     def grant(self) -> GrantRound:
         """Hand the free slots to the jobs waiting (a dispatcher's round; cheap when

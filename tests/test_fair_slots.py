@@ -78,6 +78,29 @@ def test_a_job_goes_at_once_while_the_window_has_room_then_waits_parked(
     assert fair.grant().granted == ()
 
 
+def test_a_new_job_is_admitted_with_a_message_only_when_its_turn_has_come(
+    client: redis.Redis
+) -> None:
+    fair = limiter(client, 1, 30.0)
+    # Before any worker has asked, the limit in force is unknown: queued, not sent
+    early = queued_job(client)
+    assert not fair.admit(early)
+    assert client.hget(keys.job(early), "wait_reason") == WaitReason.RATE_SLOT.value
+    assert fair.grant().granted == (early,)  # a dispatcher grants it
+    assert fair.acquire(early).go
+    # Once the window is used, a new job waits in Redis: no message to send
+    later = queued_job(client)
+    assert not fair.admit(later, Place("bulk", "acme"))
+    assert fair.waiting() == 1 and fair.acquire(later).parked
+    # With room (another limiter, whose workers have asked), a new job is granted at
+    # once, and its run goes with the grant
+    roomy = FairLimiter(client, "roomy", 5, 30.0, margin_s=0.0)
+    assert roomy.acquire(queued_job(client)).go
+    now = queued_job(client)
+    assert roomy.admit(now)
+    assert roomy.acquire(now).go
+
+
 def test_an_interactive_job_is_granted_before_a_waiting_bulk_backlog(
     client: redis.Redis
 ) -> None:

@@ -2,15 +2,30 @@
 -- is in front of this text. KEYS and ARGV 1-9 as there, then:
 -- KEYS 11 (optional) a hash whose counter ARGV[17] gets one more call when it is 'ok'
 -- ARGV 10 job id, 11 lane, 12 tenant ('-': the default), 13 arrival (unix us), 14 probe ms,
---      15 shortest park ms, 16 longest park ms, 17 counter field
+--      15 shortest park ms, 16 longest park ms, 17 counter field ('' for none),
+--      18 '1' to admit a new job (`FairLimiter.admit`): queue it, and answer
+--      {0, 'granted'} if its turn has come (it is then sent), else {0, 'queued'}
+--      (nothing is sent: a grant will make it due); never ok
 -- Returns {wait ms, answer}: {0, 'ok'} (call now), {0, 'probe'}, {ms, 'queued'} (parked:
 -- a grant will make it due), {ms, 'granted'} (granted, early: the window has room in
 -- ms), or {ms, pause or hold reason}.
 local job = ARGV[10]
 local now = clock()
--- The limit in force is the one of the workers that send: grant rounds read it here.
-redis.call('HSET', STATE, 'limit', LIMIT, 'window', WINDOW)
 local stop = stopped()
+if ARGV[18] == '1' then
+  -- Until a worker has asked, the limit is unknown here: a dispatcher grants it.
+  local known = use_known_limit()
+  enqueue(job, ARGV[11], ARGV[12], ARGV[13])
+  if known and not stop then
+    for _, granted in ipairs(grant(now, job)) do
+      if granted == job then return {0, 'granted'} end
+    end
+  end
+  redis.call('HSET', JOBS .. job, 'wait_reason', 'rate_slot')
+  return {0, 'queued'}
+end
+-- The limit in force is the one of the workers that send: others read it here.
+redis.call('HSET', STATE, 'limit', LIMIT, 'window', WINDOW)
 if stop and stop[2] == 'out_of_credits' then
   if redis.call('SET', KEYS[10], job, 'NX', 'PX', ARGV[14]) then return {0, 'probe'} end
   return {math.max(redis.call('PTTL', KEYS[10]), 1), 'out_of_credits'}

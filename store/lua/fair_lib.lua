@@ -13,6 +13,16 @@ local QUEUES, JOBS, MAX_LOOKS = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local SENT, GRANTS, WAITING, STATE, DUE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
 local RINGS = {interactive = KEYS[5], bulk = KEYS[6]}
 
+-- Use the limit of the workers that last asked (fair_acquire.lua stores it), not the
+-- caller's, should their settings differ (a producer's, a dispatcher's).
+-- Returns false when no worker has asked yet (the limit in force is unknown).
+local function use_known_limit()
+  local known = redis.call('HMGET', STATE, 'limit', 'window')
+  if not known[1] then return false end
+  LIMIT, WINDOW = tonumber(known[1]), tonumber(known[2])
+  return true
+end
+
 local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
