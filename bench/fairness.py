@@ -13,17 +13,23 @@ of this project told the same limit):
 
 Scenarios:
 
-- **a**: ``--bulk`` bulk jobs of tenant A are waiting (all asked, the first
-  window used), then one interactive job of tenant B arrives. Printed: seconds
+- **a**: ``--bulk`` bulk jobs of tenant A are waiting (enqueued before the
+  workers start; the first window used), then one interactive job of tenant B
+  arrives. Printed: seconds
   from its enqueue to its generate at the stand-in, and how many of A's jobs
   were sent between the two. The target: within one window plus the margin.
 - **b**: tenants A, B and C enqueue 300, 30 and 3 bulk jobs, in that order.
-  Printed: slots each got while all three had jobs waiting at the limiter
-  (from when C's first job asked for a slot to the first tenant's last send),
+  Printed: slots each got while all three had jobs waiting (from C's first
+  enqueue, or the last call of the free first window if later, until the
+  first tenant's last send),
   and Jain's fairness index of those counts, (sum x)^2 / (n * sum x^2): 1.0
   when all got the same, 1/n when one got all. The target: at least 0.95. The
   same for A and B alone, until one of them had sent its last job (a longer
   look: C's three jobs make the first one short).
+
+Scenario a's backlog is enqueued before the workers start: the stand-in shares
+this process, and thousands of enqueues while calls come in would delay its
+view of them.
 
 For every run: the share of the limit used once it binds (``--limit``'s window
 over the mean time from call i to call i+limit, as in bench.rate_limit), the
@@ -44,6 +50,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +68,7 @@ from bench.common import (
     stderr,
     window_violations,
 )
-from kie_covers import enqueue_cover, get_cover
+from kie_covers import enqueue_cover
 from kie_covers.runtime.app import app
 from kie_covers.runtime.connections import get_limiters
 from kie_covers.runtime.redis_server import RedisServer
@@ -148,12 +155,6 @@ def _enqueue(count: int, label: str, lane: str, tenant: str, labels: dict[str, s
     return ids
 
 
-def _asked(job_id: str) -> bool:
-    """True once the job has been to the limiter (it waits for a slot, or went)."""
-    record = get_cover(job_id)
-    return record["waiting_for"] is not None or record["state"] != "queued"
-
-
 def _wait(condition: Any, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -163,10 +164,11 @@ def _wait(condition: Any, timeout_s: float, what: str) -> None:
 
 
 def _scenario_a(standin: KieStandin, args: argparse.Namespace, fair: bool,
-                result: Result) -> None:
+                result: Result, start_workers: Callable[[], None]) -> None:
     labels: dict[str, str] = {}
     stderr(f"{result.run}: enqueuing {args.bulk} bulk jobs of tenant A")
     _enqueue(args.bulk, "A", "bulk", "A", labels)
+    start_workers()
     limiter = get_limiters().generate
     # Every job asked (parked in Redis, or sent), the first window used
     _wait(lambda: limiter.waiting() + len(standin.generate_times()) >= args.bulk,
@@ -188,21 +190,23 @@ def _scenario_a(standin: KieStandin, args: argparse.Namespace, fair: bool,
 
 
 def _scenario_b(standin: KieStandin, args: argparse.Namespace, fair: bool,
-                result: Result) -> None:
+                result: Result, start_workers: Callable[[], None]) -> None:
     labels: dict[str, str] = {}
-    last_ids: list[str] = []
+    start_workers()
+    all_have_work = 0.0
     for tenant, count in TENANT_JOBS:
         stderr(f"{result.run}: enqueuing {count} bulk jobs of tenant {tenant}")
+        if tenant == TENANT_JOBS[-1][0]:
+            all_have_work = time.monotonic()
         # fcfs: one tenant for all, so arrival alone decides
-        last_ids = _enqueue(count, tenant, "bulk", tenant if fair else "A", labels)
-    # All three have work at the limiter once C's first job has asked for a slot
-    _wait(lambda: _asked(last_ids[0]), args.timeout, "C's first job to ask")
-    all_have_work = time.monotonic()
+        _enqueue(count, tenant, "bulk", tenant if fair else "A", labels)
     total = sum(count for _, count in TENANT_JOBS)
     _wait(lambda: len(standin.generate_times()) >= total, args.timeout, "every generate")
     sends = list(zip(standin.generate_times(), (labels[m] for m in standin.generate_order()),
                      strict=True))
     # While all three had work: from C's first enqueue until a tenant's last send
+    # (Not before the free first window's calls, all granted at once to A, are sent.)
+    all_have_work = max(all_have_work, sends[min(result.limit, len(sends)) - 1][0])
     last = {tenant: max(t for t, who in sends if who == tenant) for tenant, _ in TENANT_JOBS}
     ends = min(last.values())
     counts = {tenant: sum(1 for t, who in sends if who == tenant and all_have_work < t <= ends)
@@ -241,11 +245,15 @@ def run_one(args: argparse.Namespace) -> Result:
         })
         pool = Workers("kie_covers.worker", queue, args.workers, env, log_dir,
                        concurrency=args.concurrency)
-        try:
+
+
+        def start_workers() -> None:
             stderr(f"{name}: starting {args.workers} workers")
             pool.start(lambda: celery_ping(app))
+
+        try:
             scenario = _scenario_a if name.startswith("a") else _scenario_b
-            scenario(standin, args, name.endswith("fair"), result)
+            scenario(standin, args, name.endswith("fair"), result, start_workers)
         finally:
             pool.stop()
     except BaseException as error:  # reported in the table; SystemExit from SIGTERM too
