@@ -60,6 +60,8 @@ GRANT_LEAD_S = 0.05
 MAX_LOOKS = 1000
 #: The longest park, in seconds (the safety net when a grant could not wake a job).
 PARK_MAX_S = 3600.0
+#: `FairLimiter.admit`'s answer while no worker has asked: send the job's message.
+SEND = "send"
 #: The default tenant's name in the queue keys (tenant ids start with a letter or digit).
 DEFAULT_TENANT = "-"
 
@@ -140,9 +142,10 @@ class FairLimiter(RateLimiter):
             now. False: it waits in Redis (its record says ``rate_slot``) and a
             dispatcher sends it when it is granted; no message, no task run until
             then, so a batch of 10,000 costs the broker nothing while it waits. (Also
-            False until a worker has asked once: the limit in force is the workers'.)
+            True, without queueing it, while no worker has asked yet: the limit in
+            force is the workers', so its run asks with it.)
         """
-        return self._ask(job_id, None, place, admit=True)[1] == GRANTED
+        return self._ask(job_id, None, place, admit=True)[1] in (GRANTED, SEND)
 
     def _ask(self, job_id: str, count: tuple[str, str] | None, place: Place | None,
              admit: bool) -> tuple[int, str]:

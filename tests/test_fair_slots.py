@@ -82,15 +82,16 @@ def test_a_new_job_is_admitted_with_a_message_only_when_its_turn_has_come(
     client: redis.Redis
 ) -> None:
     fair = limiter(client, 1, 30.0)
-    # Before any worker has asked, the limit in force is unknown: queued, not sent
+    # Before any worker has asked, the limit in force is unknown: sent, not queued (its
+    # run asks with the worker's limit)
     early = queued_job(client)
-    assert not fair.admit(early)
-    assert client.hget(keys.job(early), "wait_reason") == WaitReason.RATE_SLOT.value
-    assert fair.grant().granted == (early,)  # a dispatcher grants it
+    assert fair.admit(early)
+    assert fair.waiting() == 0
     assert fair.acquire(early).go
     # Once the window is used, a new job waits in Redis: no message to send
     later = queued_job(client)
     assert not fair.admit(later, Place("bulk", "acme"))
+    assert client.hget(keys.job(later), "wait_reason") == WaitReason.RATE_SLOT.value
     assert fair.waiting() == 1 and fair.acquire(later).parked
     # With room (another limiter, whose workers have asked), a new job is granted at
     # once, and its run goes with the grant

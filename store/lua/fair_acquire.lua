@@ -4,8 +4,9 @@
 -- ARGV 10 job id, 11 lane, 12 tenant ('-': the default), 13 arrival (unix us), 14 probe ms,
 --      15 shortest park ms, 16 longest park ms, 17 counter field ('' for none),
 --      18 '1' to admit a new job (`FairLimiter.admit`): queue it, and answer
---      {0, 'granted'} if its turn has come (it is then sent), else {0, 'queued'}
---      (nothing is sent: a grant will make it due); never ok
+--      {0, 'granted'} if its turn has come (it is then sent), {0, 'send'} if no worker
+--      has asked yet (sent, not queued), else {0, 'queued'} (nothing is sent: a grant
+--      will make it due); never ok
 -- Returns {wait ms, answer}: {0, 'ok'} (call now), {0, 'probe'}, {ms, 'queued'} (parked:
 -- a grant will make it due), {ms, 'granted'} (granted, early: the window has room in
 -- ms), or {ms, pause or hold reason}.
@@ -13,10 +14,11 @@ local job = ARGV[10]
 local now = clock()
 local stop = stopped()
 if ARGV[18] == '1' then
-  -- Until a worker has asked, the limit is unknown here: a dispatcher grants it.
-  local known = use_known_limit()
+  -- Until a worker has asked, the limit in force is unknown here: send the job, and
+  -- its run asks (and queues it) with the worker's own limit.
+  if not use_known_limit() then return {0, 'send'} end
   enqueue(job, ARGV[11], ARGV[12], ARGV[13])
-  if known and not stop then
+  if not stop then
     for _, granted in ipairs(grant(now, job)) do
       if granted == job then return {0, 'granted'} end
     end
