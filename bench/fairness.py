@@ -13,9 +13,9 @@ of this project told the same limit):
 
 Scenarios:
 
-- **a**: ``--bulk`` bulk jobs of tenant A are waiting (enqueued before the
-  workers start; the first window used), then one interactive job of tenant B
-  arrives. Printed: seconds
+- **a**: ``--bulk`` bulk jobs of tenant A are waiting (enqueued while no
+  worker runs, after one job has shown the workers' limit; then the first
+  window used), then one interactive job of tenant B arrives. Printed: seconds
   from its enqueue to its generate at the stand-in, and how many of A's jobs
   were sent between the two. The target: within one window plus the margin.
 - **b**: tenants A, B and C enqueue 300, 30 and 3 bulk jobs, in that order.
@@ -164,17 +164,24 @@ def _wait(condition: Any, timeout_s: float, what: str) -> None:
 
 
 def _scenario_a(standin: KieStandin, args: argparse.Namespace, fair: bool,
-                result: Result, start_workers: Callable[[], None]) -> None:
+                result: Result, start_workers: Callable[[], None],
+                stop_workers: Callable[[], None]) -> None:
     labels: dict[str, str] = {}
+    # One job first, so that a worker has asked with the limit in force: until then
+    # new jobs are sent, not queued in Redis (FairLimiter.admit)
+    start_workers()
+    _enqueue(1, "prime", "bulk", "A", labels)
+    _wait(lambda: len(standin.generate_times()) >= 1, args.timeout, "the first generate")
+    stop_workers()
     stderr(f"{result.run}: enqueuing {args.bulk} bulk jobs of tenant A")
     _enqueue(args.bulk, "A", "bulk", "A", labels)
     start_workers()
     limiter = get_limiters().generate
     # Every job asked (parked in Redis, or sent), the first window used
-    _wait(lambda: limiter.waiting() + len(standin.generate_times()) >= args.bulk,
+    _wait(lambda: limiter.waiting() + len(standin.generate_times()) >= args.bulk + 1,
           args.timeout, "the backlog to wait")
     sent_at_arrival = len(standin.generate_times())
-    result.backlog = args.bulk - sent_at_arrival
+    result.backlog = args.bulk + 1 - sent_at_arrival
     started = time.monotonic()
     # fcfs: the same lane and tenant as the backlog, so arrival alone decides
     _enqueue(1, "urgent", "interactive" if fair else "bulk", "B" if fair else "A", labels)
@@ -190,7 +197,8 @@ def _scenario_a(standin: KieStandin, args: argparse.Namespace, fair: bool,
 
 
 def _scenario_b(standin: KieStandin, args: argparse.Namespace, fair: bool,
-                result: Result, start_workers: Callable[[], None]) -> None:
+                result: Result, start_workers: Callable[[], None],
+                stop_workers: Callable[[], None]) -> None:
     labels: dict[str, str] = {}
     start_workers()
     all_have_work = 0.0
@@ -243,19 +251,24 @@ def run_one(args: argparse.Namespace) -> Result:
             "COVERS_RATE_MARGIN": str(MARGIN_S), "COVERS_QUEUE": queue,
             "COVERS_DISPATCH_INTERVAL": "0.05", "COVERS_ALLOW_PRIVATE_TARGETS": "1",
         })
-        pool = Workers("kie_covers.worker", queue, args.workers, env, log_dir,
-                       concurrency=args.concurrency)
-
+        pools: list[Workers] = []
 
         def start_workers() -> None:
             stderr(f"{name}: starting {args.workers} workers")
-            pool.start(lambda: celery_ping(app))
+            pools.append(Workers("kie_covers.worker", queue, args.workers, env, log_dir,
+                                 concurrency=args.concurrency))
+            pools[-1].start(lambda: celery_ping(app))
+
+        def stop_workers() -> None:
+            pools[-1].stop()
 
         try:
             scenario = _scenario_a if name.startswith("a") else _scenario_b
-            scenario(standin, args, name.endswith("fair"), result, start_workers)
+            scenario(standin, args, name.endswith("fair"), result, start_workers,
+                     stop_workers)
         finally:
-            pool.stop()
+            for pool in pools:
+                pool.stop()
     except BaseException as error:  # reported in the table; SystemExit from SIGTERM too
         result.error = f"{type(error).__name__}: {error}".strip()[:2000]
     finally:

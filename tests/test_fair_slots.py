@@ -241,8 +241,8 @@ def test_a_job_granted_before_its_run_parked_it_is_made_due_again(client: redis.
 def test_the_limit_holds_in_every_window_through_random_asks_grants_and_ends(
     client: redis.Redis
 ) -> None:
-    limit, per_s = 3, 0.06
-    fair = limiter(client, limit, per_s, grant_ttl_s=0.05)
+    limit, per_s = 3, 0.1
+    fair = limiter(client, limit, per_s, grant_ttl_s=0.15)
     rng = random.Random(16)
     sent_at: list[int] = []  # the limiter's own clock at each call let through (ms)
     asked: list[str] = []
@@ -257,6 +257,9 @@ def test_the_limit_holds_in_every_window_through_random_asks_grants_and_ends(
             for job in fair.grant().granted:
                 if rng.random() < 0.9:  # some granted jobs never come
                     gate = fair.acquire(job)
+                    if gate.granted:  # granted a little before the room: wait it out
+                        time.sleep(gate.wait_s)
+                        gate = fair.acquire(job)
                     if gate.go:
                         sent_at.append(int(client.zrange(keys.rate_sent("generate"), -1, -1,
                                                          withscores=True)[0][1]))
@@ -279,7 +282,7 @@ def test_the_limit_holds_in_every_window_through_random_asks_grants_and_ends(
         staying = client.zcount(sent, f"({now_ms + LEAD_MS - fair.window_ms}", "+inf")
         assert staying + client.zcard(keys.rate_grants("generate")) <= limit
     sent_at.sort()
-    assert len(sent_at) > 3 * limit  # (the run did send)
+    assert len(sent_at) > limit  # (the run did send, past its first window)
     assert all(sent_at[i + limit] - sent_at[i] >= fair.window_ms
                for i in range(len(sent_at) - limit))
 
