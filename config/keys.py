@@ -75,6 +75,35 @@ def rate_tickets(limiter: str) -> str:
     """Hash: job id -> its reserved slot (ms), until the job uses it."""
     return f"{PREFIX}rate:{limiter}:tickets"
 
+# The fair generate limiter's waiting room (`kie_covers.store.fair`).
+
+
+def rate_grants(limiter: str) -> str:
+    """Sorted set: job id -> when its grant (a slot handed to it) expires (ms)."""
+    return f"{PREFIX}rate:{limiter}:grants"
+
+
+def rate_waiting(limiter: str) -> str:
+    """Hash: job id -> ``lane<TAB>tenant<TAB>arrival us`` of every job queued or granted."""
+    return f"{PREFIX}rate:{limiter}:waiting"
+
+
+def rate_fair_state(limiter: str) -> str:
+    """Hash: the turn counter of the tenant rings (``turn``) and the bulk lane's credit
+    (``bulk_credit``, thousandths of a slot)."""
+    return f"{PREFIX}rate:{limiter}:fair"
+
+
+def rate_ring(limiter: str, lane: str) -> str:
+    """Sorted set: the tenants of lane `lane` with jobs queued, by turn (lowest next)."""
+    return f"{PREFIX}rate:{limiter}:ring:{lane}"
+
+
+def rate_queue_prefix(limiter: str) -> str:
+    """Prefix of the queues of waiting jobs: ``<prefix><lane>:<tenant>`` is a sorted set
+    of job ids by arrival (unix us); the default tenant is ``-`` (no tenant id starts so)."""
+    return f"{PREFIX}rate:{limiter}:queue:"
+
 #: Sorted set: every failed job id, scored by its last failure time (ms).
 FAILURES = PREFIX + "failures"
 #: Sorted set: retryable failed job ids, scored by when the next scheduled retry is due (ms).

@@ -128,6 +128,18 @@ def parse_rate(name: str, raw: str) -> tuple[int, float]:
     return int(match.group(1)), float(match.group(2))
 
 
+def _share(name: str, raw: str) -> float:
+    """A share strictly between 0 and 1 (0 or 1 would let one side starve)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number between 0 and 1, got {raw!r}") from None
+    if not 0 < value < 1:  # also refuses nan
+        raise SettingsError(
+            f"{name} must be a finite number greater than 0 and less than 1, got {raw!r}")
+    return value
+
+
 def _choice(*options: str) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
         value = raw.strip().lower()
@@ -174,6 +186,9 @@ SETTINGS: tuple[Spec, ...] = (
     Spec("COVERS_RATE_MARGIN", "rate_margin", "0.1", _positive_float,
          "Seconds added to each rate window so network jitter never lets Kie count one "
          "call too many."),
+    Spec("COVERS_BULK_MIN_SHARE", "bulk_min_share", "0.2", _share,
+         "Share of generate slots the bulk lane gets while interactive jobs also wait "
+         "(greater than 0, less than 1), so neither lane starves."),
     Spec("KIE_POLL_INTERVAL", "kie_poll_interval", "30", _positive_float,
          "Seconds between record-info polls of a submitted cover."),
     Spec("KIE_POLL_TIMEOUT", "kie_poll_timeout", "900", _positive_float,
@@ -295,6 +310,7 @@ class Settings:
     rate_limit: tuple[int, float]
     status_rate_limit: tuple[int, float]
     rate_margin: float
+    bulk_min_share: float
     kie_poll_interval: float
     kie_poll_timeout: float
     kie_http_timeout: float

@@ -13,6 +13,7 @@ from kie_covers.config import get_settings
 from kie_covers.runtime.full_redis import WaitWhenFull
 from kie_covers.runtime.process import per_process
 from kie_covers.runtime.redis_server import ensure_private_redis
+from kie_covers.store.fair import FairLimiter
 from kie_covers.store.jobs import JobStore, Lifetimes
 from kie_covers.store.limiter import RateLimiter
 
@@ -60,19 +61,22 @@ def get_redis() -> redis.Redis:
 class Limiters:
     """The cluster-wide limiters of this process."""
 
-    generate: RateLimiter
+    generate: FairLimiter
     status: RateLimiter
 
 
 @per_process
 def get_limiters() -> Limiters:
-    """The limiters (KIE_RATE_LIMIT for generates, KIE_STATUS_RATE_LIMIT for the rest)."""
+    """The limiters (KIE_RATE_LIMIT for generates, handed out fairly by lane and tenant;
+    KIE_STATUS_RATE_LIMIT for the rest, in reservation order)."""
     settings = get_settings()
     client = get_redis()
     return Limiters(
-        generate=RateLimiter(client, "generate", *settings.rate_limit,
+        generate=FairLimiter(client, "generate", *settings.rate_limit,
                              margin_s=settings.rate_margin, gate_on_credits=True,
-                             probe_every_s=settings.maintenance_pause),
+                             probe_every_s=settings.maintenance_pause,
+                             bulk_min_share=settings.bulk_min_share,
+                             park_min_s=settings.redispatch_after),
         status=RateLimiter(client, "status", *settings.status_rate_limit,
                            margin_s=settings.rate_margin),
     )

@@ -145,6 +145,10 @@ def apply(run: Run, outcome: Outcome, context: RunContext) -> dict[str, Any] | W
         metrics.inc("limiter_wait_seconds_total", round(outcome.wait_s, 3),
                     reason=outcome.reason.value)
         run.wait(outcome.wait_s, wait_reason=outcome.reason)
+        if outcome.parked:
+            # A dispatcher may have granted it between its ask and this park, and the
+            # park just pushed it back: make it due now again if so.
+            get_limiters().generate.wake_if_granted(job.job_id)
         log.debug("job %s waits %.3fs (%s)", job.job_id, outcome.wait_s, outcome.reason,
                   extra=job.log_fields("throttled"))
         if job.wait_reason is not outcome.reason:

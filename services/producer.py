@@ -21,12 +21,13 @@ from kie_covers.config import get_settings
 from kie_covers.core.errors import BadArgument, StoreFull, UnknownJob
 from kie_covers.core.schemas import validate_cover_request
 from kie_covers.core.states import JobState
-from kie_covers.runtime.connections import get_store
+from kie_covers.runtime.connections import get_limiters, get_store
 from kie_covers.runtime.full_redis import is_redis_full
 from kie_covers.runtime.messages import send_job
 from kie_covers.store.due import Due
 from kie_covers.store.history import event
 from kie_covers.store.jobs import JobStore
+from kie_covers.store.limiter import Place
 
 
 def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = None,
@@ -69,7 +70,12 @@ def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = 
         if created:
             store.history.add(job_id, event("enqueued", queue=queue,
                                             priority=request["priority"]))
-            _send_first(store, job_id, request["taskId"], request["callBackUrl"], queue)
+            # Queued at once in the generate limiter's fair order: its message goes now
+            # only if its turn has come; else a dispatcher sends it when it is granted (a
+            # batch waits in Redis, not as thousands of messages in the broker).
+            place = Place(request["priority"], request["tenant"], int(time.time() * 1_000_000))
+            if get_limiters().generate.admit(job_id, place):
+                _send_first(store, job_id, request["taskId"], request["callBackUrl"], queue)
     except Exception as error:
         if is_redis_full(error):
             raise StoreFull(f"Redis is full (maxmemory reached): the cover for music task "

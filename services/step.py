@@ -25,7 +25,7 @@ from kie_covers.runtime.callback_secret import callback_url_for
 from kie_covers.runtime.connections import Limiters
 from kie_covers.runtime.kie_client import FAILED, SUCCESS, KieClient
 from kie_covers.store.credits import record_check
-from kie_covers.store.limiter import RateLimiter, Verdict
+from kie_covers.store.limiter import Place, RateLimiter, Verdict
 from kie_covers.store.record import Job
 
 log = logging.getLogger("covers.step")
@@ -34,6 +34,10 @@ log = logging.getLogger("covers.step")
 INLINE_WAIT_MAX_S = 0.025
 #: At most this many such short waits per step.
 INLINE_WAITS = 3
+#: A job holding its generate grant waits up to this many seconds in the step: the
+#: grant comes a little before the room (`kie_covers.store.fair.GRANT_LEAD_S`), so that
+#: the call goes the moment the window has room.
+GRANTED_WAIT_MAX_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -62,10 +66,15 @@ class Later:
 
 @dataclass(frozen=True)
 class Throttled:
-    """The limiter says not now: wait `wait_s` seconds. Not a failure, not an attempt."""
+    """The limiter says not now: wait `wait_s` seconds. Not a failure, not an attempt.
+
+    `parked`: the job waits in the fair limiter's queue; its grant makes it due sooner
+    (default False).
+    """
 
     wait_s: float
     reason: WaitReason
+    parked: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,14 +124,16 @@ def gate(limiter: RateLimiter, job: Job, client: KieClient, count: tuple[str, st
     Raises:
         OutOfCredits: the account has no credits (still, or held).
     """
-    answer = limiter.acquire(job.job_id, count)
+    place = place_of(job)
+    answer = limiter.acquire(job.job_id, count, place)
     for _ in range(INLINE_WAITS):
-        if answer.reason is not WaitReason.RATE_SLOT or answer.wait_s > INLINE_WAIT_MAX_S:
+        longest = GRANTED_WAIT_MAX_S if answer.granted else INLINE_WAIT_MAX_S
+        if answer.reason is not WaitReason.RATE_SLOT or answer.wait_s > longest:
             break
         # A few milliseconds to the slot: going back through the due set would cost
         # more than the wait itself, and each round trip would push later slots back.
         time.sleep(answer.wait_s)
-        answer = limiter.acquire(job.job_id, count)
+        answer = limiter.acquire(job.job_id, count, place)
     if answer.verdict is Verdict.PROBE:
         left = client.credits()
         record_check(limiter.redis, left)
@@ -130,13 +141,18 @@ def gate(limiter: RateLimiter, job: Job, client: KieClient, count: tuple[str, st
             raise errors.OutOfCredits(f"still no credits ({left:g} left)", 402)
         limiter.release_credits()
         log.warning("credits are back (%g left): generates resume for every worker", left)
-        answer = limiter.acquire(job.job_id, count)
+        answer = limiter.acquire(job.job_id, count, place)
     if answer.reason is WaitReason.OUT_OF_CREDITS:
         raise errors.OutOfCredits("the account is out of credits; holding", 402,
                                   answer.wait_s)
     if answer.go:
         return None
-    return Throttled(answer.wait_s, answer.reason or WaitReason.PAUSED)
+    return Throttled(answer.wait_s, answer.reason or WaitReason.PAUSED, answer.parked)
+
+
+def place_of(job: Job) -> Place:
+    """The job's place in the fair limiter: its lane, tenant and arrival (created_at)."""
+    return Place(job.priority, job.tenant, int((job.created_at or time.time()) * 1_000_000))
 
 
 def poll(job: Job, client: KieClient, settings: Settings) -> Done | Later:

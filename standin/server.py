@@ -291,6 +291,10 @@ class KieStandin:
         """``time.monotonic()`` of every accepted generate, oldest first."""
         return self._state.generate_times()
 
+    def generate_order(self) -> list[str]:
+        """The music task id of every accepted generate, oldest first."""
+        return self._state.generate_order()
+
     def callbacks_sent(self) -> int:
         """Callback POSTs made (including those the receiver failed or refused)."""
         return self._state.callbacks_sent()
@@ -299,8 +303,9 @@ class KieStandin:
         """Everything observable at once, as ``GET /_standin/state`` answers it.
 
         Keys: paid, counts, answers, callbacks_sent, credits, generate_times
-        (monotonic seconds), rate_limit (``[count, per_seconds]`` or null),
-        callback_mode, faults (pending rules), style (the default style).
+        (monotonic seconds), generate_order (their music task ids), rate_limit
+        (``[count, per_seconds]`` or null), callback_mode, faults (pending rules),
+        style (the default style).
         """
         return {**self._state.snapshot(), "style": self._styles.get().as_dict()}
 

@@ -85,6 +85,8 @@ class StandinState:
         self._counts: dict[str, int] = {name: 0 for name in ENDPOINTS}
         self._answers: dict[str, int] = {}
         self._generate_times: list[float] = []
+        # The music task id of each accepted generate, in the same order.
+        self._generate_music: list[str] = []
         self._windows: dict[str, deque[float]] = {}
         self._callbacks_sent = 0
         # Bumped by reset() so callbacks already under way are not counted
@@ -184,6 +186,12 @@ class StandinState:
         with self._lock:
             return list(self._generate_times)
 
+    def generate_order(self) -> list[str]:
+        """The music task id of every accepted generate, oldest first (as
+        `generate_times`)."""
+        with self._lock:
+            return list(self._generate_music)
+
     def callbacks_sent(self) -> int:
         """Callback POSTs made since the last reset."""
         with self._lock:
@@ -208,6 +216,7 @@ class StandinState:
                 "callbacks_sent": self._callbacks_sent,
                 "credits": self._credits,
                 "generate_times": list(self._generate_times),
+                "generate_order": list(self._generate_music),
                 "rate_limit": list(self._rate_limit) if self._rate_limit is not None else None,
                 "callback_mode": self._callback_mode,
                 "faults": self._faults.describe(),
@@ -270,6 +279,7 @@ class StandinState:
             self._credits -= self._config.cost_per_cover
             self._paid[music_id] = self._paid.get(music_id, 0) + 1
             self._generate_times.append(now)
+            self._generate_music.append(music_id)
             # Recorded even while unlimited, so a limit set later counts
             # recent calls; bounded so an unlimited benchmark cannot grow it forever.
             self._windows.setdefault(key, deque(maxlen=_WINDOW_MAX)).append(now)

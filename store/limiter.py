@@ -22,6 +22,10 @@ How a decision is made (`RateLimiter.acquire`):
 
 Windows are ``per_seconds + margin_s`` long, so network jitter between our
 send and Kie's count does not push Kie's own window over the limit.
+
+This is the status limiter. The generate limiter, `kie_covers.store.fair.FairLimiter`,
+keeps 1, 2, 4 and the windows but replaces 3: it hands slots out by priority lane,
+tenant and arrival instead of reservation order.
 """
 
 from __future__ import annotations
@@ -34,6 +38,28 @@ import redis
 from kie_covers.config import keys
 from kie_covers.core.states import WaitReason
 from kie_covers.store.scripts import register
+
+#: The fair limiter's answer for a job it parked in its queue.
+QUEUED = "queued"
+#: The fair limiter's answer for a granted job that came before the window has room.
+GRANTED = "granted"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a job waits its turn (`kie_covers.store.fair.FairLimiter`; a plain
+    `RateLimiter` serves in reservation order and ignores it).
+
+    Attributes:
+        lane: ``interactive`` (the default) or ``bulk``.
+        tenant: the tenant id, or None (the default) for the default tenant.
+        arrival_us: when the job was created (unix us): its order within its tenant;
+            0 (the default) means now.
+    """
+
+    lane: str = "interactive"
+    tenant: str | None = None
+    arrival_us: int = 0
 
 
 class Verdict(StrEnum):
@@ -54,11 +80,18 @@ class Gate:
             has not come), the reason of a cluster-wide pause (``rate_limited`` after a
             429, ``maintenance`` after a 455), or ``out_of_credits`` (held until a
             credit check finds credits); None unless waiting.
+        parked: True when the job waits in the fair limiter's queue: a grant makes it
+            due before `wait_ms` (which is only a safety net); default False.
+        granted: True when the job holds the fair limiter's grant, handed out a little
+            before the window has room: `wait_ms` is short and worth waiting out in
+            the run; default False.
     """
 
     wait_ms: int
     verdict: Verdict
     reason: WaitReason | None = None
+    parked: bool = False
+    granted: bool = False
 
     @property
     def go(self) -> bool:
@@ -77,6 +110,10 @@ class Gate:
             return cls(0, Verdict.GO)
         if answer == Verdict.PROBE.value:
             return cls(0, Verdict.PROBE)
+        if answer == QUEUED:
+            return cls(wait_ms, Verdict.WAIT, WaitReason.RATE_SLOT, parked=True)
+        if answer == GRANTED:
+            return cls(wait_ms, Verdict.WAIT, WaitReason.RATE_SLOT, granted=True)
         return cls(wait_ms, Verdict.WAIT, WaitReason.parse(answer) or WaitReason.PAUSED)
 
 
@@ -106,12 +143,15 @@ class RateLimiter:
         self._acquire = register(client, "acquire")
         self._pause = register(client, "pause")
 
-    def acquire(self, job_id: str, count: tuple[str, str] | None = None) -> Gate:
+    def acquire(self, job_id: str, count: tuple[str, str] | None = None,
+                place: Place | None = None) -> Gate:
         """Ask to make one call for `job_id` now (see the module docstring).
 
         Args:
             count: (hash key, field): when the call may go, that counter gets one
                 more in the same step (a job's ``attempts`` or ``polls``).
+            place: the job's lane and tenant; ignored here (reservation order), used by
+                `kie_covers.store.fair.FairLimiter`.
         """
         extra_keys, extra_args = ([count[0]], [count[1]]) if count else ([], [])
         wait_ms, reason = self._acquire(

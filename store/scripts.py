@@ -18,17 +18,20 @@ from redis.commands.core import Script
 #: Every script, by file name (without ``.lua``).
 NAMES = ("enqueue", "begin", "submitted", "release", "finish", "claim", "begin_notice",
          "unlock", "set_if_exists", "retry_failed", "acquire", "pause", "count", "index_jobs",
-         "show_wait", "beat", "reap", "leave", "give_back")
+         "show_wait", "beat", "reap", "leave", "give_back", "fair_acquire",
+         "fair_grant", "fair_wake")
 
 #: Shared Lua functions (``lua/<name>.lua``) put before the scripts that call them.
 #: ``failure_rows``: a music task keeps at most one failure row (``unindex_failure``).
 #: ``indexes``: the overview's state and wait indexes (``index_state``, ``index_wait``).
 #: ``hand_back``: a worker process's held jobs go back to the due set.
+#: ``fair_lib``: the fair generate limiter's queues, ring and grants (`store.fair`).
 INCLUDES: dict[str, tuple[str, ...]] = {
     "enqueue": ("failure_rows", "indexes"), "finish": ("failure_rows", "indexes"),
     "retry_failed": ("failure_rows", "indexes"), "begin": ("indexes",),
     "submitted": ("indexes",), "release": ("indexes",),
     "reap": ("hand_back",), "leave": ("hand_back",), "give_back": ("hand_back",),
+    "fair_acquire": ("fair_lib",), "fair_grant": ("fair_lib",),
 }
 
 

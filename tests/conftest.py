@@ -133,7 +133,7 @@ def standin(standin_server: KieStandin, redis_server: RedisServer) -> KieStandin
 
 #: Redis databases that in-process tests keep to themselves (the suite's workers,
 #: web process and producer use database 0, whose due sets they dispatch from).
-STORE_DB, TOKENS_DB, NOTICE_DB, LANES_DB = 9, 10, 11, 12
+STORE_DB, TOKENS_DB, NOTICE_DB, LANES_DB, FAIR_DB = 9, 10, 11, 12, 13
 
 
 @contextlib.contextmanager

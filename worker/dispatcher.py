@@ -9,7 +9,9 @@ that renews the claimed entries' leases, so many workers can run this at once
 without sending a job twice per lease, and a worker that dies after claiming
 loses nothing. Outcome notices
 (`Due.NOTICES`) and image copies (`Due.COPIES`) are
-claimed and sent the same way.
+claimed and sent the same way. Each round first hands out the generate slots free
+now to the jobs waiting for one (`kie_covers.store.fair.FairLimiter.grant`), in
+the fair order; the jobs granted are due at once, so the same round sends them.
 
 A message claimed but refused by the broker (a full Redis: maxmemory reached) is
 kept and sent first in the next round, before anything new is claimed: its claim
@@ -45,7 +47,7 @@ from celery.worker import state as worker_state
 from kombu.exceptions import OperationalError
 
 from kie_covers.config import get_settings
-from kie_covers.runtime.connections import get_redis, get_store
+from kie_covers.runtime.connections import get_limiters, get_redis, get_store
 from kie_covers.runtime.full_redis import FIRST_WAIT_S, LONGEST_WAIT_S, is_redis_full
 from kie_covers.runtime.heartbeat import Heartbeat, get_liveness, install_heartbeat
 from kie_covers.runtime.messages import send_images, send_job, send_notice
@@ -102,6 +104,9 @@ class DueDispatcher:
         if self.heartbeat is not None and time.monotonic() >= self._next_reap:
             self._next_reap = time.monotonic() + self.heartbeat.interval_s
             self.reap_once()
+        # Hand out the generate slots free now: the jobs granted are due now and
+        # claimed just below.
+        granted = get_limiters().generate.grant()
         sent = self._send_unsent()
         while True:
             claimed = store.due.claim(self.lease_s, CLAIM_BATCH)
@@ -114,7 +119,7 @@ class DueDispatcher:
                                 for job_id, queue in claimed.copies)
             sent += self._send_unsent()
             if claimed.largest < CLAIM_BATCH:
-                return sent, claimed.next_due_in_s
+                return sent, _sooner(claimed.next_due_in_s, granted.next_in_s)
 
     def reap_once(self) -> int:
         """Hand back the jobs of worker processes whose heartbeat lapsed (unless this
@@ -174,8 +179,9 @@ class DueDispatcher:
             try:
                 self._beat()
                 _, next_in = self.run_once()
-                # Wake for the next due entry rather than a whole interval later, so a
-                # rate-limit slot or a poll is kept to within a few milliseconds.
+                # Wake for the next due entry (or the next free generate slot) rather
+                # than a whole interval later, so a slot or a poll is kept to within a
+                # few milliseconds.
                 pause = longest if next_in is None else min(longest, max(MIN_PAUSE_S, next_in))
                 full_wait = FIRST_WAIT_S
             except Exception as error:  # keep dispatching through a Redis blip
@@ -203,6 +209,13 @@ class DueDispatcher:
                 self._beats.gone()
             except Exception:  # stopping must not fail on a Redis blip
                 log.warning("could not take worker %s out of the live set", self.node)
+
+
+def _sooner(first: float | None, second: float | None) -> float | None:
+    """The sooner of two waits in seconds (None: nothing to wait for)."""
+    if first is None or second is None:
+        return second if first is None else first
+    return min(first, second)
 
 
 def _preload_then_freeze() -> None:
