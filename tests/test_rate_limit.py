@@ -93,9 +93,12 @@ def test_two_worker_processes_sharing_the_limit_get_no_429(
     # Given Kie allows 5 generates per second, and two separate workers know that
     standin.set_rate_limit((5, 1.0))
     # (The default HTTP timeout, not the suite's 2 s: on a loaded machine a slow answer
-    # would time out and be tried again, a real second attempt this test is not about.)
-    first = start_worker(KIE_RATE_LIMIT="5/1s", KIE_HTTP_TIMEOUT="20")
-    start_worker(queue=first.queue, KIE_RATE_LIMIT="5/1s", KIE_HTTP_TIMEOUT="20")
+    # would time out and be tried again, a real second attempt this test is not about;
+    # the lease must exceed 3 x that timeout.)
+    first = start_worker(KIE_RATE_LIMIT="5/1s", KIE_HTTP_TIMEOUT="20",
+                         COVERS_REDISPATCH_AFTER="90")
+    start_worker(queue=first.queue, KIE_RATE_LIMIT="5/1s", KIE_HTTP_TIMEOUT="20",
+                 COVERS_REDISPATCH_AFTER="90")
     # When 25 jobs arrive at once
     job_ids = [enqueue_cover(uuid.uuid4().hex, APP_CALLBACK, queue=first.queue)
                for _ in range(25)]
