@@ -34,11 +34,11 @@ import redis
 
 from kie_covers.config import keys
 from kie_covers.runtime.connections import get_redis
-from kie_covers.store.counters import DURATION_BUCKETS_S, bucket_name, field
+from kie_covers.store.counters import DURATION_BUCKETS_S, field
 
 log = logging.getLogger("covers.metrics")
 
-__all__ = ["DURATION_BUCKETS_S", "GAUGES", "HELP", "inc", "observe", "set_gauge"]
+__all__ = ["DURATION_BUCKETS_S", "GAUGES", "HELP", "inc", "set_gauge"]
 
 #: Help text of every metric kept in Redis, by name (the exporter uses it).
 HELP = {
@@ -70,21 +70,6 @@ def inc(name: str, amount: float = 1, **labels: object) -> None:
         else:
             _client().hincrbyfloat(keys.METRIC_COUNTERS, field(name, labels), amount)
     except redis.RedisError:  # metrics must never break a job
-        log.debug("metric %s not recorded", name, exc_info=True)
-
-
-def observe(name: str, value: float) -> None:
-    """Record `value` (seconds) in histogram `name` (always; never raises)."""
-    try:
-        pipe = _client().pipeline(transaction=False)
-        key = keys.metric_histogram(name)
-        for bound in DURATION_BUCKETS_S:
-            if value <= bound:
-                pipe.hincrby(key, f"le={bucket_name(bound)}", 1)
-        pipe.hincrby(key, "count", 1)
-        pipe.hincrbyfloat(key, "sum", value)
-        pipe.execute()
-    except redis.RedisError:
         log.debug("metric %s not recorded", name, exc_info=True)
 
 
