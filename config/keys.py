@@ -94,6 +94,12 @@ def rate_fair_state(limiter: str) -> str:
     return f"{PREFIX}rate:{limiter}:fair"
 
 
+def rate_grant_log(limiter: str) -> str:
+    """List: the last `kie_covers.store.fair.GRANT_LOG_LENGTH` slots handed out, oldest
+    first, each ``<ms>\t<lane>\t<tenant>\t<job id>`` (who got the limit lately)."""
+    return f"{PREFIX}rate:{limiter}:granted"
+
+
 def rate_ring(limiter: str, lane: str) -> str:
     """Sorted set: the tenants of lane `lane` with jobs queued, by turn (lowest next)."""
     return f"{PREFIX}rate:{limiter}:ring:{lane}"

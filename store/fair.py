@@ -60,10 +60,30 @@ GRANT_LEAD_S = 0.05
 MAX_LOOKS = 1000
 #: The longest park, in seconds (the safety net when a grant could not wake a job).
 PARK_MAX_S = 3600.0
+#: Slots the grant log keeps (`FairLimiter.recent_grants`): the last this many, about
+#: 100 bytes each.
+GRANT_LOG_LENGTH = 1000
 #: `FairLimiter.admit`'s answer while no worker has asked: send the job's message.
 SEND = "send"
 #: The default tenant's name in the queue keys (tenant ids start with a letter or digit).
 DEFAULT_TENANT = "-"
+
+
+@dataclass(frozen=True)
+class SlotGrant:
+    """One slot handed out, as the grant log keeps it.
+
+    Attributes:
+        at_ms: when (unix ms, Redis's clock); grants of one round share it.
+        lane: ``interactive`` or ``bulk``.
+        tenant: the job's tenant, None for the default one.
+        job_id: the job granted.
+    """
+
+    at_ms: int
+    lane: str
+    tenant: str | None
+    job_id: str
 
 
 @dataclass(frozen=True)
@@ -109,13 +129,14 @@ class FairLimiter(RateLimiter):
         return [keys.rate_sent(self.name), keys.rate_grants(self.name),
                 keys.rate_waiting(self.name), keys.rate_fair_state(self.name),
                 keys.rate_ring(self.name, INTERACTIVE), keys.rate_ring(self.name, BULK),
-                keys.DUE, keys.PAUSE, keys.CREDITS_HOLD, keys.CREDITS_PROBE]
+                keys.DUE, keys.PAUSE, keys.CREDITS_HOLD, keys.CREDITS_PROBE,
+                keys.rate_grant_log(self.name)]
 
     def _args(self) -> list[str | int]:
         return [self.limit, self.window_ms, "1" if self.gate_on_credits else "0",
                 self.grant_ttl_ms, round(self.bulk_min_share * 1000),
                 keys.rate_queue_prefix(self.name), keys.job(""), MAX_LOOKS,
-                int(GRANT_LEAD_S * 1000)]
+                int(GRANT_LEAD_S * 1000), GRANT_LOG_LENGTH]
 
     def acquire(self, job_id: str, count: tuple[str, str] | None = None,
                 place: Place | None = None) -> Gate:
@@ -171,6 +192,17 @@ class FairLimiter(RateLimiter):
         dispatcher's grant between its ask and its park). True if it was."""
         return bool(self._fair_wake(keys=[keys.rate_grants(self.name), keys.DUE],
                                     args=[job_id]))
+
+    def recent_grants(self, count: int = GRANT_LOG_LENGTH) -> list[SlotGrant]:
+        """The last `count` slots handed out (at most `GRANT_LOG_LENGTH`), oldest first,
+        in the order they were granted: who got the limit lately."""
+        entries = self.redis.lrange(keys.rate_grant_log(self.name), -max(1, count), -1)
+        grants = []
+        for entry in entries:
+            at_ms, lane, tenant, job_id = str(entry).split("\t", 3)
+            grants.append(SlotGrant(int(at_ms), lane,
+                                    None if tenant == DEFAULT_TENANT else tenant, job_id))
+        return grants
 
     def waiting(self) -> int:
         """Jobs queued or granted and not yet sent."""

@@ -22,6 +22,7 @@ from kie_covers.config import keys
 from kie_covers.core.states import WaitReason
 from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.standin import KieStandin
+from kie_covers.store import fair as fair_module
 from kie_covers.store.fair import GRANT_LEAD_S, FairLimiter
 from kie_covers.store.limiter import Place, Verdict
 from tests.conftest import FAIR_DB, empty_db
@@ -144,6 +145,29 @@ def test_tenants_take_turns_within_a_lane_and_each_is_served_in_arrival_order(
     # Then they take turns, each tenant's jobs by arrival
     assert next_round(fair, per_s) == ("a0", "b0", "c0", "a1", "b1", "a2", "b2", "a3", "a4",
                                        "a5")
+
+
+def test_the_grant_log_keeps_every_slot_in_grant_order_with_lane_and_tenant(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    per_s = 0.15
+    monkeypatch.setattr(fair_module, "GRANT_LOG_LENGTH", 8)
+    fair = limiter(client, 6, per_s)
+    fill(client, fair)
+    for n in range(3):
+        assert fair.acquire(queued_job(client, f"a{n}"), place=Place("bulk", "a")).parked
+        assert fair.acquire(queued_job(client, f"d{n}"), place=Place("bulk")).parked
+    assert fair.acquire(queued_job(client, "urgent"), place=Place("interactive", "b")).parked
+    before_ms = int(time.time() * 1000)
+    granted = next_round(fair, per_s)
+    log = fair.recent_grants()
+    # The six fillers' slots and this round's: the last 8 only, oldest first
+    assert len(log) == 8 and [g.job_id for g in log[-6:]] == list(granted)
+    assert [(g.lane, g.tenant) for g in log[-6:]] == [
+        ("interactive", "b"), ("bulk", "a"), ("bulk", None), ("bulk", "a"), ("bulk", None),
+        ("bulk", "a")]
+    assert all(g.at_ms >= before_ms for g in log[-6:])
+    assert [g.job_id for g in fair.recent_grants(2)] == list(granted[-2:])
 
 
 def test_a_granted_job_goes_and_others_wait_for_their_grant(client: redis.Redis) -> None:

@@ -1,23 +1,23 @@
 -- One job asks the fair limiter for a slot (see kie_covers/store/fair.py); fair_lib.lua
--- is in front of this text. KEYS and ARGV 1-9 as there, then:
--- KEYS 11 (optional) a hash whose counter ARGV[17] gets one more call when it is 'ok'
--- ARGV 10 job id, 11 lane, 12 tenant ('-': the default), 13 arrival (unix us), 14 probe ms,
---      15 shortest park ms, 16 longest park ms, 17 counter field ('' for none),
---      18 '1' to admit a new job (`FairLimiter.admit`): queue it, and answer
+-- is in front of this text. KEYS 1-11 and ARGV 1-10 as there, then:
+-- KEYS 12 (optional) a hash whose counter ARGV[18] gets one more call when it is 'ok'
+-- ARGV 11 job id, 12 lane, 13 tenant ('-': the default), 14 arrival (unix us), 15 probe ms,
+--      16 shortest park ms, 17 longest park ms, 18 counter field ('' for none),
+--      19 '1' to admit a new job (`FairLimiter.admit`): queue it, and answer
 --      {0, 'granted'} if its turn has come (it is then sent), {0, 'send'} if no worker
 --      has asked yet (sent, not queued), else {0, 'queued'} (nothing is sent: a grant
 --      will make it due); never ok
 -- Returns {wait ms, answer}: {0, 'ok'} (call now), {0, 'probe'}, {ms, 'queued'} (parked:
 -- a grant will make it due), {ms, 'granted'} (granted, early: the window has room in
 -- ms), or {ms, pause or hold reason}.
-local job = ARGV[10]
+local job = ARGV[11]
 local now = clock()
 local stop = stopped()
-if ARGV[18] == '1' then
+if ARGV[19] == '1' then
   -- Until a worker has asked, the limit in force is unknown here: send the job, and
   -- its run asks (and queues it) with the worker's own limit.
   if not use_known_limit() then return {0, 'send'} end
-  enqueue(job, ARGV[11], ARGV[12], ARGV[13])
+  enqueue(job, ARGV[12], ARGV[13], ARGV[14])
   if not stop then
     for _, granted in ipairs(grant(now, job)) do
       if granted == job then return {0, 'granted'} end
@@ -29,7 +29,7 @@ end
 -- The limit in force is the one of the workers that send: others read it here.
 redis.call('HSET', STATE, 'limit', LIMIT, 'window', WINDOW)
 if stop and stop[2] == 'out_of_credits' then
-  if redis.call('SET', KEYS[10], job, 'NX', 'PX', ARGV[14]) then return {0, 'probe'} end
+  if redis.call('SET', KEYS[10], job, 'NX', 'PX', ARGV[15]) then return {0, 'probe'} end
   return {math.max(redis.call('PTTL', KEYS[10]), 1), 'out_of_credits'}
 end
 if stop then return stop end
@@ -39,7 +39,7 @@ local function go()
   redis.call('HDEL', WAITING, job)
   redis.call('ZADD', SENT, now, job .. ':' .. now)
   redis.call('PEXPIRE', SENT, WINDOW * 2)
-  if KEYS[11] then redis.call('HINCRBY', KEYS[11], ARGV[17], 1) end
+  if KEYS[12] then redis.call('HINCRBY', KEYS[12], ARGV[18], 1) end
   return {0, 'ok'}
 end
 
@@ -54,11 +54,11 @@ end
 local held = redis.call('ZSCORE', GRANTS, job)
 if held and tonumber(held) >= now then return go_when_room() end
 if held then redis.call('ZREM', GRANTS, job) end  -- expired: it queues again
-enqueue(job, ARGV[11], ARGV[12], ARGV[13])
+enqueue(job, ARGV[12], ARGV[13], ARGV[14])
 for _, granted in ipairs(grant(now, job)) do
   if granted == job then return go_when_room() end
 end
 -- Parked until granted; the park is only a safety net (a lost grant, lost keys).
 local park = math.floor(redis.call('HLEN', WAITING) * WINDOW / LIMIT)
-park = math.min(math.max(park, tonumber(ARGV[15])), tonumber(ARGV[16]))
+park = math.min(math.max(park, tonumber(ARGV[16])), tonumber(ARGV[17]))
 return {park, 'queued'}

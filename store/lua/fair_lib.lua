@@ -1,17 +1,18 @@
 -- The fair limiter's waiting room (see kie_covers/store/fair.py), shared by
 -- fair_acquire.lua and fair_grant.lua: each is run with this text in front of it.
 -- KEYS 1 sent, 2 grants, 3 waiting, 4 fair state, 5 interactive ring, 6 bulk ring, 7 due,
---      8 pause, 9 credits hold, 10 credits probe
+--      8 pause, 9 credits hold, 10 credits probe, 11 grant log
 -- ARGV 1 limit, 2 window ms, 3 gate on credits (1/0), 4 grant ttl ms,
 --      5 bulk share (thousandths), 6 queue key prefix, 7 job key prefix,
 --      8 most entries looked at per call, 9 lead ms (grants go out this much before the
---      room opens, so the granted job is at the door when it does)
+--      room opens, so the granted job is at the door when it does), 10 grant log length
 local LIMIT, WINDOW = tonumber(ARGV[1]), tonumber(ARGV[2])
-local LEAD = tonumber(ARGV[9])
+local LEAD, LOG_LENGTH = tonumber(ARGV[9]), tonumber(ARGV[10])
 local GRANT_TTL, SHARE = tonumber(ARGV[4]), tonumber(ARGV[5])
 local QUEUES, JOBS, MAX_LOOKS = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local SENT, GRANTS, WAITING, STATE, DUE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
 local RINGS = {interactive = KEYS[5], bulk = KEYS[6]}
+local GRANT_LOG = KEYS[11]
 
 -- Use the limit of the workers that last asked (fair_acquire.lua stores it), not the
 -- caller's, should their settings differ (a producer's, a dispatcher's).
@@ -103,6 +104,7 @@ local function next_lane()
 end
 
 -- The next job of `lane`: the oldest of the tenant whose turn it is (round robin).
+-- Returns the job and its tenant.
 local function next_job(lane)
   local ring = RINGS[lane]
   local tenant = redis.call('ZRANGE', ring, 0, 0)[1]
@@ -113,7 +115,7 @@ local function next_job(lane)
   else
     redis.call('ZADD', ring, redis.call('HINCRBY', STATE, 'turn', 1), tenant)
   end
-  return job
+  return job, tenant
 end
 
 -- Hand out the free slots, each to the next job by lane, then tenant, then arrival.
@@ -128,16 +130,20 @@ local function grant(now, self)
     looks = looks + 1
     local lane = next_lane()
     if not lane then break end
-    local job = next_job(lane)
+    local job, tenant = next_job(lane)
     if job and is_queued(job) then
       redis.call('ZADD', GRANTS, now + GRANT_TTL, job)
-      if job ~= self then redis.call('ZADD', DUE, now, job) end
+      redis.call('RPUSH', GRANT_LOG, now .. '\t' .. lane .. '\t' .. tenant .. '\t' .. job)
+      -- Due in grant order (a dispatcher sends what is due by score): already due,
+      -- a ms apart, the first granted the earliest
+      if job ~= self then redis.call('ZADD', DUE, now - MAX_LOOKS + #granted, job) end
       granted[#granted + 1] = job
       free = free - 1
     elseif job then
       redis.call('HDEL', WAITING, job)  -- ended or forgotten while it waited
     end
   end
+  if #granted > 0 then redis.call('LTRIM', GRANT_LOG, -LOG_LENGTH, -1) end
   return granted
 end
 
