@@ -337,9 +337,12 @@ def _print(results: list[Result], args: argparse.Namespace) -> None:
         print(f"\n(a) one interactive job of tenant B arrives behind {args.bulk} bulk jobs "
               f"of tenant A (target: sent within {window:g} s, one window + margin)")
         print(render(["order", "A's jobs waiting", "time to send s", "A's jobs sent first",
-                      *common],
+                      "limit use from its arrival", *common],
                      [[r.run[2:], r.backlog, f"{r.time_to_send_s:.2f}", r.sent_before,
-                       *_common(r)] for r in a]))
+                       f"{r.limit_use_after * 100:.1f} %", *_common(r)] for r in a]))
+        print("limit use from its arrival: the calls from the interactive job's arrival "
+              "on (the backlog waiting in Redis); the whole run's includes the workers' "
+              "first windows after they start")
     b = [r for r in results if r.run.startswith("b")]
     if b:
         jobs = ", ".join(f"{t} {n}" for t, n in TENANT_JOBS)
