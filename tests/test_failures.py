@@ -253,6 +253,13 @@ def test_the_cli_lists_filters_retries_and_forgets(
     wait_for_cover(broken, timeout_s=20)
     assert "1 queued again" in covers("retry", "--all-retryable").stdout
     assert covers("retry").returncode == 2
+    # Bad filters are refused by the web's rules, each named, nothing listed or queued
+    bad = covers("retry", "--kind", "Not_found!", "--code", "5x")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.splitlines() == [
+        "covers retry: --kind: must be an error kind such as upstream (1 to 64 of a-z and _)",
+        "covers retry: --code: must be an API code such as 500, or none"]
+    assert covers("failures", "--code", "five").returncode == 2
     # Forget removes the record
     wait_for_cover(broken, timeout_s=20)
     assert "1 forgotten" in covers("forget", missing).stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -375,6 +376,14 @@ def test_failures_filter_and_retry(standin: KieStandin, api: Api) -> None:
                                                          "colour": "red"}), 422, "validation")
     assert sorted((e["field"], e["rule"]) for e in bad["errors"]) == [
         ("code", "pattern"), ("colour", "unknown_field"), ("limit", "range")]
+    # By time, as the console filters: since/until in unix seconds
+    now = time.time()
+    assert api.get("/v1/failures", params={"since": f"{now - 600:.3f}"}).json()["total"] == 3
+    assert api.get("/v1/failures", params={"since": f"{now + 600:.0f}"}).json()["total"] == 0
+    assert api.get("/v1/failures", params={"until": f"{now - 600:.0f}"}).json()["total"] == 0
+    late = assert_problem(api.get("/v1/failures", params={"until": "yesterday"}), 422,
+                          "validation")
+    assert [(e["field"], e["rule"]) for e in late["errors"]] == [("until", "type")]
     # Retry: queued again under its own id, then refused while not failed
     retried = api.post(f"/v1/covers/{jobs[1]}/retry")
     assert retried.status_code == 202

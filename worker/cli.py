@@ -41,6 +41,7 @@ from redis.retry import Retry
 from kie_covers import enqueue_cover, get_cover, wait_for_cover
 from kie_covers.config import SettingsError, get_settings
 from kie_covers.core.errors import InvalidPayload, StoreFull, StoreUnusable, UnknownJob
+from kie_covers.core.failure_filter import FailureFilter, parse_failure_filter
 from kie_covers.core.masking import Masker
 from kie_covers.core.schemas import INTERACTIVE
 from kie_covers.core.states import JobState
@@ -322,14 +323,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return code
 
 
+def _failure_filter(args: argparse.Namespace, command: str) -> FailureFilter | None:
+    """``--kind`` and ``--code`` checked by the web's rules; None (each fault said on
+    stderr) if one is bad."""
+    query = {name: value for name in ("kind", "code")
+             if (value := getattr(args, name)) is not None}
+    which, errors = parse_failure_filter(query)
+    for error in errors:
+        print(f"covers {command}: --{error.field}: {error.message}", file=sys.stderr)
+    return None if errors else which
+
+
 def cmd_failures(args: argparse.Namespace) -> int:
     """List recorded failures, newest first: at most ``args.limit`` (default 50), of
     ``args.kind`` / ``args.code`` when given."""
-    records = list_failures(args.kind, args.code, limit=args.limit)
+    which = _failure_filter(args, "failures")
+    if which is None:
+        return EXIT_USAGE
+    records = list_failures(which.kind, which.code, limit=args.limit)
     if args.json:
         print(json.dumps(records, indent=2))
         return EXIT_OK
-    total = count_failures(args.kind, args.code)
+    total = count_failures(which.kind, which.code)
     rows = [[r["job_id"], r["music_task_id"] or "-", (r["error"] or {}).get("kind", ""),
              (r["error"] or {}).get("code") or "-",
              "yes" if (r["error"] or {}).get("retryable") else "no", r["attempts"],
@@ -347,9 +362,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if args.job_ids:
         outcomes = retry_jobs(list(args.job_ids))
     elif args.kind or args.code or args.all_retryable:
+        which = _failure_filter(args, "retry")
+        if which is None:
+            return EXIT_USAGE
         # Naming a kind or code is a person's explicit choice (say, every `unauthorized`
         # failure after fixing the key), so it retries them whether or not retryable.
-        outcomes = retry_where(args.kind, args.code, retryable_only=args.all_retryable)
+        outcomes = retry_where(which.kind, which.code, retryable_only=args.all_retryable)
     else:
         print("covers retry: name JOB_IDs, or --kind, --code or --all-retryable",
               file=sys.stderr)

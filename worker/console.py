@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
@@ -37,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from kie_covers.config import Settings
 from kie_covers.core.errors import KINDS, UnknownJob
+from kie_covers.core.failure_filter import FailureFilter, parse_failure_filter
 from kie_covers.core.problems import PROBLEM_MEDIA_TYPE, FieldError
 from kie_covers.core.schemas import job_id_problem
 from kie_covers.core.states import JobState
@@ -63,8 +63,8 @@ REFRESH_S = 2
 MAX_BODY_BYTES = 65536
 #: Most job ids one retry or forget may name.
 MAX_JOB_IDS = 1000
-#: Failures listed when ``limit`` is not given, and at most.
-DEFAULT_LIMIT, MAX_LIMIT = 50, 500
+#: The most failures one page of the console lists.
+MAX_LIMIT = 500
 #: Most query parameters parsed from a URL.
 MAX_QUERY_FIELDS = 10
 #: The static files served, by name, with their content types.
@@ -74,9 +74,6 @@ STATIC = {"console.css": "text/css; charset=utf-8",
           "login.html": "text/html; charset=utf-8"}
 #: The static files served under /console/static/ (the pages have routes of their own).
 ASSETS = frozenset({"console.css", "console.js"})
-_KIND = re.compile(r"[a-z_]{1,64}")
-_CODE = re.compile(r"none|-?[0-9]{1,9}")
-_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
@@ -193,11 +190,13 @@ class Console:
 
     def failures(self, environ: Environ) -> Answer:
         """GET /console/api/failures: failed jobs, newest first, filtered."""
-        kind, code, since, until, limit, offset = _failure_filters(_query(environ))
-        rows = list_failures(kind, code, limit=limit, offset=offset, since=since, until=until)
+        which = _failure_filter(_query(environ))
+        rows = list_failures(which.kind, which.code, limit=which.limit, offset=which.offset,
+                             since=which.since, until=which.until)
         return 200, {"failures": [_shown(row) for row in rows],
-                     "total": count_failures(kind, code, since=since, until=until),
-                     "limit": limit, "offset": offset}
+                     "total": count_failures(which.kind, which.code, since=which.since,
+                                             until=which.until),
+                     "limit": which.limit, "offset": which.offset}
 
     def job(self, environ: Environ, job_id: str) -> Answer:
         """GET /console/api/jobs/{jobId}: the record, its timeline and notice status."""
@@ -221,9 +220,9 @@ class Console:
         """POST /console/api/retry: retry jobs by id, or every retryable failure."""
         body = self._body(environ)
         if body.get("allRetryable") is True:
-            kind, code, *_ = _failure_filters({k: str(v) for k, v in body.items()
-                                               if k in ("kind", "code") and v})
-            outcomes = retry_where(kind, code, retryable_only=True, by="console")
+            which = _failure_filter({k: str(v) for k, v in body.items()
+                                     if k in ("kind", "code") and v})
+            outcomes = retry_where(which.kind, which.code, retryable_only=True, by="console")
         else:
             outcomes = retry_jobs(_job_ids(body), by="console")
         results = [{"jobId": o.job_id, "result": o.result} for o in outcomes]
@@ -332,49 +331,13 @@ def _query(environ: Environ) -> dict[str, str]:
     return {name: values[0] for name, values in query.items()}
 
 
-def _failure_filters(query: Mapping[str, str]
-                     ) -> tuple[str | None, int | str | None, float | None, float | None,
-                                int, int]:
-    """(kind, code, since, until, limit, offset) from the query; 422 naming each bad one."""
-    errors: list[FieldError] = []
-    kind = query.get("kind")
-    if kind is not None and not _KIND.fullmatch(kind):
-        errors.append(FieldError("kind", "pattern", "must be an error kind such as upstream"))
-    code: int | str | None = query.get("code")
-    if isinstance(code, str):
-        if not _CODE.fullmatch(code):
-            errors.append(FieldError("code", "pattern", "must be an API code such as 500, "
-                                     "or none"))
-        elif code != "none":
-            code = int(code)
-    since, until = (_seconds(query, name, errors) for name in ("since", "until"))
-    limit = _whole(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, errors)
-    offset = _whole(query, "offset", 0, 0, 10**6, errors)
+def _failure_filter(query: Mapping[str, str]) -> FailureFilter:
+    """The failures filter of `query` (the console's page, or a body's kind and code);
+    422 naming each bad parameter. Others are ignored (the page may add its own)."""
+    which, errors = parse_failure_filter(query, max_limit=MAX_LIMIT, refuse_unknown=False)
     if errors:
         raise Problem(422, "validation", "bad failures filter", errors)
-    return kind, code, since, until, limit, offset
-
-
-def _seconds(query: Mapping[str, str], name: str, errors: list[FieldError]) -> float | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    if not _SECONDS.fullmatch(raw):
-        errors.append(FieldError(name, "type", "must be unix seconds"))
-        return None
-    return float(raw)
-
-
-def _whole(query: Mapping[str, str], name: str, default: int, low: int, high: int,
-           errors: list[FieldError]) -> int:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or len(raw) > 9 or not low <= int(raw) <= high:
-        errors.append(FieldError(name, "range", f"must be a whole number from {low} to "
-                                 f"{high}"))
-        return default
-    return int(raw)
+    return which
 
 
 def _job_ids(body: Mapping[str, Any]) -> list[str]:

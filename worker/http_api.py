@@ -30,7 +30,6 @@ import functools
 import hmac
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from importlib import resources
@@ -41,6 +40,7 @@ from kie_covers.config import Settings
 from kie_covers.core.addresses import is_loopback
 from kie_covers.core.cover_items import check_batch
 from kie_covers.core.errors import InvalidPayload, KieCoversError, StoreFull, UnknownJob
+from kie_covers.core.failure_filter import parse_failure_filter
 from kie_covers.core.problems import PROBLEM_MEDIA_TYPE, FieldError, field_errors, problem
 from kie_covers.core.schemas import job_id_problem, validate_cover_request
 from kie_covers.services.batch import batch_records
@@ -59,14 +59,6 @@ OPENAPI_PATH = "/v1/openapi.json"
 FORWARDING_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
 #: Most query parameters parsed from a URL.
 MAX_QUERY_FIELDS = 10
-#: Failures listed when ``limit`` is not given (as ``covers failures``), and at most.
-DEFAULT_FAILURE_LIMIT, MAX_FAILURE_LIMIT = 50, 1000
-#: Largest ``offset`` into the failures list.
-MAX_FAILURE_OFFSET = 1_000_000
-#: A failures ``kind`` filter: an error kind's spelling.
-_KIND = re.compile(r"[a-z_]{1,64}")
-#: A failures ``code`` filter: an API code, or ``none``.
-_CODE = re.compile(r"none|-?[0-9]{1,9}")
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
@@ -295,10 +287,15 @@ class ProducerApi:
 
     def failures(self, environ: Environ) -> Answer:
         """GET /v1/failures: failed jobs, newest first, as ``covers failures`` lists."""
-        kind, code, limit, offset = _failure_filters(self._query(environ))
-        records = list_failures(kind, code, limit=limit, offset=offset)
-        return 200, {"failures": records, "total": count_failures(kind, code),
-                     "limit": limit, "offset": offset}
+        which, errors = parse_failure_filter(self._query(environ))
+        if errors:
+            raise _invalid("bad failures filter", errors)
+        records = list_failures(which.kind, which.code, limit=which.limit,
+                                offset=which.offset, since=which.since, until=which.until)
+        return 200, {"failures": records,
+                     "total": count_failures(which.kind, which.code, since=which.since,
+                                             until=which.until),
+                     "limit": which.limit, "offset": which.offset}
 
     def openapi(self, environ: Environ) -> Answer:
         """GET /v1/openapi.json: the document, as kept in the repository."""
@@ -336,43 +333,6 @@ def _record(job_id: str) -> dict[str, Any]:
     except UnknownJob:
         raise Problem(404, "not-found", f"no cover job {job_id!r} (never enqueued, or "
                       "expired)") from None
-
-
-def _failure_filters(query: Mapping[str, str]) -> tuple[str | None, int | str | None, int, int]:
-    """(kind, code, limit, offset) from the query; 422 naming each bad parameter."""
-    errors: list[FieldError] = [FieldError(name, "unknown_field", "Unknown field.")
-                                for name in query if name not in
-                                ("kind", "code", "limit", "offset")]
-    kind = query.get("kind")
-    if kind is not None and not _KIND.fullmatch(kind):
-        errors.append(FieldError("kind", "pattern", "must be an error kind such as upstream "
-                                 "(1 to 64 of a-z and _)"))
-    code: int | str | None = query.get("code")
-    if isinstance(code, str):
-        if not _CODE.fullmatch(code):
-            errors.append(FieldError("code", "pattern", "must be an API code such as 500, "
-                                     "or none"))
-        elif code != "none":
-            code = int(code)
-    limit = _whole(query, "limit", DEFAULT_FAILURE_LIMIT, 1, MAX_FAILURE_LIMIT, errors)
-    offset = _whole(query, "offset", 0, 0, MAX_FAILURE_OFFSET, errors)
-    if errors:
-        raise _invalid("bad failures filter", errors)
-    return kind, code, limit, offset
-
-
-def _whole(query: Mapping[str, str], name: str, default: int, low: int, high: int,
-           errors: list[FieldError]) -> int:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    if not re.fullmatch(r"[0-9]{1,9}", raw):
-        errors.append(FieldError(name, "type", "must be a whole number"))
-        return default
-    value = int(raw)
-    if not low <= value <= high:
-        errors.append(FieldError(name, "range", f"must be from {low} to {high}"))
-    return value
 
 
 def _status_line(status: int) -> str:
