@@ -193,9 +193,6 @@ def waiting(reason: str) -> str:
 #: `kie_covers.store.quarantine.QUARANTINE_MAX` entries (see ``covers quarantine``).
 #: Filled by `kie_covers.runtime.poison`; its length is the overview's ``quarantined``.
 QUARANTINE = PREFIX + "quarantine"
-#: Sorted set: worker node names, scored by when each was last seen alive (ms): each
-#: worker's dispatcher writes its name there as it runs (`kie_covers.store.workers`).
-WORKERS = PREFIX + "workers"
 #: Hash: the newest credit check of any worker: ``at`` (unix ms) and ``left`` (credits).
 CREDITS_CHECKED = PREFIX + "credits:checked"
 #: String: set (to the unix time) once the jobs recorded before the indexes above

@@ -6,7 +6,6 @@ from __future__ import annotations
 from kie_covers.config import get_settings
 from kie_covers.runtime.connections import Limiters, get_limiters, get_redis
 from kie_covers.store.overview import LimiterSpec, Overview, read_overview
-from kie_covers.store.workers import dead_after_s
 
 
 def limiter_specs(limiters: Limiters) -> tuple[LimiterSpec, ...]:
@@ -19,8 +18,8 @@ def cluster_overview() -> Overview:
     """The whole cluster's overview, read now in one Redis round trip.
 
     Limits and windows are this process's KIE_RATE_LIMIT and KIE_STATUS_RATE_LIMIT
-    (every process should share them); a worker counts as live for 3 x this process's
-    COVERS_DISPATCH_INTERVAL (at least 5 s) after its last heartbeat.
+    (every process should share them); a worker counts as live for COVERS_DEAD_AFTER
+    seconds after its last heartbeat (as the takeover of a dead worker's jobs counts).
     """
     return read_overview(get_redis(), limiter_specs(get_limiters()),
-                         dead_after_s=dead_after_s(get_settings().dispatch_interval))
+                         dead_after_s=get_settings().dead_after)

@@ -65,6 +65,12 @@ def lock_token(holder: str | None) -> str:
     return token if holder is None else f"{holder}#{token}"
 
 
+def worker_nodes(holders: Iterable[str]) -> list[str]:
+    """The node names of the Celery workers among `holders` (holder ids), sorted, once
+    each: a worker's main process is its one ``worker`` holder."""
+    return sorted({h.split("|", 1)[0] for h in holders if h.split("|")[1:2] == ["worker"]})
+
+
 class Reaped(NamedTuple):
     """One dead holder handed back by `Liveness.reap`."""
 
@@ -126,7 +132,7 @@ class Liveness:
     def live_nodes(self) -> list[str]:
         """The node names (``name@host``) of the Celery workers whose main process has a
         fresh heartbeat, sorted: what a "live workers" gauge counts."""
-        return sorted({holder.split("|", 1)[0] for holder in self.live("worker")})
+        return worker_nodes(self.live("worker"))
 
     def reap(self, limit: int = REAP_BATCH) -> list[Reaped]:
         """Hand back the jobs of every holder whose heartbeat lapsed (at most `limit`).

@@ -26,7 +26,7 @@ Jobs recorded before these indexes existed are indexed once by
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -37,6 +37,7 @@ from kie_covers.config import keys
 from kie_covers.core.states import JobState, WaitReason
 from kie_covers.store.credits import CreditCheck, parse_check
 from kie_covers.store.due import Due
+from kie_covers.store.liveness import worker_nodes
 
 #: The states whose index is scored by when the job entered them (not by expiry).
 LIVE_STATES = (JobState.QUEUED, JobState.SUBMITTED)
@@ -172,7 +173,7 @@ def read_overview(client: redis.Redis, limiters: Sequence[LimiterSpec] = (), *,
         client: a `redis.Redis` with ``decode_responses=True``.
         limiters: the limiters whose use to read (none by default).
         dead_after_s: seconds after its last heartbeat when a worker no longer counts
-            as live (`kie_covers.store.workers.dead_after_s`).
+            as live (COVERS_DEAD_AFTER, as `kie_covers.store.liveness` counts).
         now: the time to read at (unix seconds; default the clock).
     """
     at = time.time() if now is None else now
@@ -193,7 +194,9 @@ def read_overview(client: redis.Redis, limiters: Sequence[LimiterSpec] = (), *,
         _ask_limiter(pipe, spec, now_ms)
     _ask_holds(pipe)
     pipe.llen(keys.QUARANTINE)
-    pipe.zrangebyscore(keys.WORKERS, now_ms - int(dead_after_s * 1000), "+inf")
+    # Heartbeats are on Redis's clock (store.liveness): read it with them
+    pipe.time()
+    pipe.zrange(keys.BEATS, 0, -1, withscores=True)
     replies = iter(pipe.execute())
 
     jobs: dict[JobState, int] = {}
@@ -211,8 +214,16 @@ def read_overview(client: redis.Redis, limiters: Sequence[LimiterSpec] = (), *,
         at=at, jobs=MappingProxyType(jobs), oldest_age_s=MappingProxyType(oldest),
         waiting=MappingProxyType(waiting), due_jobs=due_jobs, pending_notices=notices,
         pending_copies=copies, limiters=uses, pause=pause, credits=credits,
-        quarantined=int(next(replies)), workers=tuple(sorted(next(replies))),
+        quarantined=int(next(replies)), workers=_live_workers(replies, dead_after_s),
         dead_after_s=dead_after_s)
+
+
+def _live_workers(replies: Iterator[Any], dead_after_s: float) -> tuple[str, ...]:
+    """The live workers' node names from the TIME and heartbeats replies."""
+    seconds, micros = next(replies)
+    fresh_from = int(seconds) * 1000 + int(micros) // 1000 - dead_after_s * 1000
+    beats: list[tuple[str, float]] = next(replies)
+    return tuple(worker_nodes(holder for holder, at in beats if at >= fresh_from))
 
 
 def _age(first: list[tuple[str, float]], at: float) -> float | None:

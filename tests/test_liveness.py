@@ -23,6 +23,7 @@ import redis
 from kie_covers import enqueue_cover, get_cover
 from kie_covers.config import get_settings, keys
 from kie_covers.runtime.redis_server import RedisServer
+from kie_covers.services.overview import cluster_overview
 from kie_covers.standin import KieStandin
 from tests.services import StartWorker, wait_until
 
@@ -125,6 +126,9 @@ def test_jobs_of_workers_killed_mid_generate_run_again_once_their_heartbeats_lap
     # (killed processes cannot leave the registry: a live dispatcher reaped them)
     beating = {str(holder).split("@")[0] for holder in db.zrange(keys.BEATS, 0, -1)}
     assert not beating & victim_names and {w.name for w in live} <= beating
+    # The overview's (and the live-workers gauge's) count reads that same registry
+    shown = {name.split("@")[0] for name in cluster_overview().workers}
+    assert not shown & victim_names and {w.name for w in live} <= shown
     # ...and every job ends, each music task paid once
     wait_until(lambda: all(get_cover(j)["state"] == "succeeded" for j in jobs), 60, 0.2,
                "every job to end")

@@ -22,10 +22,10 @@ from kie_covers.store import counters
 from kie_covers.store.credits import record_check
 from kie_covers.store.jobs import JobStore, Lifetimes
 from kie_covers.store.limiter import RateLimiter
+from kie_covers.store.liveness import Liveness, holder_id
 from kie_covers.store.overview import LimiterSpec, read_overview
 from kie_covers.store.reindex import index_existing
 from kie_covers.store.run import Run
-from kie_covers.store.workers import WorkerBeats, dead_after_s
 from tests.conftest import STORE_DB, empty_db
 
 CALLBACK = "http://127.0.0.1:9/cb"
@@ -183,27 +183,35 @@ def test_the_overview_reads_limiters_pause_credits_and_live_workers(
     record_check(client, 0.0, now=1_700_000_000.5)
     client.rpush(keys.QUARANTINE, "m1", "m2")
     now = time.time()
-    WorkerBeats(client, "w1@host").beat(now - 1)
-    WorkerBeats(client, "w2@host").beat(now - 30)  # silent too long: not live
+    seconds, micros = client.time()
+    redis_ms = seconds * 1000 + micros // 1000
+    # Two live workers' main and pool processes, one worker silent too long
+    client.zadd(keys.BEATS, {holder_id("w1@host", "worker"): redis_ms - 1000,
+                             holder_id("w1@host", "pool"): redis_ms - 1000,
+                             holder_id("w3@host", "worker"): redis_ms - 4000,
+                             holder_id("w2@host", "worker"): redis_ms - 30_000})
     spec = LimiterSpec("generate", 5, limiter.window_ms / 1000)
-    view = read_overview(client, [spec], dead_after_s=dead_after_s(1.0), now=now)
+    view = read_overview(client, [spec], dead_after_s=5, now=now)
     assert [(u.name, u.granted, u.limit) for u in view.limiters] == [("generate", 3, 5)]
     assert view.pause is not None and view.pause.reason is WaitReason.MAINTENANCE
     assert 25 < view.pause.left_s <= 30
     assert view.credits.held is WaitReason.DAILY_CAP
     check = view.credits.last_check
     assert check is not None and check.at == 1_700_000_000.5 and check.left == 0.0
-    assert view.quarantined == 2 and view.workers == ("w1@host",)
+    assert view.quarantined == 2 and view.workers == ("w1@host", "w3@host")
     # Once the window has passed, the calls no longer count
     assert read_overview(client, [spec], dead_after_s=5, now=now + 11).limiters[0].granted == 0
 
 
 def test_a_worker_that_stops_cleanly_leaves_the_live_set(client: redis.Redis) -> None:
-    beats = WorkerBeats(client, "w@host", every_s=1.0)
-    assert beats.beat() and not beats.beat()  # at most one heartbeat a second
+    liveness = Liveness(client, dead_after_s=5)
+    main, pool = holder_id("w@host", "worker"), holder_id("w@host", "pool")
+    assert liveness.beat(main) and liveness.beat(pool)
     assert read_overview(client, dead_after_s=5).workers == ("w@host",)
-    beats.gone()
+    assert liveness.live_nodes() == ["w@host"]
+    liveness.leave(main)
     assert read_overview(client, dead_after_s=5).workers == ()
+    assert liveness.live_nodes() == []
 
 
 def test_jobs_recorded_before_the_indexes_are_indexed_once(store: JobStore,

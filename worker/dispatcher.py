@@ -18,11 +18,6 @@ kept and sent first in the next round, before anything new is claimed: its claim
 renewed its lease, so dropping it would leave its job waiting a whole lease. While
 Redis is full the rounds back off (up to `LONGEST_WAIT_S`) with one warning each.
 
-The same thread is the worker's heartbeat: it writes the worker's node name to
-`keys.WORKERS` as it runs (`kie_covers.store.workers.WorkerBeats`, at most once a
-second), so the cluster overview can count live workers; a clean stop takes the
-name out.
-
 Each round also checks the liveness registry (`kie_covers.store.liveness`): the jobs
 of a worker process whose heartbeat lapsed COVERS_DEAD_AFTER seconds ago are made due
 at once and sent again in the same round. The bootstep runs the main process's
@@ -47,12 +42,11 @@ from celery.worker import state as worker_state
 from kombu.exceptions import OperationalError
 
 from kie_covers.config import get_settings
-from kie_covers.runtime.connections import get_limiters, get_redis, get_store
+from kie_covers.runtime.connections import get_limiters, get_store
 from kie_covers.runtime.full_redis import FIRST_WAIT_S, LONGEST_WAIT_S, is_redis_full
 from kie_covers.runtime.heartbeat import Heartbeat, get_liveness, install_heartbeat
 from kie_covers.runtime.messages import send_images, send_job, send_notice
 from kie_covers.store.liveness import holder_id
-from kie_covers.store.workers import BEAT_EVERY_S, WorkerBeats
 
 # Imported here, before the pool forks, so each child shares them (see
 # `_preload_then_freeze`); the worker registers their tasks from this same import.
@@ -73,21 +67,18 @@ class DueDispatcher:
         app: the Celery app to send with.
         interval_s: seconds between rounds.
         lease_s: seconds a claimed job has before it is claimed again.
-        node: the worker's node name for its heartbeat; None: no heartbeat.
         heartbeat: this process's liveness heartbeat; with it, each round first hands
             back the jobs of dead worker processes (at most once per heartbeat
             interval).
     """
 
     def __init__(self, app: Celery, interval_s: float, lease_s: float,
-                 node: str | None = None, heartbeat: Heartbeat | None = None) -> None:
+                 heartbeat: Heartbeat | None = None) -> None:
         self.app = app
         self.interval_s = interval_s
         self.lease_s = lease_s
-        self.node = node
         self.heartbeat = heartbeat
         self._next_reap = 0.0
-        self._beats: WorkerBeats | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: Sends of claimed messages not made yet (the broker refused them), oldest first.
@@ -157,27 +148,14 @@ class DueDispatcher:
             sent += 1
         return sent
 
-    def _beat(self) -> None:
-        if self.node is None:
-            return
-        if self._beats is None:
-            self._beats = WorkerBeats(get_redis(), self.node,
-                                      min(BEAT_EVERY_S, self.interval_s))
-        self._beats.beat()
-
     def _loop(self) -> None:
         # Rounds come at least once per heartbeat interval, so a dead worker's jobs
         # are handed back soon after its heartbeat lapses.
         longest = self.interval_s if self.heartbeat is None else \
             min(self.interval_s, self.heartbeat.interval_s)
         pause, full_wait = longest, FIRST_WAIT_S
-        try:
-            self._beat()  # live from the start, not one interval later
-        except Exception:
-            log.exception("heartbeat failed; trying again in %.1fs", self.interval_s)
         while not self._stop.wait(pause):
             try:
-                self._beat()
                 _, next_in = self.run_once()
                 # Wake for the next due entry (or the next free generate slot) rather
                 # than a whole interval later, so a slot or a poll is kept to within a
@@ -204,11 +182,6 @@ class DueDispatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self._beats is not None:
-            try:
-                self._beats.gone()
-            except Exception:  # stopping must not fail on a Redis blip
-                log.warning("could not take worker %s out of the live set", self.node)
 
 
 def _sooner(first: float | None, second: float | None) -> float | None:
@@ -264,7 +237,7 @@ class DispatcherStep(bootsteps.StartStopStep):
             get_liveness(), holder_id(str(node or "worker"), "worker"),
             settings.heartbeat_interval, reserved_ids)
         self.dispatcher = DueDispatcher(parent.app, settings.dispatch_interval,
-                                        settings.redispatch_after, node=node,
+                                        settings.redispatch_after,
                                         heartbeat=self.heartbeat)
 
     def start(self, parent: Any) -> None:
