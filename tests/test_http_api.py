@@ -253,8 +253,10 @@ def test_enqueue_is_idempotent_per_music_task_and_reads_as_get_cover(
                                     "priority": "bulk"})
     assert again.status_code == 202 and again.json()["jobId"] == job_id
     assert enqueue_cover(task, APP_CALLBACK) == job_id
-    # GET answers get_cover's JSON, with the lane and tenant of the first request
-    read = api.get(f"/v1/covers/{job_id}")
+    # Location names where to read it; GET there answers get_cover's JSON, with the
+    # lane and tenant of the first request
+    assert first.headers["Location"] == again.headers["Location"] == f"/v1/covers/{job_id}"
+    read = api.get(first.headers["Location"])
     assert read.status_code == 200 and read.json() == get_cover(job_id)
     assert (read.json()["priority"], read.json()["tenant"]) == ("interactive", "acme")
     # After a failure a new job is made, as enqueue_cover does
@@ -386,7 +388,7 @@ def test_failures_filter_and_retry(standin: KieStandin, api: Api) -> None:
     assert [(e["field"], e["rule"]) for e in late["errors"]] == [("until", "type")]
     # Retry: queued again under its own id, then refused while not failed
     retried = api.post(f"/v1/covers/{jobs[1]}/retry")
-    assert retried.status_code == 202
+    assert retried.status_code == 202 and retried.headers["Location"] == f"/v1/covers/{jobs[1]}"
     assert retried.json() == {"jobId": jobs[1], "state": "queued", "result": "ok"}
     assert get_cover(jobs[1])["retry_rounds"] == 1
     twice = assert_problem(api.post(f"/v1/covers/{jobs[1]}/retry"), 409, "conflict")

@@ -183,7 +183,8 @@ class ProducerApi:
                          [("Retry-After", "1")])
         if isinstance(payload, bytes):
             return _send_bytes(start_response, status, payload, "application/json", [])
-        return _send(start_response, status, payload, "application/json", [])
+        return _send(start_response, status, payload, "application/json",
+                     _location(environ, handler, payload))
 
     # --- routing, auth and bodies ---------------------------------------------------
 
@@ -333,6 +334,15 @@ def _record(job_id: str) -> dict[str, Any]:
     except UnknownJob:
         raise Problem(404, "not-found", f"no cover job {job_id!r} (never enqueued, or "
                       "expired)") from None
+
+
+def _location(environ: Environ, handler: str, payload: Mapping[str, Any]
+              ) -> list[tuple[str, str]]:
+    """``Location`` of the job a create or retry answer names (where to read it)."""
+    if handler not in ("create", "retry"):
+        return []
+    base = str(environ.get("SCRIPT_NAME", "")).rstrip("/")
+    return [("Location", f"{base}{API_PREFIX}covers/{payload['jobId']}")]
 
 
 def _status_line(status: int) -> str:
