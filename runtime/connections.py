@@ -13,7 +13,7 @@ from kie_covers.config import get_settings
 from kie_covers.runtime.full_redis import WaitWhenFull
 from kie_covers.runtime.process import per_process
 from kie_covers.runtime.redis_server import ensure_private_redis
-from kie_covers.store.fair import FairLimiter
+from kie_covers.store.fair import GENERATE_LIMITER, FairLimiter
 from kie_covers.store.jobs import JobStore, Lifetimes
 from kie_covers.store.limiter import RateLimiter
 
@@ -72,7 +72,7 @@ def get_limiters() -> Limiters:
     settings = get_settings()
     client = get_redis()
     return Limiters(
-        generate=FairLimiter(client, "generate", *settings.rate_limit,
+        generate=FairLimiter(client, GENERATE_LIMITER, *settings.rate_limit,
                              margin_s=settings.rate_margin, gate_on_credits=True,
                              probe_every_s=settings.maintenance_pause,
                              bulk_min_share=settings.bulk_min_share,

@@ -49,6 +49,8 @@ from kie_covers.core.schemas import BULK, INTERACTIVE
 from kie_covers.store.limiter import GRANTED, Gate, Place, RateLimiter
 from kie_covers.store.scripts import register
 
+#: The generate limiter's name in its Redis keys (the one limiter that is fair).
+GENERATE_LIMITER = "generate"
 #: Seconds a grant keeps its slot for the granted job before it goes back to its queue.
 GRANT_TTL_S = 10.0
 #: Seconds before the window has room that the slot is granted: the time a dispatcher's
@@ -84,6 +86,12 @@ class SlotGrant:
     lane: str
     tenant: str | None
     job_id: str
+
+
+def parse_grant(entry: str) -> SlotGrant:
+    """One grant log entry (``<ms>\t<lane>\t<tenant>\t<job id>``, see fair_lib.lua)."""
+    at_ms, lane, tenant, job_id = entry.split("\t", 3)
+    return SlotGrant(int(at_ms), lane, None if tenant == DEFAULT_TENANT else tenant, job_id)
 
 
 @dataclass(frozen=True)
@@ -197,12 +205,7 @@ class FairLimiter(RateLimiter):
         """The last `count` slots handed out (at most `GRANT_LOG_LENGTH`), oldest first,
         in the order they were granted: who got the limit lately."""
         entries = self.redis.lrange(keys.rate_grant_log(self.name), -max(1, count), -1)
-        grants = []
-        for entry in entries:
-            at_ms, lane, tenant, job_id = str(entry).split("\t", 3)
-            grants.append(SlotGrant(int(at_ms), lane,
-                                    None if tenant == DEFAULT_TENANT else tenant, job_id))
-        return grants
+        return [parse_grant(str(entry)) for entry in entries]
 
     def waiting(self) -> int:
         """Jobs queued or granted and not yet sent."""

@@ -26,6 +26,7 @@ Jobs recorded before these indexes existed are indexed once by
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -34,11 +35,17 @@ from typing import Any
 import redis
 
 from kie_covers.config import keys
+from kie_covers.core.schemas import BULK, INTERACTIVE
 from kie_covers.core.states import JobState, WaitReason
 from kie_covers.store.credits import CreditCheck, parse_check
 from kie_covers.store.due import Due
+from kie_covers.store.fair import GENERATE_LIMITER, parse_grant
 from kie_covers.store.liveness import worker_nodes
 
+#: The generate limiter's latest slots the overview looks at (its grant log).
+RECENT_SLOTS = 100
+#: The tenants with most of those slots that the overview names.
+TOP_TENANTS = 5
 #: The states whose index is scored by when the job entered them (not by expiry).
 LIVE_STATES = (JobState.QUEUED, JobState.SUBMITTED)
 
@@ -106,6 +113,22 @@ class Credits:
 
 
 @dataclass(frozen=True)
+class SlotShares:
+    """Who got the generate limiter's last `count` slots (its grant log).
+
+    Attributes:
+        count: slots looked at (at most `RECENT_SLOTS`; fewer while the log is shorter).
+        lanes: slots by lane (``interactive``, ``bulk``; a lane with none is 0).
+        tenants: (tenant, slots), most first, at most `TOP_TENANTS`; None is the
+            default tenant.
+    """
+
+    count: int
+    lanes: Mapping[str, int]
+    tenants: tuple[tuple[str | None, int], ...]
+
+
+@dataclass(frozen=True)
 class Overview:
     """A snapshot of the cluster, read at `at` (unix seconds).
 
@@ -121,6 +144,7 @@ class Overview:
         pause: the cluster-wide pause in force, or None.
         credits: the credits hold and the newest credit check.
         quarantined: broker messages set aside as unreadable (`keys.QUARANTINE`).
+        recent_slots: who got the generate limiter's latest slots.
         workers: names of the live workers (seen within `dead_after_s`), sorted.
         dead_after_s: seconds after its last heartbeat when a worker stops counting.
     """
@@ -136,6 +160,7 @@ class Overview:
     pause: Pause | None
     credits: Credits
     quarantined: int
+    recent_slots: SlotShares
     workers: tuple[str, ...]
     dead_after_s: float
 
@@ -160,6 +185,9 @@ class Overview:
                 "checked_at": None if check is None else check.at,
                 "left": None if check is None else check.left},
             "quarantined": self.quarantined,
+            "recent_slots": {
+                "count": self.recent_slots.count, "lanes": dict(self.recent_slots.lanes),
+                "tenants": [{"tenant": t, "slots": n} for t, n in self.recent_slots.tenants]},
             "workers": list(self.workers),
             "dead_after_s": self.dead_after_s,
         }
@@ -194,6 +222,7 @@ def read_overview(client: redis.Redis, limiters: Sequence[LimiterSpec] = (), *,
         _ask_limiter(pipe, spec, now_ms)
     _ask_holds(pipe)
     pipe.llen(keys.QUARANTINE)
+    pipe.lrange(keys.rate_grant_log(GENERATE_LIMITER), -RECENT_SLOTS, -1)
     # Heartbeats are on Redis's clock (store.liveness): read it with them
     pipe.time()
     pipe.zrange(keys.BEATS, 0, -1, withscores=True)
@@ -214,7 +243,8 @@ def read_overview(client: redis.Redis, limiters: Sequence[LimiterSpec] = (), *,
         at=at, jobs=MappingProxyType(jobs), oldest_age_s=MappingProxyType(oldest),
         waiting=MappingProxyType(waiting), due_jobs=due_jobs, pending_notices=notices,
         pending_copies=copies, limiters=uses, pause=pause, credits=credits,
-        quarantined=int(next(replies)), workers=_live_workers(replies, dead_after_s),
+        quarantined=int(next(replies)), recent_slots=_slot_shares(next(replies)),
+        workers=_live_workers(replies, dead_after_s),
         dead_after_s=dead_after_s)
 
 
@@ -224,6 +254,16 @@ def _live_workers(replies: Iterator[Any], dead_after_s: float) -> tuple[str, ...
     fresh_from = int(seconds) * 1000 + int(micros) // 1000 - dead_after_s * 1000
     beats: list[tuple[str, float]] = next(replies)
     return tuple(worker_nodes(holder for holder, at in beats if at >= fresh_from))
+
+
+def _slot_shares(entries: list[str]) -> SlotShares:
+    """`SlotShares` of the grant log entries read."""
+    grants = [parse_grant(entry) for entry in entries]
+    lanes = Counter({INTERACTIVE: 0, BULK: 0})
+    lanes.update(g.lane for g in grants)
+    tenants = Counter(g.tenant for g in grants)
+    return SlotShares(len(grants), MappingProxyType(dict(lanes)),
+                      tuple(tenants.most_common(TOP_TENANTS)))
 
 
 def _age(first: list[tuple[str, float]], at: float) -> float | None:

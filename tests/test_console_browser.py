@@ -13,6 +13,7 @@ screenshot there too (it always writes one under pytest's tmp path).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -181,6 +182,10 @@ def test_a_failed_job_is_found_filtered_retried_and_its_page_shows_thumbnails(
     assert browser.find_element(By.ID, "failures-total").text == "2"
     # The limiter panel: this suite's KIE_RATE_LIMIT is 1000 a second.
     assert " of 1000 in the last " in browser.find_element(By.ID, "limiter-generate").text
+    # Who got the latest slots: these jobs are interactive, with no tenant
+    slots = browser.find_element(By.ID, "limiter-slots").text
+    assert re.fullmatch(r"interactive [1-9][0-9]* · bulk [0-9]+", slots), slots
+    assert "(no tenant) " in browser.find_element(By.ID, "limiter-tenants").text
 
     filter_by_kind(browser, missing, flaky)
 

@@ -20,10 +20,11 @@ from kie_covers.core.states import JobState, WaitReason
 from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.store import counters
 from kie_covers.store.credits import record_check
+from kie_covers.store.fair import GENERATE_LIMITER, FairLimiter
 from kie_covers.store.jobs import JobStore, Lifetimes
-from kie_covers.store.limiter import RateLimiter
+from kie_covers.store.limiter import Place, RateLimiter
 from kie_covers.store.liveness import Liveness, holder_id
-from kie_covers.store.overview import LimiterSpec, read_overview
+from kie_covers.store.overview import RECENT_SLOTS, LimiterSpec, SlotShares, read_overview
 from kie_covers.store.reindex import index_existing
 from kie_covers.store.run import Run
 from tests.conftest import STORE_DB, empty_db
@@ -201,6 +202,24 @@ def test_the_overview_reads_limiters_pause_credits_and_live_workers(
     assert view.quarantined == 2 and view.workers == ("w1@host", "w3@host")
     # Once the window has passed, the calls no longer count
     assert read_overview(client, [spec], dead_after_s=5, now=now + 11).limiters[0].granted == 0
+
+
+def test_the_overview_shows_who_got_the_latest_generate_slots(client: redis.Redis) -> None:
+    assert read_overview(client, dead_after_s=5).recent_slots == SlotShares(
+        0, {"interactive": 0, "bulk": 0}, ())
+    fair = FairLimiter(client, GENERATE_LIMITER, 200, 60, margin_s=0.0)
+    lots = [("bulk", "acme")] * 120 + [("interactive", None)] * 3 + [("bulk", "globex")] * 2
+    for n, (lane, tenant) in enumerate(lots):
+        job = f"j{n}"
+        client.hset(keys.job(job), mapping={"job_id": job, "state": "queued"})
+        assert fair.acquire(job, place=Place(lane, tenant)).go
+    shares = read_overview(client, dead_after_s=5).recent_slots
+    # The latest 100 slots only: 95 of acme's, then 3 interactive, 2 of globex's
+    assert shares.count == RECENT_SLOTS == 100
+    assert dict(shares.lanes) == {"interactive": 3, "bulk": 97}
+    assert shares.tenants == (("acme", 95), (None, 3), ("globex", 2))
+    shown = read_overview(client, dead_after_s=5).to_dict()["recent_slots"]
+    assert shown["tenants"][1] == {"tenant": None, "slots": 3}
 
 
 def test_a_worker_that_stops_cleanly_leaves_the_live_set(client: redis.Redis) -> None:

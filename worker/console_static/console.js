@@ -122,6 +122,15 @@ function drawLimiter(o) {
     ? `${credits.left} left, checked ${age(nowS() - credits.checked_at)} ago`
     : "never checked";
   fact(list, "last check", checked).id = "limiter-checked";
+  const slots = o.recent_slots;
+  if (slots.count) {
+    const lanes = Object.entries(slots.lanes).map(([lane, n]) => `${lane} ${n}`);
+    fact(list, `last ${slots.count} slots`, lanes.join(" · ")).id = "limiter-slots";
+    const tenants = slots.tenants.map((t) => `${t.tenant === null ? "(no tenant)" : t.tenant} ${t.slots}`);
+    fact(list, "by tenant", tenants.join(" · ")).id = "limiter-tenants";
+  } else {
+    fact(list, "slots", "none handed out lately").id = "limiter-slots";
+  }
 }
 
 function fillKinds(kinds) {
