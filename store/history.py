@@ -14,10 +14,12 @@ One write is one round trip (``add_timeline`` in ``store/lua/timeline.lua``: RPU
 LTRIM to the newest `HISTORY_CAP` entries, PEXPIRE), and a failing write is logged at
 debug level and dropped, as metrics are: the timeline is for people and must never
 break or slow a job. A script that changes a job can write its entry in its own step
-(`History.script_args`): a new job's ``enqueued`` is written by its enqueue. The list
-expires with the record: every write sets its lifetime to the longer of the two
-record lifetimes (a live job has no expiry yet), and the ending sets the ended
-record's; forgetting a job deletes it (`kie_covers.store.failures.FailureIndex.forget`).
+(`History.script_args`): a new job's ``enqueued`` by its enqueue, a run's
+``submitted``, ``poll``, ``wait`` and failed ``attempt`` by its exit (`Run.submitted`,
+`Run.wait`). The list expires with the record: every write sets its lifetime to
+the longer of the two record lifetimes (a live job has no expiry yet), and the
+ending sets the ended record's; forgetting a job deletes it
+(`kie_covers.store.failures.FailureIndex.forget`).
 """
 
 from __future__ import annotations
@@ -89,11 +91,12 @@ class History:
             log.debug("history of job %s not recorded", job_id, exc_info=True)
 
     def script_args(self, *events: Event, ttl_s: float | None = None) -> list[str | int]:
-        """The arguments of ``add_timeline`` (``store/lua/timeline.lua``) that append
-        `events` to a timeline (its key is `kie_covers.config.keys.history`), for a
-        script that writes them in its own step: the cap, the lifetime in ms (`ttl_s`
-        as in `add`), then each entry as compact JSON."""
-        return [self.cap, int((self.ttl_s if ttl_s is None else ttl_s) * 1000),
+        """A timeline block of a script's ARGV (``store/lua/timeline.lua``) that appends
+        `events` (none: nothing) to a timeline (its key is
+        `kie_covers.config.keys.history`), for a script that writes them in its own
+        step: their number, the cap, the lifetime in ms (`ttl_s` as in `add`), then each
+        entry as compact JSON."""
+        return [len(events), self.cap, int((self.ttl_s if ttl_s is None else ttl_s) * 1000),
                 *(json.dumps(entry, separators=(",", ":")) for entry in events)]
 
     def read(self, job_id: str) -> list[Event]:

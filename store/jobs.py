@@ -101,7 +101,7 @@ class JobStore:
         self._set_if_exists = register(client, "set_if_exists")
         self._count = register(client, "count")
         #: The scripts of a `Run`'s exits.
-        self.run_scripts = RunScripts(client)
+        self.run_scripts = RunScripts(client, self.history)
 
     # --- creation -----------------------------------------------------------------
 

@@ -35,7 +35,7 @@ INCLUDES: dict[str, tuple[str, ...]] = {
                       "fair_admit"),
     "history_add": ("timeline",), "finish": ("failure_rows", "indexes"),
     "retry_failed": ("failure_rows", "indexes"), "begin": ("indexes",),
-    "submitted": ("indexes",), "release": ("indexes",),
+    "submitted": ("indexes", "timeline"), "release": ("indexes", "timeline"),
     "reap": ("hand_back",), "leave": ("hand_back",), "give_back": ("hand_back",),
     "fair_acquire": ("fair_lib", "fair_admit"), "fair_grant": ("fair_lib",),
 }
