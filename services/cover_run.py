@@ -144,19 +144,19 @@ def apply(run: Run, outcome: Outcome, context: RunContext) -> dict[str, Any] | W
         metrics.inc("limiter_waits_total", reason=outcome.reason.value)
         metrics.inc("limiter_wait_seconds_total", round(outcome.wait_s, 3),
                     reason=outcome.reason.value)
-        run.wait(outcome.wait_s, wait_reason=outcome.reason)
+        # Only a change of reason goes on the timeline: slot waits come in runs.
+        noted = ([] if job.wait_reason is outcome.reason
+                 else [_wait_event(outcome.reason.value, outcome.wait_s)])
+        run.wait(outcome.wait_s, wait_reason=outcome.reason, timeline=noted)
         if outcome.parked:
             # A dispatcher may have granted it between its ask and this park, and the
             # park just pushed it back: make it due now again if so.
             get_limiters().generate.wake_if_granted(job.job_id)
         log.debug("job %s waits %.3fs (%s)", job.job_id, outcome.wait_s, outcome.reason,
                   extra=job.log_fields("throttled"))
-        if job.wait_reason is not outcome.reason:
-            # Only a change of reason goes on the timeline: slot waits come in runs.
-            _note(context, job, _wait_event(outcome.reason.value, outcome.wait_s))
         return _shown(context, wait_of(job, outcome.reason, outcome.wait_s))
-    run.wait(outcome.seconds, retries=0, faults=0, wait_reason=None)
-    _note(context, job, event("poll", n=job.polls + 1))
+    run.wait(outcome.seconds, retries=0, faults=0, wait_reason=None,
+             timeline=[event("poll", n=job.polls + 1)])
     return _waits(job, outcome, context)
 
 
@@ -179,11 +179,9 @@ def _step_event(job: Job, error: errors.CoverError) -> Event:
 def _accepted(run: Run, outcome: Accepted, context: RunContext) -> dict[str, Any] | Wait:
     job = run.job
     poll_s = context.settings.kie_poll_interval
-    recorded = run.submitted(outcome.cover_task_id, poll_s)
-    if recorded.changed:
-        _note(context, job, event("submitted", attempt=job.attempts + 1,
-                                  cover_task_id=outcome.cover_task_id,
-                                  existing=outcome.existing or None))
+    recorded = run.submitted(outcome.cover_task_id, poll_s, timeline=[
+        event("submitted", attempt=job.attempts + 1, cover_task_id=outcome.cover_task_id,
+              existing=outcome.existing or None)])
     log.info("job %s (music %s) submitted: cover task %s%s", job.job_id, job.music_task_id,
              outcome.cover_task_id, " (already existed)" if outcome.existing else "",
              extra=job.log_fields("submitted"))
@@ -239,9 +237,9 @@ def _after_error(run: Run, error: errors.CoverError, context: RunContext
         changes["faults"] = job.faults + 1
     if isinstance(error, errors.OutOfCredits) and job.hold_since is None:
         changes["hold_since"] = now
-    run.wait(decision.wait_s, **changes)
-    _note(context, job, _step_event(job, error),
-          _wait_event(reason.value if reason else error.kind, decision.wait_s))
+    run.wait(decision.wait_s, timeline=[
+        _step_event(job, error),
+        _wait_event(reason.value if reason else error.kind, decision.wait_s)], **changes)
     log.warning("job %s (music %s) retries in %.1fs: %s [%s]", job.job_id, job.music_task_id,
                 decision.wait_s, error, decision.reason, extra=job.log_fields("retry"))
     return _shown(context, wait_of(job, reason or WaitReason.PAUSED, decision.wait_s))

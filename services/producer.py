@@ -63,19 +63,19 @@ def enqueue_cover(music_task_id: str, callback_url: str, *, queue: str | None = 
     settings = get_settings()
     queue = queue or settings.queue
     store = get_store()
+    # One Redis step: the record, its timeline's first entry, and its place in the
+    # generate limiter's fair order. Its message goes now only if its turn has come; else
+    # a dispatcher sends it when it is granted (a batch waits in Redis, not as thousands
+    # of messages in the broker).
+    place = Place(request["priority"], request["tenant"], int(time.time() * 1_000_000))
     try:
-        job_id, created = store.enqueue(
+        job_id, send_now = store.enqueue_and_admit(
             str(uuid.uuid4()), request["taskId"], request["callBackUrl"],
-            settings.redispatch_after, queue, request["priority"], request["tenant"])
-        if created:
-            store.history.add(job_id, event("enqueued", queue=queue,
-                                            priority=request["priority"]))
-            # Queued at once in the generate limiter's fair order: its message goes now
-            # only if its turn has come; else a dispatcher sends it when it is granted (a
-            # batch waits in Redis, not as thousands of messages in the broker).
-            place = Place(request["priority"], request["tenant"], int(time.time() * 1_000_000))
-            if get_limiters().generate.admit(job_id, place):
-                _send_first(store, job_id, request["taskId"], request["callBackUrl"], queue)
+            settings.redispatch_after, queue, request["priority"], request["tenant"],
+            admission=get_limiters().generate.admission(place),
+            timeline=event("enqueued", queue=queue, priority=request["priority"]))
+        if send_now:
+            _send_first(store, job_id, request["taskId"], request["callBackUrl"], queue)
     except Exception as error:
         if is_redis_full(error):
             raise StoreFull(f"Redis is full (maxmemory reached): the cover for music task "

@@ -17,7 +17,8 @@ the order jobs asked:
    served; a job that asks again after a fault keeps its place.
 
 How: slots are handed out when they are free, not reserved ahead. A new job is
-queued at once by the producer (`FairLimiter.admit`): its message is sent only
+queued at once by the producer, in the step that records it (`FairLimiter.admission`,
+or `FairLimiter.admit`): its message is sent only
 if its turn has come. A job that asks (`FairLimiter.acquire`: a raw message's,
 a retry's) while its turn has not come is put in Redis (a
 sorted set per lane and tenant, by arrival; a ring of the tenants with work per
@@ -69,6 +70,27 @@ GRANT_LOG_LENGTH = 1000
 SEND = "send"
 #: The default tenant's name in the queue keys (tenant ids start with a letter or digit).
 DEFAULT_TENANT = "-"
+
+
+def sends_now(answer: str) -> bool:
+    """Whether a new job's admission (``admit`` in ``store/lua/fair_admit.lua``) answered
+    that its message is to be sent now: granted, or `SEND` (no worker has asked yet)."""
+    return answer in (GRANTED, SEND)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A new job's admission, for a script that queues it in its own step
+    (`FairLimiter.admission`; the producer's enqueue, `JobStore.enqueue_and_admit`).
+
+    Attributes:
+        keys: fair_lib.lua's KEYS 1-11.
+        args: fair_lib.lua's ARGV 1-10, then the job's lane, tenant (`DEFAULT_TENANT`
+            for the default) and arrival (unix us).
+    """
+
+    keys: list[str]
+    args: list[str | int]
 
 
 @dataclass(frozen=True)
@@ -174,7 +196,15 @@ class FairLimiter(RateLimiter):
             True, without queueing it, while no worker has asked yet: the limit in
             force is the workers', so its run asks with it.)
         """
-        return self._ask(job_id, None, place, admit=True)[1] in (GRANTED, SEND)
+        return sends_now(self._ask(job_id, None, place, admit=True)[1])
+
+    def admission(self, place: Place | None = None) -> Admission:
+        """What a script needs to `admit` a new job at `place` (default: interactive,
+        the default tenant, arriving now) in its own step; no round trip."""
+        place = place or Place()
+        return Admission(self._keys(), [
+            *self._args(), place.lane, place.tenant or DEFAULT_TENANT,
+            place.arrival_us or int(time.time() * 1_000_000)])
 
     def _ask(self, job_id: str, count: tuple[str, str] | None, place: Place | None,
              admit: bool) -> tuple[int, str]:

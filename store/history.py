@@ -10,12 +10,16 @@ The operations console shows it on a job's page. Each entry is a small JSON obje
 - ``succeeded`` (``images``, ``via``), ``failed`` (``kind``, ``code``, ``via``);
 - ``retried`` (``round``, ``by``); ``notice`` (``status``: delivered, gave_up).
 
-One write is one pipeline (RPUSH, LTRIM to the newest `HISTORY_CAP` entries,
-PEXPIRE), and a failing write is logged at debug level and dropped, as metrics are:
-the timeline is for people and must never break or slow a job. The list expires
-with the record: every write sets its lifetime to the longer of the two record
-lifetimes (a live job has no expiry yet), and the ending sets the ended record's;
-forgetting a job deletes it (`kie_covers.store.failures.FailureIndex.forget`).
+One write is one round trip (``add_timeline`` in ``store/lua/timeline.lua``: RPUSH,
+LTRIM to the newest `HISTORY_CAP` entries, PEXPIRE), and a failing write is logged at
+debug level and dropped, as metrics are: the timeline is for people and must never
+break or slow a job. A script that changes a job can write its entry in its own step
+(`History.script_args`): a new job's ``enqueued`` by its enqueue, a run's
+``submitted``, ``poll``, ``wait`` and failed ``attempt`` by its exit (`Run.submitted`,
+`Run.wait`). The list expires with the record: every write sets its lifetime to
+the longer of the two record lifetimes (a live job has no expiry yet), and the
+ending sets the ended record's; forgetting a job deletes it
+(`kie_covers.store.failures.FailureIndex.forget`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import redis
 
 from kie_covers.config import keys
+from kie_covers.store.scripts import register
 
 log = logging.getLogger("covers.history")
 
@@ -68,6 +73,7 @@ class History:
         self.redis = client
         self.ttl_s = ttl_s
         self.cap = cap
+        self._add = register(client, "history_add")
 
     def add(self, job_id: str, *events: Event, ttl_s: float | None = None) -> None:
         """Append `events` to the job's timeline in one round trip; Redis errors are
@@ -79,15 +85,19 @@ class History:
         """
         if not events:
             return
-        key = keys.history(job_id)
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.rpush(key, *(json.dumps(entry, separators=(",", ":")) for entry in events))
-            pipe.ltrim(key, -self.cap, -1)
-            pipe.pexpire(key, int((self.ttl_s if ttl_s is None else ttl_s) * 1000))
-            pipe.execute()
+            self._add(keys=[keys.history(job_id)], args=self.script_args(*events, ttl_s=ttl_s))
         except redis.RedisError:
             log.debug("history of job %s not recorded", job_id, exc_info=True)
+
+    def script_args(self, *events: Event, ttl_s: float | None = None) -> list[str | int]:
+        """A timeline block of a script's ARGV (``store/lua/timeline.lua``) that appends
+        `events` (none: nothing) to a timeline (its key is
+        `kie_covers.config.keys.history`), for a script that writes them in its own
+        step: their number, the cap, the lifetime in ms (`ttl_s` as in `add`), then each
+        entry as compact JSON."""
+        return [len(events), self.cap, int((self.ttl_s if ttl_s is None else ttl_s) * 1000),
+                *(json.dumps(entry, separators=(",", ":")) for entry in events)]
 
     def read(self, job_id: str) -> list[Event]:
         """The job's timeline, oldest first (empty when none is kept)."""

@@ -25,7 +25,8 @@ from kie_covers.core.states import JobState
 from kie_covers.store import counters
 from kie_covers.store.due import Due, DueSets, due_ms
 from kie_covers.store.failures import FailureIndex
-from kie_covers.store.history import History
+from kie_covers.store.fair import Admission, sends_now
+from kie_covers.store.history import Event, History
 from kie_covers.store.liveness import lock_token
 from kie_covers.store.locks import TokenLock
 from kie_covers.store.notices import Notices
@@ -94,12 +95,13 @@ class JobStore:
         #: Jobs' timelines; a live job's lives as long as the longer record lifetime.
         self.history = History(client, max(lifetimes.result_ttl_s, lifetimes.failure_ttl_s))
         self._enqueue = register(client, "enqueue")
+        self._enqueue_admit = register(client, "enqueue_admit")
         self._begin = register(client, "begin")
         self._finish = register(client, "finish")
         self._set_if_exists = register(client, "set_if_exists")
         self._count = register(client, "count")
         #: The scripts of a `Run`'s exits.
-        self.run_scripts = RunScripts(client)
+        self.run_scripts = RunScripts(client, self.history)
 
     # --- creation -----------------------------------------------------------------
 
@@ -120,17 +122,44 @@ class JobStore:
         Returns:
             (job id, created): the existing job's id and False, or `job_id` and True.
         """
-        now = time.time()
-        record = Job.new(job_id, music_task_id, callback_url, queue, now, priority, tenant)
-        result = self._enqueue(
-            keys=[keys.music(music_task_id), Due.JOBS.key, keys.FAILURES, keys.RETRY_DUE],
-            args=[keys.job(""), job_id, due_ms(lease_s, now), keys.failures_by_kind(""),
-                  keys.failures_by_code(""), keys.state_index(""), int(now * 1000),
-                  *_flat(record.to_hash())])
+        job_keys, args = self._new_job(job_id, music_task_id, callback_url, lease_s, queue,
+                                       priority, tenant)
+        result = self._enqueue(keys=job_keys, args=args)
         existing = str(result[0])
         # The job found is this very `job_id` only when this call is a retry of one
         # whose answer was lost (a connection cut after Redis ran it): it was created.
         return existing, bool(int(result[1])) or existing == job_id
+
+    def enqueue_and_admit(self, job_id: str, music_task_id: str, callback_url: str,
+                          lease_s: float, queue: str, priority: str, tenant: str | None,
+                          *, admission: Admission, timeline: Event) -> tuple[str, bool]:
+        """`enqueue`, and for a new job its first timeline entry `timeline` and its place
+        in the fair generate order (`admission`, from
+        `kie_covers.store.fair.FairLimiter.admission`): all in one Redis step.
+
+        Returns:
+            (job id, send now): the existing job's id and False (nothing changed), or
+            `job_id` and whether its message is to be sent now (its turn has come, or
+            no worker has asked yet); False means it waits in Redis for a grant. A
+            retry of this call whose answer was lost answers as the first did.
+        """
+        job_keys, args = self._new_job(job_id, music_task_id, callback_url, lease_s, queue,
+                                       priority, tenant)
+        found, answer = self._enqueue_admit(
+            keys=[*admission.keys, keys.history(job_id), *job_keys],
+            args=[*admission.args, *self.history.script_args(timeline), *args])
+        return str(found), sends_now(str(answer))
+
+    def _new_job(self, job_id: str, music_task_id: str, callback_url: str, lease_s: float,
+                 queue: str, priority: str, tenant: str | None
+                 ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of ``new_job`` (``store/lua/new_job.lua``) for a new record."""
+        now = time.time()
+        record = Job.new(job_id, music_task_id, callback_url, queue, now, priority, tenant)
+        return ([keys.music(music_task_id), Due.JOBS.key, keys.FAILURES, keys.RETRY_DUE],
+                [keys.job(""), job_id, due_ms(lease_s, now), keys.failures_by_kind(""),
+                 keys.failures_by_code(""), keys.state_index(""), int(now * 1000),
+                 *_flat(record.to_hash())])
 
     def begin(self, job_id: str, music_task_id: str, callback_url: str, lease_s: float,
               queue: str, priority: str = "interactive", tenant: str | None = None,

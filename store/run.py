@@ -18,7 +18,7 @@ from the worker process that ran it (`kie_covers.store.liveness`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -29,6 +29,7 @@ from redis.commands.core import Script
 from kie_covers.config import keys
 from kie_covers.core.errors import CoverError
 from kie_covers.store.due import Due, due_ms
+from kie_covers.store.history import Event, History
 from kie_covers.store.record import Job, encode_fields, flat
 from kie_covers.store.scripts import register
 
@@ -61,10 +62,12 @@ class SubmitRecorded(NamedTuple):
 
 
 class RunScripts:
-    """The scripts a run's exits use, registered once per store (not per run)."""
+    """The scripts a run's exits use, registered once per store (not per run), and the
+    store's timelines, which the exits write in their own step."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, history: History) -> None:
         self.redis = client
+        self.history = history
         self.submitted: Script = register(client, "submitted")
         self.release: Script = register(client, "release")
         self.unlock: Script = register(client, "unlock")
@@ -104,8 +107,10 @@ class Run:
             self._scripts.redis.srem(self.held_key, self.job.job_id)
             self.held_key = None
 
-    def submitted(self, cover_task_id: str, next_look_s: float) -> SubmitRecorded:
-        """Record Kie's cover task id; look again in `next_look_s` seconds.
+    def submitted(self, cover_task_id: str, next_look_s: float,
+                  timeline: Sequence[Event] = ()) -> SubmitRecorded:
+        """Record Kie's cover task id; look again in `next_look_s` seconds; add
+        `timeline` to the job's timeline if it was recorded (all in one round trip).
 
         Releases the lock unless an early callback came (the run goes on to end the
         job with it, `finish`) or the job was no longer queued (nothing recorded: the
@@ -116,26 +121,30 @@ class Run:
         changed, early = self._scripts.submitted(
             keys=[keys.job(job_id), keys.cover(cover_task_id), Due.JOBS.key,
                   keys.early_callback(cover_task_id), keys.lock(job_id),
-                  *self._held()],
+                  keys.history(job_id), *self._held()],
             args=[job_id, cover_task_id, repr(now), due_ms(next_look_s, now), self.token,
-                  keys.state_index(""), keys.waiting("")])
+                  keys.state_index(""), keys.waiting(""),
+                  *self._scripts.history.script_args(*timeline)])
         early_body = str(early) if early else None
         if changed and early_body is None:
             self.open = False  # the script released the lock with the record
             self.held_key = None  # and untied the job
         return SubmitRecorded(bool(changed), early_body)
 
-    def wait(self, delay_s: float, **changes: Any) -> None:
+    def wait(self, delay_s: float, *, timeline: Sequence[Event] = (), **changes: Any) -> None:
         """Back to the due set for `delay_s` seconds, with `changes` to the record
-        (None clears a field); releases the lock, in one round trip. A job that
-        ended meanwhile (a callback) is left as it is."""
+        (None clears a field); releases the lock and adds `timeline` to the job's
+        timeline, in one round trip. A job that ended meanwhile (a callback) is left as
+        it is (its timeline still gets the entries)."""
         now = time.time()
         fields = encode_fields({**changes, "updated_at": now})
         job_id = self.job.job_id
         self._scripts.release(keys=[keys.job(job_id), Due.JOBS.key, keys.lock(job_id),
-                                    *self._held()],
+                                    keys.history(job_id), *self._held()],
                               args=[job_id, due_ms(delay_s, now), self.token,
-                                    keys.waiting(""), int(now * 1000), *flat(fields)])
+                                    keys.waiting(""), int(now * 1000),
+                                    *self._scripts.history.script_args(*timeline),
+                                    *flat(fields)])
         self.open = False
         self.held_key = None  # the script untied the job
 

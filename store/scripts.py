@@ -19,19 +19,25 @@ from redis.commands.core import Script
 NAMES = ("enqueue", "begin", "submitted", "release", "finish", "claim", "begin_notice",
          "unlock", "set_if_exists", "retry_failed", "acquire", "pause", "count", "index_jobs",
          "show_wait", "beat", "reap", "leave", "give_back", "fair_acquire",
-         "fair_grant", "fair_wake")
+         "fair_grant", "fair_wake", "enqueue_admit", "history_add")
 
 #: Shared Lua functions (``lua/<name>.lua``) put before the scripts that call them.
 #: ``failure_rows``: a music task keeps at most one failure row (``unindex_failure``).
 #: ``indexes``: the overview's state and wait indexes (``index_state``, ``index_wait``).
 #: ``hand_back``: a worker process's held jobs go back to the due set.
-#: ``fair_lib``: the fair generate limiter's queues, ring and grants (`store.fair`).
+#: ``fair_lib``: the fair generate limiter's queues, ring and grants (`store.fair`);
+#: ``fair_admit``: a new job takes its place in them (``admit``; after ``fair_lib``).
+#: ``new_job``: a new job's record, once per music task (after ``failure_rows`` and
+#: ``indexes``). ``timeline``: appends to a job's timeline (`store.history`).
 INCLUDES: dict[str, tuple[str, ...]] = {
-    "enqueue": ("failure_rows", "indexes"), "finish": ("failure_rows", "indexes"),
+    "enqueue": ("failure_rows", "indexes", "new_job"),
+    "enqueue_admit": ("failure_rows", "indexes", "new_job", "timeline", "fair_lib",
+                      "fair_admit"),
+    "history_add": ("timeline",), "finish": ("failure_rows", "indexes"),
     "retry_failed": ("failure_rows", "indexes"), "begin": ("indexes",),
-    "submitted": ("indexes",), "release": ("indexes",),
+    "submitted": ("indexes", "timeline"), "release": ("indexes", "timeline"),
     "reap": ("hand_back",), "leave": ("hand_back",), "give_back": ("hand_back",),
-    "fair_acquire": ("fair_lib",), "fair_grant": ("fair_lib",),
+    "fair_acquire": ("fair_lib", "fair_admit"), "fair_grant": ("fair_lib",),
 }
 
 

@@ -9,24 +9,31 @@ generates.
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from kie_covers import enqueue_cover, get_cover
 from kie_covers.config import keys
+from kie_covers.core.errors import NotFound
 from kie_covers.core.states import WaitReason
 from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.standin import KieStandin
 from kie_covers.store import fair as fair_module
 from kie_covers.store.fair import GRANT_LEAD_S, FairLimiter
+from kie_covers.store.history import event
+from kie_covers.store.jobs import JobStore, Lifetimes
 from kie_covers.store.limiter import Place, Verdict
-from tests.conftest import FAIR_DB, empty_db
-from tests.services import StartWorker, wait_until
+from tests.conftest import FAIR_DB, empty_db, process_env
+from tests.services import ROOT, StartWorker, wait_until
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
 LEAD_MS = int(GRANT_LEAD_S * 1000)
@@ -101,6 +108,96 @@ def test_a_new_job_is_admitted_with_a_message_only_when_its_turn_has_come(
     now = queued_job(client)
     assert roomy.admit(now)
     assert roomy.acquire(now).go
+
+
+def test_a_new_job_is_recorded_timed_and_admitted_in_one_step_once_per_music_task(
+    client: redis.Redis
+) -> None:
+    store = JobStore(client, Lifetimes(result_ttl_s=60, failure_ttl_s=120))
+    fair = limiter(client, 1, 30.0)
+
+    def enqueue(music: str, job_id: str | None = None, via: FairLimiter = fair,
+                place: Place | None = None) -> tuple[str, bool]:
+        return store.enqueue_and_admit(
+            job_id or uuid.uuid4().hex, music, APP_CALLBACK, 30, "q", "bulk", "acme",
+            admission=via.admission(place), timeline=event("enqueued", queue="q"))
+
+    def timeline(job_id: str) -> list[str]:
+        return [entry["event"] for entry in store.history.read(job_id)]
+
+    # Before any worker has asked: recorded, its timeline begun, sent (not queued)
+    early, send_now = enqueue("m-early")
+    job = store.get(early)
+    assert send_now and job is not None and job.state == "queued"
+    assert (job.priority, job.tenant, job.queue) == ("bulk", "acme", "q")
+    assert client.zscore(keys.state_index("queued"), early) is not None
+    assert client.zscore(keys.DUE, early) is not None  # its lease
+    assert timeline(early) == ["enqueued"] and fair.waiting() == 0
+    assert fair.acquire(early).go  # a worker asks: the limit is known, the window used
+    # Once the window is used: queued in Redis, no message to send
+    later, send_now = enqueue("m-later", place=Place("bulk", "acme"))
+    assert not send_now and fair.waiting() == 1
+    assert client.hget(keys.job(later), "wait_reason") == WaitReason.RATE_SLOT.value
+    # A repeat for the same music task changes nothing: the same job, one entry, one place
+    assert enqueue("m-later") == (later, False)
+    # ...and so does this very call sent again (its answer lost): it answers as before
+    assert enqueue("m-later", later) == (later, False)
+    assert timeline(later) == ["enqueued"] and fair.waiting() == 1
+    assert len(client.keys(keys.job("*"))) == 2
+    # With room (another limiter, whose workers have asked), granted at once
+    roomy = FairLimiter(client, "roomy", 5, 30.0, margin_s=0.0)
+    assert roomy.acquire(queued_job(client)).go
+    now, send_now = enqueue("m-now", via=roomy)
+    assert send_now and enqueue("m-now", now, via=roomy) == (now, True)
+    assert enqueue("m-now", via=roomy) == (now, False)
+    assert roomy.acquire(now).go
+    # A failed job's music task gets a new job, admitted like any
+    store.finish(later, error=NotFound("gone", 404))
+    newer, send_now = enqueue("m-later")
+    assert newer != later and not send_now and timeline(newer) == ["enqueued"]
+    assert client.zscore(keys.FAILURES, later) is None
+
+
+#: In a producer process: `enqueue_cover` for new music tasks (argv 2 of them) and one
+#: repeat, once a worker has asked and used the window (so none is sent), under Redis's
+#: MONITOR; prints the commands clients sent (not those scripts ran) in between.
+COUNT_ENQUEUES = """
+import json, os, sys, uuid
+import redis
+from kie_covers import enqueue_cover
+from kie_covers.runtime.connections import get_limiters, get_redis
+first = enqueue_cover(uuid.uuid4().hex, sys.argv[1])  # loads the script; sent
+assert get_limiters().generate.acquire(first).go  # a worker asks: the window is used
+sent = []
+with redis.Redis.from_url(os.environ["REDIS_URL"]).monitor() as monitor:
+    music = [uuid.uuid4().hex for _ in range(int(sys.argv[2]))]
+    ids = [enqueue_cover(task, sys.argv[1]) for task in music]
+    repeat = enqueue_cover(music[0], sys.argv[1])
+    get_redis().echo("counted")
+    for command in monitor.listen():
+        if command["command"] == "ECHO counted":
+            break
+        if command["client_type"] != "lua":
+            sent.append(command["command"].split()[0].lower())
+print(json.dumps({"ids": ids, "repeat": repeat, "sent": sent,
+                  "waiting": get_limiters().generate.waiting()}))
+"""
+
+
+def test_a_new_enqueue_is_one_redis_command_and_so_is_a_repeat(tmp_path: Path) -> None:
+    private = RedisServer(tmp_path / "count-redis", appendonly=False).start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", COUNT_ENQUEUES, APP_CALLBACK, "5"], cwd=ROOT,
+            env=process_env(REDIS_URL=private.url, KIE_RATE_LIMIT="1/60s"),
+            capture_output=True, text=True, timeout=60, check=True)
+    finally:
+        private.stop()
+    out = json.loads(done.stdout)
+    assert out["repeat"] == out["ids"][0] and len(set(out["ids"])) == 5
+    assert out["waiting"] == 5  # each queued in the fair order, none sent
+    # Record, timeline and admission: one script a job; a repeat: one script too
+    assert out["sent"] == ["evalsha"] * 6
 
 
 def test_an_interactive_job_is_granted_before_a_waiting_bulk_backlog(

@@ -19,7 +19,7 @@ from kie_covers.standin import KieStandin
 from kie_covers.store.history import MAX_TEXT, History, event
 from kie_covers.store.jobs import JobStore, Lifetimes
 from tests.conftest import STORE_DB, empty_db
-from tests.services import StartWorker, WorkerProcess
+from tests.services import StartWorker, WorkerProcess, wait_until
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
 
@@ -73,6 +73,19 @@ def endings(events: list[dict[str, object]]) -> list[object]:
     return [e["event"] for e in events if e["event"] in ("succeeded", "failed")]
 
 
+def settled(job_id: str, ends: int = 1) -> list[dict[str, object]]:
+    """The job's timeline once its `ends`-th ending and the app's notice try after it are
+    on it: the process that ended the job writes both just after the state changes (the
+    notice from a thread), so they may come a moment after `wait_for_cover` returns."""
+    def written() -> bool:
+        names = [e["event"] for e in get_store().history.read(job_id)]
+        ended_at = [n for n, name in enumerate(names) if name in ("succeeded", "failed")]
+        return len(ended_at) >= ends and "notice" in names[ended_at[-1]:]
+
+    wait_until(written, 10, 0.05, f"the ending and notice of job {job_id} on its timeline")
+    return get_store().history.read(job_id)
+
+
 @pytest.mark.e2e
 def test_a_worker_writes_attempts_waits_polls_and_the_ending(
     standin: KieStandin, worker: WorkerProcess, start_worker: StartWorker
@@ -81,23 +94,24 @@ def test_a_worker_writes_attempts_waits_polls_and_the_ending(
     standin.inject("generate", "500", times=1)
     job_id = enqueue_cover("hist" + uuid.uuid4().hex, APP_CALLBACK)
     assert wait_for_cover(job_id, timeout_s=30)["state"] == "succeeded"
-    names = [e["event"] for e in get_store().history.read(job_id)]
+    # The app's notice (to a port nobody listens on) is tried after the ending.
+    timeline = settled(job_id)
+    names = [e["event"] for e in timeline]
     assert names[0] == "enqueued"
     assert names[1:3] == ["attempt", "wait"]
     assert names.index("enqueued") < names.index("submitted") < names.index("succeeded")
-    # The app's notice (to a port nobody listens on) is tried after the ending.
-    assert "notice" in names[names.index("succeeded"):]
-    attempt = get_store().history.read(job_id)[1]
+    assert names.index("succeeded") < names.index("notice")
+    attempt = timeline[1]
     assert attempt["kind"] == "upstream" and attempt["n"] == 1
     # A failure, retried by hand, and forgotten.
     failing = start_worker(COVERS_MAX_ATTEMPTS="1")
     standin.inject("generate", "500", times=1)
     broken = enqueue_cover("hist" + uuid.uuid4().hex, APP_CALLBACK, queue=failing.queue)
     assert wait_for_cover(broken, timeout_s=30)["state"] == "failed"
-    assert endings(get_store().history.read(broken)) == ["failed"]
+    assert endings(settled(broken)) == ["failed"]
     assert retry_jobs([broken], by="console")[0].result == "ok"
     assert wait_for_cover(broken, timeout_s=30)["state"] == "succeeded"
-    events = get_store().history.read(broken)
+    events = settled(broken, ends=2)
     retried = next(e for e in events if e["event"] == "retried")
     assert retried["by"] == "console" and retried["round"] == 1
     assert endings(events) == ["failed", "succeeded"]
@@ -105,6 +119,6 @@ def test_a_worker_writes_attempts_waits_polls_and_the_ending(
     standin.inject("generate", "404", times=1)
     gone = enqueue_cover("hist" + uuid.uuid4().hex, APP_CALLBACK, queue=failing.queue)
     assert wait_for_cover(gone, timeout_s=30)["state"] == "failed"
-    assert get_store().history.read(gone)
+    assert settled(gone)  # (written before the forget, not after it)
     assert forget_jobs([gone]) == 1
     assert get_store().history.read(gone) == []

@@ -19,6 +19,7 @@ from kie_covers.core import errors
 from kie_covers.core.states import JobState, WaitReason
 from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.store.due import Due
+from kie_covers.store.history import event
 from kie_covers.store.jobs import Counter, JobStore, Lifetimes
 from kie_covers.store.locks import TokenLock
 from kie_covers.store.run import Busy, Ended, Run
@@ -92,6 +93,38 @@ def test_a_run_holds_its_job_until_it_takes_an_exit(store: JobStore, client: red
     assert due is not None and due >= int((before + 5) * 1000)
     # So the next run may begin
     assert isinstance(begin(store, job_id), Run)
+
+
+def test_a_runs_exit_notes_the_step_on_the_timeline_in_its_own_script(
+    store: JobStore, client: redis.Redis
+) -> None:
+    def timeline(job_id: str) -> list[object]:
+        return [(e["event"], e.get("n")) for e in store.history.read(job_id)]
+
+    job_id = new_job(store)
+    run = begin(store, job_id)
+    assert isinstance(run, Run)
+    run.wait(1, wait_reason=WaitReason.UPSTREAM, retries=1,
+             timeline=[event("attempt", n=1, kind="upstream"), event("wait", reason="x")])
+    assert timeline(job_id) == [("attempt", 1), ("wait", None)]
+    assert 0 < client.pttl(keys.history(job_id)) <= 120_000  # the longer record lifetime
+    record = store.get(job_id)
+    assert record is not None and record.retries == 1 and client.get(keys.lock(job_id)) is None
+    # A wait with nothing to note leaves the timeline as it is
+    run = begin(store, job_id)
+    assert isinstance(run, Run)
+    run.wait(1, wait_reason=WaitReason.UPSTREAM)
+    assert len(timeline(job_id)) == 2
+    # The submit is noted when it is recorded, and only then
+    run = begin(store, job_id)
+    assert isinstance(run, Run)
+    assert run.submitted("cover-t", 30, timeline=[event("submitted", n=2)]).changed
+    assert timeline(job_id)[-1] == ("submitted", 2)
+    run = begin(store, job_id)
+    assert isinstance(run, Run)
+    assert not run.submitted("cover-t", 30, timeline=[event("submitted", n=3)]).changed
+    run.wait(30, timeline=[event("poll", n=1)])
+    assert timeline(job_id)[-2:] == [("submitted", 2), ("poll", 1)]
 
 
 def test_a_run_that_raises_gives_its_lock_back_at_once(store: JobStore, client: redis.Redis

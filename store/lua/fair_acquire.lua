@@ -1,31 +1,17 @@
 -- One job asks the fair limiter for a slot (see kie_covers/store/fair.py); fair_lib.lua
--- is in front of this text. KEYS 1-11 and ARGV 1-10 as there, then:
+-- and fair_admit.lua are in front of this text. KEYS 1-11 and ARGV 1-10 as in
+-- fair_lib.lua, then:
 -- KEYS 12 (optional) a hash whose counter ARGV[18] gets one more call when it is 'ok'
 -- ARGV 11 job id, 12 lane, 13 tenant ('-': the default), 14 arrival (unix us), 15 probe ms,
 --      16 shortest park ms, 17 longest park ms, 18 counter field ('' for none),
---      19 '1' to admit a new job (`FairLimiter.admit`): queue it, and answer
---      {0, 'granted'} if its turn has come (it is then sent), {0, 'send'} if no worker
---      has asked yet (sent, not queued), else {0, 'queued'} (nothing is sent: a grant
---      will make it due); never ok
+--      19 '1' to admit a new job (`FairLimiter.admit`): {0, `admit`'s answer}; never ok
 -- Returns {wait ms, answer}: {0, 'ok'} (call now), {0, 'probe'}, {ms, 'queued'} (parked:
 -- a grant will make it due), {ms, 'granted'} (granted, early: the window has room in
 -- ms), or {ms, pause or hold reason}.
 local job = ARGV[11]
+if ARGV[19] == '1' then return {0, admit(job, ARGV[12], ARGV[13], ARGV[14])} end
 local now = clock()
 local stop = stopped()
-if ARGV[19] == '1' then
-  -- Until a worker has asked, the limit in force is unknown here: send the job, and
-  -- its run asks (and queues it) with the worker's own limit.
-  if not use_known_limit() then return {0, 'send'} end
-  enqueue(job, ARGV[12], ARGV[13], ARGV[14])
-  if not stop then
-    for _, granted in ipairs(grant(now, job)) do
-      if granted == job then return {0, 'granted'} end
-    end
-  end
-  redis.call('HSET', JOBS .. job, 'wait_reason', 'rate_slot')
-  return {0, 'queued'}
-end
 -- The limit in force is the one of the workers that send: others read it here.
 redis.call('HSET', STATE, 'limit', LIMIT, 'window', WINDOW)
 if stop and stop[2] == 'out_of_credits' then
