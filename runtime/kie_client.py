@@ -34,9 +34,11 @@ PENDING, SUCCESS, GENERATING, FAILED = 0, 1, 2, 3
 
 @dataclass(frozen=True)
 class GenerateAccepted:
-    """Answer of a generate call: the cover task id, and whether it already existed."""
+    """Answer of a generate call: the cover task id, and whether it already existed (also
+    the step's outcome, `kie_covers.services.step`)."""
 
     cover_task_id: str
+    #: True when Kie answered "already generated" with the existing cover's id.
     existing: bool
 
 

@@ -24,11 +24,10 @@ from kie_covers.core.states import JobState, WaitReason
 from kie_covers.runtime import metrics
 from kie_covers.runtime.connections import get_limiters, get_store
 from kie_covers.runtime.heartbeat import current_holder, holding, reserving_holder
-from kie_covers.runtime.kie_client import get_client, get_masker
+from kie_covers.runtime.kie_client import GenerateAccepted, get_client, get_masker
 from kie_covers.runtime.task_view import Wait, wait_of
 from kie_covers.services.endings import job_ended
 from kie_covers.services.step import (
-    Accepted,
     Done,
     Failed,
     Later,
@@ -134,7 +133,7 @@ def replay(job: Job) -> dict[str, Any]:
 def apply(run: Run, outcome: Outcome, context: RunContext) -> dict[str, Any] | Wait:
     """Take the run's one exit that `outcome` calls for."""
     job = run.job
-    if isinstance(outcome, Accepted):
+    if isinstance(outcome, GenerateAccepted):
         return _accepted(run, outcome, context)
     if isinstance(outcome, Done):
         return _end(run, context.store, images=outcome.images)
@@ -176,7 +175,7 @@ def _step_event(job: Job, error: errors.CoverError) -> Event:
     return event("poll", n=job.polls + 1, kind=error.kind, code=error.code)
 
 
-def _accepted(run: Run, outcome: Accepted, context: RunContext) -> dict[str, Any] | Wait:
+def _accepted(run: Run, outcome: GenerateAccepted, context: RunContext) -> dict[str, Any] | Wait:
     job = run.job
     poll_s = context.settings.kie_poll_interval
     recorded = run.submitted(outcome.cover_task_id, poll_s, timeline=[

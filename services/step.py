@@ -5,9 +5,10 @@ says what happened; it changes nothing in the job's record (the run that holds
 the job applies the outcome, `kie_covers.services.cover_run`). No step sleeps
 longer than a few milliseconds.
 
-Outcomes: `Accepted` (Kie took the generate), `Done` (images known), `Later`
-(look again in some seconds), `Throttled` (the limiter says not yet: neither a
-failure nor an attempt), `Failed` (a typed error, for the retry policy).
+Outcomes: `GenerateAccepted` (Kie took the generate: the client's own answer),
+`Done` (images known), `Later` (look again in some seconds), `Throttled` (the
+limiter says not yet: neither a failure nor an attempt), `Failed` (a typed error,
+for the retry policy).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from kie_covers.core.answers import interpret_callback
 from kie_covers.core.states import JobState, WaitReason
 from kie_covers.runtime.callback_secret import callback_url_for
 from kie_covers.runtime.connections import Limiters
-from kie_covers.runtime.kie_client import FAILED, SUCCESS, KieClient
+from kie_covers.runtime.kie_client import FAILED, SUCCESS, GenerateAccepted, KieClient
 from kie_covers.store.credits import record_check
 from kie_covers.store.limiter import Place, RateLimiter, Verdict
 from kie_covers.store.record import Job
@@ -38,15 +39,6 @@ INLINE_WAITS = 3
 #: grant comes a little before the room (`kie_covers.store.fair.GRANT_LEAD_S`), so that
 #: the call goes the moment the window has room.
 GRANTED_WAIT_MAX_S = 0.25
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """Kie accepted the generate (or already had this music task's cover)."""
-
-    cover_task_id: str
-    #: True when Kie answered "already generated" with the existing cover's id.
-    existing: bool
 
 
 @dataclass(frozen=True)
@@ -84,7 +76,7 @@ class Failed:
     error: errors.CoverError
 
 
-Outcome = Accepted | Done | Later | Throttled | Failed
+Outcome = GenerateAccepted | Done | Later | Throttled | Failed
 
 
 def advance(job: Job, client: KieClient, limiters: Limiters, settings: Settings,
@@ -103,10 +95,8 @@ def advance(job: Job, client: KieClient, limiters: Limiters, settings: Settings,
                 return throttled
             # With COVERS_CALLBACK_URL, the URL names the job and carries its token, so
             # only Kie (which got the URL) can end the job by a callback.
-            answer = client.generate(job.music_task_id,
-                                     callback_url_for(settings, job.job_id)
-                                     or job.callback_url)
-            return Accepted(answer.cover_task_id, answer.existing)
+            return client.generate(job.music_task_id,
+                                   callback_url_for(settings, job.job_id) or job.callback_url)
         throttled = gate(limiters.status, job, client, count)
         return throttled if throttled is not None else poll(job, client, settings)
     except errors.CoverError as error:

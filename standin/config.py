@@ -54,11 +54,12 @@ class StandinConfig:
     credits: float = 1000.0
     cost_per_cover: float = 1.0
     webhook_hmac_key: str | None = None
-    codes_in_body_only: bool = False
-    error_data: str = "absent"
-    time_format: str = "iso"
-    unset_fields: str = "documented"
-    duplicate_code: int = 400
+    # The style's defaults, read from Style itself (one place for each).
+    codes_in_body_only: bool = Style.code_form == "body"
+    error_data: str = Style.error_data
+    time_format: str = Style.time_format
+    unset_fields: str = Style.unset_fields
+    duplicate_code: int = Style.duplicate_code
 
     def initial_style(self) -> Style:
         """The :class:`Style` these fields describe.

@@ -29,13 +29,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from http import HTTPStatus
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from kie_covers.config import Settings
-from kie_covers.core.errors import KINDS, UnknownJob
+from kie_covers.core.errors import KINDS
 from kie_covers.core.failure_filter import FailureFilter, parse_failure_filter
 from kie_covers.core.problems import PROBLEM_MEDIA_TYPE, FieldError
 from kie_covers.core.schemas import job_id_problem
@@ -48,10 +47,15 @@ from kie_covers.services.failures import (
     retry_jobs,
     retry_where,
 )
-from kie_covers.services.producer import get_cover
 from kie_covers.worker import console_auth as auth
-from kie_covers.worker.http_api import Problem, path_segments
-from kie_covers.worker.http_body import Refused, declared_length, decode_json, read_body
+from kie_covers.worker.http_api import Problem, job_record, path_segments
+from kie_covers.worker.http_body import (
+    Refused,
+    declared_length,
+    decode_json,
+    read_body,
+    status_line,
+)
 
 log = logging.getLogger("covers.console")
 
@@ -200,7 +204,7 @@ class Console:
 
     def job(self, environ: Environ, job_id: str) -> Answer:
         """GET /console/api/jobs/{jobId}: the record, its timeline and notice status."""
-        record = _record(job_id)
+        record = job_record(job_id)
         return 200, {"record": _shown(record),
                      "timeline": get_store().history.read(job_id),
                      "notice": self._notice(record)}
@@ -277,13 +281,13 @@ class Console:
               content_type: str = "application/json",
               extra: Sequence[tuple[str, str]] = ()) -> list[bytes]:
         body = json.dumps(payload).encode()
-        start_response(_status_line(status), [*self._headers(content_type, len(body)), *extra])
+        start_response(status_line(status), [*self._headers(content_type, len(body)), *extra])
         return [body]
 
     def _text(self, start_response: StartResponse, status: int, text: str,
               extra: Sequence[tuple[str, str]] = ()) -> list[bytes]:
         body = (text + "\n").encode()
-        start_response(_status_line(status),
+        start_response(status_line(status),
                        [*self._headers("text/plain; charset=utf-8", len(body)), *extra])
         return [body]
 
@@ -350,16 +354,6 @@ def _job_ids(body: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _record(job_id: str) -> dict[str, Any]:
-    if job_id_problem(job_id) is not None:
-        raise Problem(404, "not-found", "no such cover job (not a valid job id)")
-    try:
-        return get_cover(job_id)
-    except UnknownJob:
-        raise Problem(404, "not-found", "no such cover job (never enqueued, or "
-                      "expired)") from None
-
-
 def _shown(record: Mapping[str, Any]) -> dict[str, Any]:
     """A record as the console shows it: the app's callback URL without its query and
     fragment (which may hold the app's own token)."""
@@ -371,7 +365,3 @@ def _shown(record: Mapping[str, Any]) -> dict[str, Any]:
         host = parts.netloc.rpartition("@")[2]  # never a user:password@
         out["callback_url"] = urlunsplit((parts.scheme, host, parts.path, "", "")) + hidden
     return out
-
-
-def _status_line(status: int) -> str:
-    return f"{status} {'Content Too Large' if status == 413 else HTTPStatus(status).phrase}"

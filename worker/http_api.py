@@ -31,7 +31,6 @@ import hmac
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from http import HTTPStatus
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -46,7 +45,13 @@ from kie_covers.core.schemas import job_id_problem, validate_cover_request
 from kie_covers.services.batch import batch_records
 from kie_covers.services.failures import count_failures, list_failures, retry_jobs
 from kie_covers.services.producer import enqueue_cover, get_cover
-from kie_covers.worker.http_body import Refused, declared_length, decode_json, read_body
+from kie_covers.worker.http_body import (
+    Refused,
+    declared_length,
+    decode_json,
+    read_body,
+    status_line,
+)
 
 log = logging.getLogger("covers.api")
 
@@ -273,11 +278,11 @@ class ProducerApi:
 
     def read(self, environ: Environ, job_id: str) -> Answer:
         """GET /v1/covers/{jobId}: the job's record."""
-        return 200, _record(job_id)
+        return 200, job_record(job_id)
 
     def retry(self, environ: Environ, job_id: str) -> Answer:
         """POST /v1/covers/{jobId}/retry: queue a failed job again under its id."""
-        _record(job_id)  # 404 for an unknown job
+        job_record(job_id)  # 404 for an unknown job
         result = retry_jobs([job_id], by="api")[0].result
         if result == "unknown":
             raise Problem(404, "not-found", f"no cover job {job_id!r}")
@@ -325,8 +330,9 @@ def _enqueue(request: Mapping[str, Any]) -> str:
                       headers=[("Retry-After", str(FULL_RETRY_AFTER_S))]) from None
 
 
-def _record(job_id: str) -> dict[str, Any]:
-    """`get_cover` of `job_id`, or a 404 problem (also for an id no job could have)."""
+def job_record(job_id: str) -> dict[str, Any]:
+    """`get_cover` of `job_id`, or a 404 problem (also for an id no job could have); the
+    API's and the console's."""
     if job_id_problem(job_id) is not None:
         raise Problem(404, "not-found", "no such cover job (not a valid job id)")
     try:
@@ -345,10 +351,6 @@ def _location(environ: Environ, handler: str, payload: Mapping[str, Any]
     return [("Location", f"{base}{API_PREFIX}covers/{payload['jobId']}")]
 
 
-def _status_line(status: int) -> str:
-    return f"{status} {'Content Too Large' if status == 413 else HTTPStatus(status).phrase}"
-
-
 def _send(start_response: StartResponse, status: int, payload: Mapping[str, Any],
           content_type: str, headers: list[tuple[str, str]]) -> list[bytes]:
     return _send_bytes(start_response, status, json.dumps(payload).encode(), content_type,
@@ -357,6 +359,6 @@ def _send(start_response: StartResponse, status: int, payload: Mapping[str, Any]
 
 def _send_bytes(start_response: StartResponse, status: int, body: bytes, content_type: str,
                 headers: list[tuple[str, str]]) -> list[bytes]:
-    start_response(_status_line(status), [("Content-Type", content_type),
+    start_response(status_line(status), [("Content-Type", content_type),
                                           ("Content-Length", str(len(body))), *headers])
     return [body]

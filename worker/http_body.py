@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from http import HTTPStatus
 from typing import Any
 
 from kie_covers.core import errors
@@ -111,3 +112,9 @@ def decode_json(body: bytes, max_depth: int) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError):
         raise Refused("400 Bad Request", "body is not UTF-8 JSON") from None
+
+
+def status_line(status: int) -> str:
+    """The WSGI status line of `status` (``"413 Content Too Large"``, RFC 9110's name,
+    where Python's `HTTPStatus` still says "Request Entity Too Large")."""
+    return f"{status} {'Content Too Large' if status == 413 else HTTPStatus(status).phrase}"
