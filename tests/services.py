@@ -10,8 +10,10 @@ import contextlib
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +48,22 @@ def wait_until(predicate: Callable[[], object], timeout_s: float = 20.0,
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+
+
+#: Seconds between a loopback test server's looks for `shutdown()`: stopping one takes
+#: about this long (``serve_forever``'s default, 0.5 s, was paid by every test that did).
+SERVE_POLL_S = 0.02
+
+
+def serve_in_thread(server: socketserver.BaseServer) -> None:
+    """Run ``server.serve_forever`` in a daemon thread; `stop_server` stops it."""
+    threading.Thread(target=server.serve_forever, args=(SERVE_POLL_S,), daemon=True).start()
+
+
+def stop_server(server: socketserver.BaseServer) -> None:
+    """Stop a server started with `serve_in_thread` and close its socket."""
+    server.shutdown()
+    server.server_close()
 
 
 class WorkerProcess:

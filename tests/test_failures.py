@@ -29,7 +29,15 @@ from kie_covers.services.failures import count_failures, list_failures
 from kie_covers.standin import KieStandin
 from kie_covers.store.jobs import JobStore, Lifetimes
 from tests.conftest import STORE_DB, empty_db, process_env
-from tests.services import ROOT, StartBeat, StartWorker, WebProcess, wait_until
+from tests.services import (
+    ROOT,
+    StartBeat,
+    StartWorker,
+    WebProcess,
+    serve_in_thread,
+    stop_server,
+    wait_until,
+)
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
 
@@ -303,7 +311,7 @@ class _App:
                 self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve_in_thread(self.server)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/covers"
 
     def come_up(self) -> None:
@@ -337,7 +345,7 @@ def test_the_app_gets_one_signed_notice_per_finished_job_even_after_being_down(
             assert get_cover(job_id)["notified_at"] is not None
         assert by_job[bad]["state"] == "failed" and by_job[bad]["error"]["kind"] == "not_found"
     finally:
-        app.server.shutdown()
+        stop_server(app.server)
 
 
 @pytest.mark.e2e
@@ -354,7 +362,7 @@ def test_a_notice_the_app_never_takes_is_given_up_and_recorded(
         assert get_cover(job_id)["state"] == "succeeded"
         assert app.refused >= 2
     finally:
-        app.server.shutdown()
+        stop_server(app.server)
 
 
 @pytest.mark.e2e
@@ -384,7 +392,7 @@ def test_a_notice_whose_process_died_before_sending_it_is_sent_once_after_its_le
         assert app.accepted[0]["data"]["images"] == ["https://cdn.example/a.png"]
         assert get_cover(job_id)["notified_at"] is not None
     finally:
-        app.server.shutdown()
+        stop_server(app.server)
 
 
 def test_failures_filter_by_time_newest_first(store: JobStore, client: redis.Redis) -> None:
