@@ -11,12 +11,14 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -25,6 +27,8 @@ from celery import Celery
 
 from kie_covers.config.settings import parse_rate
 from kie_covers.core.errors import SettingsError
+from kie_covers.runtime.redis_server import RedisServer
+from kie_covers.standin import KieStandin, StandinConfig
 
 #: The project directory (workers run from here so ``-A kie_covers.worker`` and
 #: ``-A bench.…`` import).
@@ -59,20 +63,90 @@ def set_environ(settings: Mapping[str, str]) -> dict[str, str]:
 
 
 def parse_limit(text: str) -> tuple[int, float]:
-    """``'20/2s'`` -> ``(20, 2.0)``: calls per window of that many seconds.
+    """argparse type of ``--limit``: ``'20/2s'`` -> ``(20, 2.0)``, calls per window of
+    that many seconds.
 
     Raises:
-        ValueError: when `text` is not ``<count>/<seconds>s`` with a positive count.
+        argparse.ArgumentTypeError: when `text` is not ``<count>/<seconds>s`` with a
+            positive count.
     """
     try:
         return parse_rate("--limit", text)
     except SettingsError as error:
-        raise ValueError(str(error)) from None
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def format_limit(limit: tuple[int, float]) -> str:
     """``(20, 2.0)`` -> ``'20/2s'`` (the form KIE_RATE_LIMIT takes)."""
     return f"{limit[0]}/{limit[1]:g}s"
+
+
+#: Seconds from an accepted generate to the finished cover, in the stand-in of
+#: `limited_kie`.
+COVER_SECONDS = 0.5
+#: That stand-in's credits: enough that no run ever hits 402.
+CREDITS = 1_000_000.0
+#: Rate margin of the workers `limited_settings` describes, s: 0.05 absorbs loopback
+#: jitter; the default 0.1 costs 5% of a 2 s window (1% of Kie's real 10 s one).
+RATE_MARGIN_S = 0.05
+
+
+@dataclass
+class LimitedKie:
+    """A run's fresh Redis and Kie stand-in (see `limited_kie`).
+
+    Attributes:
+        redis: the redis-server.
+        standin: the stand-in, in this process.
+        api_key: the one key the stand-in accepts.
+    """
+
+    redis: RedisServer
+    standin: KieStandin
+    api_key: str
+
+
+@contextlib.contextmanager
+def limited_kie(log_dir: Path, limit: tuple[int, float]) -> Iterator[LimitedKie]:
+    """Start a fresh redis-server (its files in `log_dir`) and a Kie stand-in that
+    allows `limit` generates (calls, seconds) per window, covers taking COVER_SECONDS;
+    both are stopped on the way out, on errors too."""
+    redis_server = RedisServer(log_dir / "redis").start()
+    try:
+        api_key = "bench-" + secrets.token_hex(8)
+        with KieStandin(StandinConfig(api_keys=(api_key,), rate_limit=limit,
+                                      cover_seconds=COVER_SECONDS,
+                                      credits=CREDITS)) as standin:
+            yield LimitedKie(redis_server, standin, api_key)
+    finally:
+        with contextlib.suppress(Exception):
+            redis_server.stop()
+
+
+def limited_settings(kie: LimitedKie, limit: tuple[int, float], queue: str
+                     ) -> dict[str, str]:
+    """The settings of this project's workers and producer against `kie`, told its
+    generate limit `limit`, taking `queue`: polls every second, dispatch every 0.05 s,
+    a rate margin of RATE_MARGIN_S."""
+    return {
+        "REDIS_URL": kie.redis.url,
+        "KIE_BASE_URL": kie.standin.base_url,
+        "KIE_API_KEY": kie.api_key,
+        "KIE_RATE_LIMIT": format_limit(limit),
+        "KIE_STATUS_RATE_LIMIT": "1000/1s",
+        "KIE_POLL_INTERVAL": "1",
+        "COVERS_RATE_MARGIN": str(RATE_MARGIN_S),
+        "COVERS_QUEUE": queue,
+        "COVERS_DISPATCH_INTERVAL": "0.05",
+        # The stand-in and the app callback listen on 127.0.0.1.
+        "COVERS_ALLOW_PRIVATE_TARGETS": "1",
+    }
+
+
+def error_text(error: BaseException) -> str:
+    """How a run reports the error that broke it: type and message, at most 2,000
+    characters."""
+    return f"{type(error).__name__}: {error}".strip()[:2000]
 
 
 def stop_all(processes: Sequence[subprocess.Popen[bytes]],
@@ -299,6 +373,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_pool_options(parser: argparse.ArgumentParser, workers: int, concurrency: int
+                     ) -> None:
+    """Add ``--workers`` (worker processes, default `workers`) and ``--concurrency``
+    (pool slots per worker process, default `concurrency`) to `parser`."""
+    parser.add_argument("--workers", type=positive_int, default=workers,
+                        help="worker processes (default %(default)s)")
+    parser.add_argument("--concurrency", type=positive_int, default=concurrency,
+                        help="pool slots per worker process (default %(default)s)")
+
+
 def positive_float(text: str) -> float:
     """argparse type: a float above 0."""
     value = float(text)
@@ -322,13 +406,25 @@ def exit_on_stop_signals() -> None:
     signal.signal(signal.SIGINT, on_stop)
 
 
-def run_child(command: Sequence[str], mark: str, timeout_s: float,
-              grace_s: float) -> tuple[dict[str, Any] | None, int | None]:
+#: Prefix of the line on which a benchmark's ``--run`` child prints its result (stdout).
+RESULT_MARK = "BENCH-RESULT "
+#: Seconds a parent waits for a child beyond the child's own ``--timeout``, and gives
+#: it after SIGTERM to stop what it started (default of `run_child`).
+CHILD_MARGIN_S = 300.0
+
+
+def print_result(result: Mapping[str, Any]) -> None:
+    """Print a ``--run`` child's `result` as its result line: RESULT_MARK, then JSON."""
+    print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+def run_child(command: Sequence[str], timeout_s: float, grace_s: float = CHILD_MARGIN_S
+              ) -> tuple[dict[str, Any] | None, int | None]:
     """Run a benchmark's ``--run`` child from ROOT with a clean environment.
 
-    The child prints its result as one line, `mark` followed by a JSON object. On a
-    timeout (`timeout_s` seconds) or Ctrl-C the child gets SIGTERM and `grace_s`
-    more seconds to stop what it started, then SIGKILL; Ctrl-C is raised again
+    The child prints its result with `print_result`. On a timeout (`timeout_s`
+    seconds) or Ctrl-C the child gets SIGTERM and `grace_s` more seconds (default
+    CHILD_MARGIN_S) to stop what it started, then SIGKILL; Ctrl-C is raised again
     after that, a timeout is not.
 
     Returns:
@@ -349,8 +445,8 @@ def run_child(command: Sequence[str], mark: str, timeout_s: float,
         if not isinstance(error, subprocess.TimeoutExpired):
             raise
     for line in reversed(out.splitlines()):
-        if line.startswith(mark):
-            result: dict[str, Any] = json.loads(line[len(mark):])
+        if line.startswith(RESULT_MARK):
+            result: dict[str, Any] = json.loads(line[len(RESULT_MARK):])
             return result, process.returncode
     return None, process.returncode
 

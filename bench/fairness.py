@@ -47,9 +47,6 @@ it puts in the environment are in place before the project reads them.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import secrets
 import shlex
 import shutil
 import sys
@@ -62,42 +59,39 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    CHILD_MARGIN_S,
+    LimitedKie,
     Workers,
+    add_pool_options,
     celery_ping,
+    error_text,
     exit_on_stop_signals,
     format_limit,
     full_window_share,
+    limited_kie,
+    limited_settings,
     parse_limit,
     positive_int,
+    print_result,
     run_child,
     set_environ,
     stderr,
     window_violations,
 )
+from bench.common import RATE_MARGIN_S as MARGIN_S
 from kie_covers import enqueue_cover
 from kie_covers.runtime.app import app
 from kie_covers.runtime.connections import get_limiters
-from kie_covers.runtime.redis_server import RedisServer
-from kie_covers.standin import KieStandin, StandinConfig
+from kie_covers.standin import KieStandin
 from kie_covers.worker.table import render
 
 RUNS = ("a-fair", "a-fcfs", "b-fair", "b-fcfs")
-#: Prefix of the child's result line on stdout.
-RESULT_MARK = "BENCH-RESULT "
 #: Nothing listens there: the stand-in's callbacks fail and jobs end by polling.
 CALLBACK_URL = "http://127.0.0.1:9/cb"
-#: Seconds from an accepted generate to the finished cover, in the stand-in.
-COVER_SECONDS = 0.5
-#: Stand-in credits: enough that no run ever hits 402.
-CREDITS = 1_000_000.0
-#: Rate margin the workers use (as bench.rate_limit: 0.05 s absorbs loopback jitter).
-MARGIN_S = 0.05
 #: Scenario b's tenants and their bulk jobs, enqueued in this order.
 TENANT_JOBS = (("A", 300), ("B", 30), ("C", 3))
 #: Jain's index scenario b aims at.
 JAIN_TARGET = 0.95
-#: Seconds the parent adds to --timeout before it gives up on a child.
-CHILD_MARGIN_S = 300.0
 
 
 @dataclass
@@ -262,59 +256,50 @@ def run_one(args: argparse.Namespace) -> Result:
     limit, per_s = args.limit
     log_dir = Path(tempfile.mkdtemp(prefix=f"kie-fairness-{name}-"))
     result = Result(run=name, limit=limit, per_s=per_s, log_dir=str(log_dir))
-    api_key = "bench-" + secrets.token_hex(8)
-    redis_server: RedisServer | None = None
-    standin: KieStandin | None = None
     try:
-        redis_server = RedisServer(log_dir / "redis").start()
-        standin = KieStandin(StandinConfig(api_keys=(api_key,), rate_limit=args.limit,
-                                           cover_seconds=COVER_SECONDS,
-                                           credits=CREDITS)).start()
-        queue = "bench-fairness"
-        env = set_environ({
-            "REDIS_URL": redis_server.url, "KIE_BASE_URL": standin.base_url,
-            "KIE_API_KEY": api_key, "KIE_RATE_LIMIT": format_limit(args.limit),
-            "KIE_STATUS_RATE_LIMIT": "1000/1s", "KIE_POLL_INTERVAL": "1",
-            "COVERS_RATE_MARGIN": str(MARGIN_S), "COVERS_QUEUE": queue,
-            "COVERS_DISPATCH_INTERVAL": "0.05", "COVERS_ALLOW_PRIVATE_TARGETS": "1",
-        })
-        pools: list[Workers] = []
-
-        def start_workers() -> None:
-            stderr(f"{name}: starting {args.workers} workers")
-            pools.append(Workers("kie_covers.worker", queue, args.workers, env, log_dir,
-                                 concurrency=args.concurrency))
-            pools[-1].start(lambda: celery_ping(app))
-
-        def stop_workers() -> None:
-            pools[-1].stop()
-
-        try:
-            scenario = _scenario_a if name.startswith("a") else _scenario_b
-            scenario(standin, args, name.endswith("fair"), result, start_workers,
-                     stop_workers)
-        finally:
-            for pool in pools:
-                pool.stop()
+        with limited_kie(log_dir, args.limit) as kie:
+            try:
+                _run_scenario(kie, args, result, log_dir)
+            finally:
+                times = kie.standin.generate_times()
+                result.accepted = len(times)
+                result.limit_use = full_window_share(
+                    [t for t in times if t >= result.measured_from], limit, per_s)
+                result.limit_use_after = full_window_share(
+                    [t for t in times if t >= result.arrived_at], limit, per_s)
+                result.window_violations = window_violations(times, limit, per_s)
+                result.answers_429 = kie.standin.answers().get("generate:429", 0)
     except BaseException as error:  # reported in the table; SystemExit from SIGTERM too
-        result.error = f"{type(error).__name__}: {error}".strip()[:2000]
-    finally:
-        if standin is not None:
-            times = standin.generate_times()
-            result.accepted = len(times)
-            result.limit_use = full_window_share(
-                [t for t in times if t >= result.measured_from], limit, per_s)
-            result.limit_use_after = full_window_share(
-                [t for t in times if t >= result.arrived_at], limit, per_s)
-            result.window_violations = window_violations(times, limit, per_s)
-            result.answers_429 = standin.answers().get("generate:429", 0)
-            standin.stop()
-        if redis_server is not None:
-            with contextlib.suppress(Exception):
-                redis_server.stop()
+        result.error = error_text(error)
     if not args.keep_logs and result.error is None and not result.answers_429:
         shutil.rmtree(log_dir, ignore_errors=True)
     return result
+
+
+def _run_scenario(kie: LimitedKie, args: argparse.Namespace, result: Result,
+                  log_dir: Path) -> None:
+    """Run ``args.run``'s scenario on `kie`, with workers started and stopped as it asks."""
+    name: str = args.run
+    queue = "bench-fairness"
+    env = set_environ(limited_settings(kie, args.limit, queue))
+    pools: list[Workers] = []
+
+    def start_workers() -> None:
+        stderr(f"{name}: starting {args.workers} workers")
+        pools.append(Workers("kie_covers.worker", queue, args.workers, env, log_dir,
+                             concurrency=args.concurrency))
+        pools[-1].start(lambda: celery_ping(app))
+
+    def stop_workers() -> None:
+        pools[-1].stop()
+
+    try:
+        scenario = _scenario_a if name.startswith("a") else _scenario_b
+        scenario(kie.standin, args, name.endswith("fair"), result, start_workers,
+                 stop_workers)
+    finally:
+        for pool in pools:
+            pool.stop()
 
 
 def _spawn(name: str, args: argparse.Namespace) -> Result:
@@ -324,8 +309,7 @@ def _spawn(name: str, args: argparse.Namespace) -> Result:
                "--steady", str(args.steady), "--timeout", str(args.timeout)]
     if args.keep_logs:
         command.append("--keep-logs")
-    found, returncode = run_child(command, RESULT_MARK, args.timeout + CHILD_MARGIN_S,
-                                  CHILD_MARGIN_S)
+    found, returncode = run_child(command, args.timeout + CHILD_MARGIN_S)
     if found is not None:
         return Result(**found)
     return Result(run=name, error=f"child exited with {returncode} and no result")
@@ -375,13 +359,6 @@ def _print(results: list[Result], args: argparse.Namespace) -> None:
             print(f"{r.run}: logs kept in {r.log_dir}")
 
 
-def _limit_arg(text: str) -> tuple[int, float]:
-    try:
-        return parse_limit(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (1 if a run broke)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -389,13 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         "Fair slots (lanes, tenants) against first come, first served, on the stand-in."))
     parser.add_argument("--bulk", type=positive_int, default=2000,
                         help="bulk jobs waiting in scenario a (default %(default)s)")
-    parser.add_argument("--workers", type=positive_int, default=4,
-                        help="worker processes (default %(default)s)")
-    # 2, not Celery's default of one per core: with 16 processes on 2 cores a call let
-    # through can reach the stand-in later than the 0.05 s margin (a 429 there)
-    parser.add_argument("--concurrency", type=positive_int, default=2,
-                        help="pool slots per worker process (default %(default)s)")
-    parser.add_argument("--limit", type=_limit_arg, default=(20, 2.0),
+    # 2 pool slots, not Celery's default of one per core: with 16 processes on 2 cores a
+    # call let through can reach the stand-in later than the 0.05 s margin (a 429 there)
+    add_pool_options(parser, workers=4, concurrency=2)
+    parser.add_argument("--limit", type=parse_limit, default=(20, 2.0),
                         help="generates allowed per window (default 20/2s)")
     parser.add_argument("--steady", type=float, default=30.0,
                         help="seconds scenario a (fair) goes on after the interactive job, "
@@ -409,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run:
         exit_on_stop_signals()
         result = run_one(args)
-        print(RESULT_MARK + json.dumps(asdict(result)), flush=True)
+        print_result(asdict(result))
         return 0 if result.error is None else 1
     results = []
     for name in RUNS:

@@ -69,7 +69,6 @@ The parts live in `bench.perf_setup` (what a run starts), `bench.perf_throughput
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -79,7 +78,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.common import exit_on_stop_signals, positive_int, run_child, stderr
+from bench.common import (
+    add_pool_options,
+    error_text,
+    exit_on_stop_signals,
+    positive_int,
+    print_result,
+    run_child,
+    stderr,
+)
 from bench.perf_latency import run_enqueue, run_latency
 from bench.perf_report import build_table, fmt, profile_text
 from bench.perf_scale import run_scale, scale_child_timeout_s
@@ -101,8 +108,6 @@ RUNS_OF_PART: dict[str, tuple[str, ...]] = {
 RUNS = ("throughput-ours", "throughput-plain", "enqueue", "latency-callback",
         "latency-polling", "profile", "scale")
 
-#: Prefix of a child's result line on stdout.
-RESULT_MARK = "PERF-RESULT "
 #: Seconds the parent gives a child run (the scale run may get more, see
 #: `scale_child_timeout_s`), and then, after SIGTERM, to clean up.
 CHILD_TIMEOUT_S = 1500.0
@@ -131,7 +136,7 @@ def run_one(run: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child(args: argparse.Namespace) -> int:
-    """``--run NAME``: one run; prints its result as one JSON line (RESULT_MARK first).
+    """``--run NAME``: one run; prints its result line (`print_result`).
 
     Returns the exit status: 1 if the run broke (its result then has ``error``).
     """
@@ -141,10 +146,10 @@ def child(args: argparse.Namespace) -> int:
         result = run_one(args.run, args)
     except BaseException as error:
         traceback.print_exc()
-        result = {"error": f"{type(error).__name__}: {error}"[:2000]}
+        result = {"error": error_text(error)}
     result["load_before"] = load
     result["load_after"] = os.getloadavg()[0]
-    print(RESULT_MARK + json.dumps(result), flush=True)
+    print_result(result)
     return 1 if "error" in result else 0
 
 
@@ -159,7 +164,7 @@ def spawn(run: str, args: argparse.Namespace) -> dict[str, Any]:
     timeout_s = (scale_child_timeout_s(args.in_flight, CHILD_TIMEOUT_S) if run == "scale"
                  else CHILD_TIMEOUT_S)
     started = time.monotonic()
-    result, returncode = run_child(command, RESULT_MARK, timeout_s, CHILD_GRACE_S)
+    result, returncode = run_child(command, timeout_s, CHILD_GRACE_S)
     if result is None:
         return {"error": f"child exited with {returncode} and no result"}
     result["wall_s"] = time.monotonic() - started
@@ -213,10 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                     "memory with many covers in flight, against the Kie stand-in.")
     parser.add_argument("--covers", type=positive_int, default=2000,
                         help="covers per throughput run (default %(default)s)")
-    parser.add_argument("--workers", type=positive_int, default=2,
-                        help="worker processes (default %(default)s)")
-    parser.add_argument("--concurrency", type=positive_int, default=2,
-                        help="pool slots per worker process (default %(default)s)")
+    add_pool_options(parser, workers=2, concurrency=2)
     parser.add_argument("--in-flight", type=positive_int, default=10000,
                         help="covers waiting at once in the scale part (default %(default)s)")
     parser.add_argument("--only", choices=PARTS, help="run one part only")

@@ -21,17 +21,14 @@ from typing import Any
 
 import requests
 
-from bench.common import stderr, wait_all
+from bench.common import stderr
 from bench.perf_setup import (
     ENQUEUE_WARMUP,
-    WAIT_TIMEOUT_S,
     Stage,
-    job_ended,
     ours_settings,
     read_jobs,
     stage,
     start_ours,
-    wait_for,
 )
 from kie_covers import enqueue_cover
 
@@ -122,9 +119,7 @@ def _paced(st: Stage, count: int) -> tuple[list[str], list[str]]:
     for i in range(count):
         time.sleep(max(0.0, begin + i / LATENCY_PACE_PER_S - time.monotonic()))
         ids.append(enqueue_cover(uuid.uuid4().hex, st.sink.url))
-    _, pending = wait_all(job_ended, ids, WAIT_TIMEOUT_S, interval_s=0.05)
-    wait_for(lambda: st.sink.notices >= notices, NOTICES_WAIT_S)
-    return ids, pending
+    return ids, st.wait_ended(ids, notices, NOTICES_WAIT_S, interval_s=0.05)
 
 
 def _latencies_ms(st: Stage, session: requests.Session,

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.common import Workers, celery_ping, set_environ, start_web, stderr, stop_all
+from bench.common import Workers, celery_ping, set_environ, start_web, stderr, stop_all, wait_all
 from kie_covers import get_cover
 from kie_covers.runtime.app import app
 from kie_covers.runtime.connections import get_store
@@ -136,6 +136,19 @@ class Stage:
         """The redis-server's pid."""
         assert self.redis.process is not None
         return self.redis.process.pid
+
+    def wait_ended(self, ids: Sequence[str], notices: int, notices_wait_s: float,
+                   interval_s: float = 0.1) -> list[str]:
+        """Wait until every job of `ids` has ended (at most WAIT_TIMEOUT_S, looking every
+        `interval_s` seconds), then until the sink has counted `notices` notices in all
+        (at most `notices_wait_s` seconds more).
+
+        Returns:
+            The ids of the jobs that never ended.
+        """
+        _, pending = wait_all(job_ended, ids, WAIT_TIMEOUT_S, interval_s=interval_s)
+        wait_for(lambda: self.sink.notices >= notices, notices_wait_s)
+        return pending
 
 
 @contextlib.contextmanager

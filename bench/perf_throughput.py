@@ -28,12 +28,10 @@ from bench.perf_setup import (
     QUEUE_PLAIN,
     WAIT_TIMEOUT_S,
     Stage,
-    job_ended,
     ours_settings,
     read_jobs,
     stage,
     start_ours,
-    wait_for,
 )
 from bench.proc import cpu_s, with_children
 from kie_covers import enqueue_cover
@@ -131,8 +129,7 @@ def _drain(st: Stage, ids: list[str], covers: int, workers: int, concurrency: in
         # per cover (the workers are alike), measured over the same span.
         spy_cpu0 = sum(cpu_s(p) for p in worker_pids)
         spy_jobs0 = len(st.standin.generate_times())
-        _, pending = wait_all(job_ended, ids, WAIT_TIMEOUT_S)
-        wait_for(lambda: st.sink.notices >= covers, NOTICES_WAIT_S)
+        pending = st.wait_ended(ids, covers, NOTICES_WAIT_S)
         spy_jobs1 = len(st.standin.generate_times())
         spy_cpu1 = sum(cpu_s(p) for p in worker_pids)
         stacks = spy.stop() if spy is not None else []

@@ -29,10 +29,7 @@ project reads them, and nothing carries over from one pipeline to the next.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import secrets
 import shlex
 import shutil
 import sys
@@ -45,15 +42,22 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    CHILD_MARGIN_S,
+    LimitedKie,
     Workers,
     accepted_per_s,
+    add_pool_options,
     celery_ping,
     duplicates_paid,
+    error_text,
     exit_on_stop_signals,
     format_limit,
     full_window_share,
+    limited_kie,
+    limited_settings,
     parse_limit,
     positive_int,
+    print_result,
     run_child,
     set_environ,
     stderr,
@@ -62,24 +66,14 @@ from bench.common import (
 )
 from kie_covers import enqueue_cover, get_cover
 from kie_covers.runtime.app import app
-from kie_covers.runtime.redis_server import RedisServer
-from kie_covers.standin import KieStandin, StandinConfig
 from kie_covers.worker.table import render
 
 PIPELINES = ("ours", "plain")
-#: Prefix of the child's result line on stdout.
-RESULT_MARK = "BENCH-RESULT "
 #: The callBackUrl jobs carry: nothing listens there; the stand-in swallows the error
 #: and jobs end by polling.
 CALLBACK_URL = "http://127.0.0.1:9/cb"
-#: Seconds from an accepted generate to the finished cover, in the stand-in.
-COVER_SECONDS = 0.5
-#: Stand-in credits: enough that no run ever hits 402.
-CREDITS = 1_000_000.0
 #: A run whose share of the allowed rate is under this (0..1) is worth a look.
 MIN_SHARE = 0.95
-#: Seconds the parent adds to --timeout before it gives up on a child.
-CHILD_MARGIN_S = 300.0
 
 
 @dataclass
@@ -149,27 +143,13 @@ class Result:
 # -- one pipeline (child process) -------------------------------------------------
 
 
-def _run_ours(redis_url: str, base_url: str, api_key: str, jobs: int, workers: int,
-              concurrency: int, limit: tuple[int, float], timeout_s: float, log_dir: Path,
+def _run_ours(kie: LimitedKie, jobs: int, workers: int, concurrency: int,
+              limit: tuple[int, float], timeout_s: float, log_dir: Path,
               result: Result) -> None:
     """This project's workers; fills `result` (counts and drain time)."""
     queue = "bench-ours"
     # First: the project reads its settings once, when it is first used (below).
-    env = set_environ({
-        "REDIS_URL": redis_url,
-        "KIE_BASE_URL": base_url,
-        "KIE_API_KEY": api_key,
-        "KIE_RATE_LIMIT": format_limit(limit),
-        "KIE_STATUS_RATE_LIMIT": "1000/1s",
-        "KIE_POLL_INTERVAL": "1",
-        # 0.05 s absorbs loopback jitter; the default 0.1 s costs 5% of a 2 s window
-        # (1% of Kie's real 10 s one).
-        "COVERS_RATE_MARGIN": "0.05",
-        "COVERS_QUEUE": queue,
-        "COVERS_DISPATCH_INTERVAL": "0.05",
-        # The stand-in and the app callback listen on 127.0.0.1.
-        "COVERS_ALLOW_PRIVATE_TARGETS": "1",
-    })
+    env = set_environ(limited_settings(kie, limit, queue))
     pool = Workers("kie_covers.worker", queue, workers, env, log_dir, concurrency=concurrency)
     try:
         stderr(f"ours: starting {workers} workers")
@@ -191,15 +171,15 @@ def _run_ours(redis_url: str, base_url: str, api_key: str, jobs: int, workers: i
         pool.stop()
 
 
-def _run_plain(redis_url: str, base_url: str, api_key: str, jobs: int, workers: int,
-               concurrency: int, limit: tuple[int, float], timeout_s: float, log_dir: Path,
+def _run_plain(kie: LimitedKie, jobs: int, workers: int, concurrency: int,
+               limit: tuple[int, float], timeout_s: float, log_dir: Path,
                result: Result) -> None:
     """The typical app (`bench.plain_app`); fills `result` (counts and drain time)."""
     queue = "bench-plain"
     env = set_environ({
-        "REDIS_URL": redis_url,
-        "KIE_BASE_URL": base_url,
-        "KIE_API_KEY": api_key,
+        "REDIS_URL": kie.redis.url,
+        "KIE_BASE_URL": kie.standin.base_url,
+        "KIE_API_KEY": kie.api_key,
         "PLAIN_QUEUE": queue,
         # 20 per 2 s written as Celery's per-worker limit: "10/s".
         "PLAIN_RATE_LIMIT": f"{limit[0] / limit[1]:g}/s",
@@ -237,32 +217,21 @@ def run_pipeline(name: str, jobs: int, workers: int, concurrency: int,
     log_dir = Path(tempfile.mkdtemp(prefix=f"kie-bench-{name}-"))
     result = Result(pipeline=name, jobs=jobs, allowed_per_s=limit[0] / limit[1],
                     limit=limit[0], log_dir=str(log_dir))
-    api_key = "bench-" + secrets.token_hex(8)
-    redis_server: RedisServer | None = None
-    standin: KieStandin | None = None
     try:
-        redis_server = RedisServer(log_dir / "redis").start()
-        standin = KieStandin(StandinConfig(api_keys=(api_key,), rate_limit=limit,
-                                           cover_seconds=COVER_SECONDS,
-                                           credits=CREDITS)).start()
-        run = _run_ours if name == "ours" else _run_plain
-        run(redis_server.url, standin.base_url, api_key, jobs, workers, concurrency, limit,
-            timeout_s, log_dir, result)
+        with limited_kie(log_dir, limit) as kie:
+            try:
+                run = _run_ours if name == "ours" else _run_plain
+                run(kie, jobs, workers, concurrency, limit, timeout_s, log_dir, result)
+            finally:
+                times = kie.standin.generate_times()
+                result.accepted = len(times)
+                result.accepted_per_s = accepted_per_s(times)
+                result.window_violations = window_violations(times, *limit)
+                result.full_window_share = full_window_share(times, *limit)
+                result.answers_429 = kie.standin.answers().get("generate:429", 0)
+                result.duplicates_paid = duplicates_paid(kie.standin.paid())
     except BaseException as error:  # reported in the table; SystemExit from SIGTERM too
-        result.error = f"{type(error).__name__}: {error}".strip()[:2000]
-    finally:
-        if standin is not None:
-            times = standin.generate_times()
-            result.accepted = len(times)
-            result.accepted_per_s = accepted_per_s(times)
-            result.window_violations = window_violations(times, *limit)
-            result.full_window_share = full_window_share(times, *limit)
-            result.answers_429 = standin.answers().get("generate:429", 0)
-            result.duplicates_paid = duplicates_paid(standin.paid())
-            standin.stop()
-        if redis_server is not None:
-            with contextlib.suppress(Exception):
-                redis_server.stop()
+        result.error = error_text(error)
     if not keep_logs and not result.suspicious():
         shutil.rmtree(log_dir, ignore_errors=True)
     return result
@@ -273,7 +242,7 @@ def _child(args: argparse.Namespace) -> int:
     exit_on_stop_signals()
     result = run_pipeline(args.run, args.jobs, args.workers, args.concurrency, args.limit,
                           args.timeout, args.keep_logs)
-    print(RESULT_MARK + json.dumps(asdict(result)), flush=True)
+    print_result(asdict(result))
     return 0 if result.error is None else 1
 
 
@@ -288,8 +257,7 @@ def _spawn(name: str, args: argparse.Namespace) -> Result:
                "--limit", format_limit(args.limit), "--timeout", str(args.timeout)]
     if args.keep_logs:
         command.append("--keep-logs")
-    found, returncode = run_child(command, RESULT_MARK, args.timeout + CHILD_MARGIN_S,
-                                  CHILD_MARGIN_S)
+    found, returncode = run_child(command, args.timeout + CHILD_MARGIN_S)
     if found is not None:
         return Result(**found)
     return Result(pipeline=name, jobs=args.jobs,
@@ -348,13 +316,6 @@ def _parent(args: argparse.Namespace, argv: list[str]) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
-def _limit_arg(text: str) -> tuple[int, float]:
-    try:
-        return parse_limit(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (1 if a pipeline broke)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -364,11 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                     "Celery app, against the Kie stand-in.")
     parser.add_argument("--jobs", type=positive_int, default=300,
                         help="jobs per pipeline (default %(default)s)")
-    parser.add_argument("--workers", type=positive_int, default=4,
-                        help="worker processes per pipeline, one slot each (default 4)")
-    parser.add_argument("--concurrency", type=positive_int, default=4,
-                        help="pool slots per worker process (default 4, as the Procfile)")
-    parser.add_argument("--limit", type=_limit_arg, default=(20, 2.0),
+    add_pool_options(parser, workers=4, concurrency=4)  # per pipeline; 4 slots as the Procfile
+    parser.add_argument("--limit", type=parse_limit, default=(20, 2.0),
                         help="generates allowed per window, e.g. 20/2s (default 20/2s); "
                              "the stand-in enforces it, both pipelines are told it")
     parser.add_argument("--only", choices=PIPELINES, help="run one pipeline only")

@@ -58,7 +58,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-from bench.common import positive_float, positive_int, stderr
+from bench.common import add_pool_options, positive_float, positive_int, stderr
 from bench.soak_results import SCENARIOS, Totals, report
 from bench.soak_rounds import Soak
 
@@ -100,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                     "Redis and the Kie stand-in, and check the promise after each round.")
     parser.add_argument("--minutes", type=positive_float, default=10.0,
                         help="minutes to keep starting rounds (default %(default)s)")
-    parser.add_argument("--workers", type=positive_int, default=3,
-                        help="worker processes (default %(default)s)")
-    parser.add_argument("--concurrency", type=positive_int, default=2,
-                        help="pool slots per worker process (default %(default)s)")
+    add_pool_options(parser, workers=3, concurrency=2)
     parser.add_argument("--batch", type=positive_int, default=100,
                         help="jobs per round (default %(default)s)")
     parser.add_argument("--seed", type=int, default=None,

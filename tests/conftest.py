@@ -12,9 +12,12 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from kie_covers.runtime.redis_server import RedisServer, free_port
 from kie_covers.standin import KieStandin, StandinConfig
@@ -147,6 +150,14 @@ def empty_db(server: RedisServer, db: int) -> Iterator[redis.Redis]:
     finally:
         conn.flushdb()
         conn.close()
+
+
+def unreachable_redis(**options: Any) -> redis.Redis:
+    """A client of a loopback port nothing listens on, which tries each command once:
+    redis-py's default retries back off for about 3 s before the error the test is about.
+    `options` go to ``redis.Redis`` (e.g. ``decode_responses=True``)."""
+    return redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0),
+                       **options)
 
 
 def process_env(**overrides: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Loopback apps that receive outcome notices: a fast one and one that answers slowly.
+"""Loopback apps that receive outcome notices (or the stand-in's callbacks): a fast one
+and one that answers slowly.
 
 Both are real servers on a 127.x address, each request kept with its headers,
 its body and when it started and ended (monotonic seconds).
@@ -6,12 +7,16 @@ its body and when it started and ended (monotonic seconds).
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.services import serve_in_thread, stop_server
 
 #: What the slow app answers, one byte every `SlowApp.interval_s`.
 SLOW_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
@@ -21,7 +26,7 @@ SLOW_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 class Received:
     """One request an app received."""
 
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: bytes
     started: float
     ended: float | None = None  # when the client closed (slow app) or it was answered
@@ -30,6 +35,10 @@ class Received:
     @property
     def notice_id(self) -> str:
         return self.headers.get("x-covers-notice-id", "")
+
+    def json(self) -> Any:
+        """The body, read as JSON."""
+        return json.loads(self.body)
 
 
 @dataclass
@@ -72,7 +81,7 @@ class FastApp:
 
         self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve_in_thread(self.server)
         self.url = f"http://{host}:{self.server.server_address[1]}/notices"
 
     @property
@@ -81,8 +90,7 @@ class FastApp:
             return list(self.log.received)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop_server(self.server)
 
 
 class SlowApp:

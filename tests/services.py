@@ -10,8 +10,10 @@ import contextlib
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,46 @@ def reachable(host: str, port: int) -> bool:
 BROKERS = ["redis"] + (["rabbitmq"] if reachable("127.0.0.1", 5672) else [])
 
 
+def answers(url: str) -> bool:
+    """True if a GET of `url` (on loopback) answers below 400 within a second."""
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def healthy(port: int) -> bool:
+    """True if ``covers web`` on 127.0.0.1:`port` answers its /healthz."""
+    return answers(f"http://127.0.0.1:{port}/healthz")
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """The samples of the Prometheus exporter on 127.0.0.1:`port`, ``name{labels}`` -> value."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def stop_group(process: subprocess.Popen[bytes] | None, grace_s: float) -> None:
+    """SIGTERM the process group of `process` (started with ``start_new_session=True``);
+    SIGKILL it if the process has not ended after `grace_s` seconds. Nothing if it has
+    already ended (or was never started)."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
 def wait_until(predicate: Callable[[], object], timeout_s: float = 20.0,
                interval_s: float = 0.05, message: str = "condition") -> None:
     """Poll `predicate()` until true; fail the test after `timeout_s` seconds."""
@@ -48,8 +90,28 @@ def wait_until(predicate: Callable[[], object], timeout_s: float = 20.0,
     raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
 
 
+#: Seconds between a loopback test server's looks for `shutdown()`: stopping one takes
+#: about this long (``serve_forever``'s default, 0.5 s, was paid by every test that did).
+SERVE_POLL_S = 0.02
+
+
+def serve_in_thread(server: socketserver.BaseServer) -> None:
+    """Run ``server.serve_forever`` in a daemon thread; `stop_server` stops it."""
+    threading.Thread(target=server.serve_forever, args=(SERVE_POLL_S,), daemon=True).start()
+
+
+def stop_server(server: socketserver.BaseServer) -> None:
+    """Stop a server started with `serve_in_thread` and close its socket."""
+    server.shutdown()
+    server.server_close()
+
+
 class WorkerProcess:
     """One real Celery worker process (prefork, `concurrency` children)."""
+
+    #: Celery options besides queue, pool and name: no gossip, mingle or heartbeats
+    #: (the suite's workers need none of them, and start faster without).
+    options: tuple[str, ...] = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 
     def __init__(self, name: str, env: dict[str, str], log_dir: Path,
                  concurrency: int = 2) -> None:
@@ -70,8 +132,8 @@ class WorkerProcess:
         self.process = process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "kie_covers.worker", "worker",
              "-Q", self.env["COVERS_QUEUE"], "-c", str(self.concurrency), "-P", "prefork",
-             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "--loglevel", "INFO", "-f", str(self.log_path)],
+             "-n", f"{self.name}@%h", *self.options, "--loglevel", "INFO",
+             "-f", str(self.log_path)],
             cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -94,14 +156,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Warm shutdown; SIGKILL if it does not stop within 20 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_group(self.process, 20)
 
 
 class WebProcess:
@@ -125,14 +180,7 @@ class WebProcess:
             [sys.executable, "-m", "kie_covers.worker.cli", "web", "--port", str(self.port)],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
-
-        def healthy() -> bool:
-            try:
-                return requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).ok
-            except requests.RequestException:
-                return False
-
-        wait_until(healthy, 20, 0.1, "callback endpoint")
+        wait_until(lambda: healthy(self.port), 20, 0.1, "callback endpoint")
         return self
 
     def stop(self) -> None:
@@ -166,14 +214,8 @@ class BeatProcess:
         return self
 
     def stop(self) -> None:
-        """Stop it."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        """Stop it (SIGKILL after 15 s)."""
+        stop_group(self.process, 15)
 
 
 class StartWorker(Protocol):

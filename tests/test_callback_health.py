@@ -17,6 +17,7 @@ from kie_covers.runtime.redis_server import RedisServer, free_port
 from kie_covers.worker.metrics_server import RedisCollector
 from kie_covers.worker.web import callback_port_mismatch
 from tests.conftest import STORE_DB, empty_db
+from tests.services import serve_in_thread, stop_server
 
 
 class _Health(BaseHTTPRequestHandler):
@@ -42,13 +43,12 @@ class HealthServer:
     def start(self) -> HealthServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), _Health)
         self.server.status = self.status  # type: ignore[attr-defined]
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        serve_in_thread(self.server)
         return self
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            stop_server(self.server)
             self.server = None
 
 

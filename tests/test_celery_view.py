@@ -10,13 +10,11 @@ last: a 455 pauses every generate.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import os
 import pickle
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -45,7 +43,14 @@ from kie_covers.services.failures import retry_jobs
 from kie_covers.standin import KieStandin
 from kie_covers.store.shown_state import ShownState
 from tests.conftest import STORE_DB, empty_db, process_env
-from tests.services import ROOT, WebProcess, WorkerProcess, wait_until
+from tests.services import (
+    ROOT,
+    WebProcess,
+    WorkerProcess,
+    answers,
+    stop_group,
+    wait_until,
+)
 
 FLOWER_USER = "ops"
 FLOWER_PASSWORD = secrets.token_hex(8)
@@ -105,19 +110,7 @@ class MonitoredWorker(WorkerProcess):
     """A worker started the way ``covers worker`` starts one: heartbeats and gossip on,
     so a monitor's ``enable_events`` reaches it (task events stay off until then)."""
 
-    def start(self) -> MonitoredWorker:
-        self.log_path.write_text("")
-        self.process = process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "kie_covers.worker", "worker",
-             "-Q", self.queue, "-c", "2", "-P", "prefork", "-n", f"{self.name}@%h",
-             "--without-mingle", "--loglevel", "INFO", "-f", str(self.log_path)],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        wait_until(lambda: "ready." in self.log() or process.poll() is not None,
-                   30, 0.1, f"worker {self.name} to start")
-        if process.poll() is not None:
-            raise RuntimeError(f"worker {self.name} exited:\n{self.log()[-3000:]}")
-        return self
+    options = ("--without-mingle",)
 
 
 class Flower:
@@ -145,10 +138,7 @@ class Flower:
         assert self.process is not None
         if self.process.poll() is not None:
             raise RuntimeError(f"flower exited:\n{self.log_path.read_text()[-3000:]}")
-        try:
-            return requests.get(f"http://127.0.0.1:{self.port}/healthcheck", timeout=1).ok
-        except requests.RequestException:
-            return False
+        return answers(f"http://127.0.0.1:{self.port}/healthcheck")
 
     def tasks(self) -> dict[str, dict[str, Any]]:
         """``GET /api/tasks``: Flower's view of every task, by task id."""
@@ -162,13 +152,7 @@ class Flower:
         return self.tasks().get(job_id, {})
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        stop_group(self.process, 15)
 
 
 @dataclass

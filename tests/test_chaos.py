@@ -18,7 +18,7 @@ import redis
 from kie_covers import enqueue_cover, get_cover
 from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.standin import KieStandin
-from tests.services import StartWorker, WebProcess, wait_until
+from tests.services import StartWorker, WebProcess, WorkerProcess, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 
@@ -57,48 +57,54 @@ def assert_promise(jobs: dict[str, str], standin: KieStandin,
     return states
 
 
+def await_promise(jobs: dict[str, str], standin: KieStandin, timeout_s: float,
+                  must_succeed: bool = True) -> dict[str, int]:
+    """`assert_promise` once every job has ended (within `timeout_s` seconds)."""
+    wait_until(lambda: all_ended(jobs), timeout_s, 0.5, "every job to end")
+    return assert_promise(jobs, standin, must_succeed)
+
+
+def two_workers(start_worker: StartWorker) -> list[WorkerProcess]:
+    """Two workers on one queue (the first one's)."""
+    first = start_worker()
+    return [first, start_worker(queue=first.queue)]
+
+
 def test_workers_killed_at_random_moments_lose_nothing_and_pay_nothing_twice(
     standin: KieStandin, start_worker: StartWorker
 ) -> None:
     rng = random.Random(5)
-    first = start_worker()
-    workers = [first, start_worker(queue=first.queue)]
-    jobs = enqueue_batch(150, first.queue)
+    workers = two_workers(start_worker)
+    queue = workers[0].queue
+    jobs = enqueue_batch(150, queue)
     for _ in range(4):
         time.sleep(rng.uniform(0.5, 2.0))
         victim = workers.pop(rng.randrange(len(workers)))
         victim.kill()  # SIGKILL, pool children included
-        workers.append(start_worker(queue=first.queue))
-    wait_until(lambda: all_ended(jobs), 90, 0.5, "every job to end")
-    assert_promise(jobs, standin)
+        workers.append(start_worker(queue=queue))
+    await_promise(jobs, standin, 90)
 
 
 def test_a_broker_connection_cut_mid_run_loses_nothing(
     standin: KieStandin, start_worker: StartWorker, redis_server: RedisServer
 ) -> None:
-    first = start_worker()
-    start_worker(queue=first.queue)
-    jobs = enqueue_batch(100, first.queue)
+    jobs = enqueue_batch(100, two_workers(start_worker)[0].queue)
     admin = redis.Redis.from_url(redis_server.url)
     for _ in range(3):
         time.sleep(0.7)
         # Cut every client connection but ours: workers' broker, backend and store links.
         admin.client_kill_filter(_type="normal", skipme=True)
-    wait_until(lambda: all_ended(jobs), 90, 0.5, "every job to end")
-    assert_promise(jobs, standin)
+    await_promise(jobs, standin, 90)
 
 
 def test_a_redis_restart_mid_run_loses_nothing(
     standin: KieStandin, start_worker: StartWorker, redis_server: RedisServer
 ) -> None:
     # (The suite's redis-server runs with appendonly yes, as the README tells operators.)
-    first = start_worker()
-    start_worker(queue=first.queue)
-    jobs = enqueue_batch(100, first.queue)
+    jobs = enqueue_batch(100, two_workers(start_worker)[0].queue)
     time.sleep(1.0)
     redis_server.restart()
-    wait_until(lambda: all_ended(jobs), 120, 0.5, "every job to end")
-    assert_promise(jobs, standin)
+    await_promise(jobs, standin, 120)
 
 
 def test_a_mix_of_api_faults_ends_every_job_once_and_pays_once(
@@ -111,8 +117,7 @@ def test_a_mix_of_api_faults_ends_every_job_once_and_pays_once(
         standin.inject("any", fault, times=6)
     standin.inject("generate", "slow", times=3, delay_s=2.5)  # KIE_HTTP_TIMEOUT is 2 s
     jobs = enqueue_batch(60, worker.queue)
-    wait_until(lambda: all_ended(jobs), 120, 0.5, "every job to end")
-    states = assert_promise(jobs, standin, must_succeed=False)
+    states = await_promise(jobs, standin, 120, must_succeed=False)
     # Every fault is one a retry fixes, and 8 attempts are plenty for 63 faults spread
     # over 60 jobs: so every cover is made.
     assert states == {"succeeded": 60}

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import redis
-import requests
 
 from kie_covers import enqueue_cover, wait_for_cover
 from kie_covers.runtime.redis_server import RedisServer, free_port
 from kie_covers.standin import KieStandin
 from tests.conftest import API_KEY, HMAC_KEY, process_env
-from tests.services import ROOT, WorkerProcess, wait_until
+from tests.services import ROOT, WorkerProcess, healthy, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +77,7 @@ def test_the_procfile_lines_run_as_written(standin: KieStandin, run_dir: Path) -
                 argv, cwd=ROOT, env=env,
                 stdout=open(run_dir / f"procfile-{name}.log", "wb"),  # noqa: SIM115
                 stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: _healthy(port), 20, 0.1, "web line")
+        wait_until(lambda: healthy(port), 20, 0.1, "web line")
         task_id = uuid.uuid4().hex
         record = wait_for_cover(enqueue_cover(task_id, "http://127.0.0.1:9/cb", queue=queue),
                                 timeout_s=40)
@@ -94,12 +93,6 @@ def test_the_procfile_lines_run_as_written(standin: KieStandin, run_dir: Path) -
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
 
-
-def _healthy(port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
-    except requests.RequestException:
-        return False
 
 
 def _as_bytes(value: object) -> bytes:

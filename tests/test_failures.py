@@ -29,7 +29,15 @@ from kie_covers.services.failures import count_failures, list_failures
 from kie_covers.standin import KieStandin
 from kie_covers.store.jobs import JobStore, Lifetimes
 from tests.conftest import STORE_DB, empty_db, process_env
-from tests.services import ROOT, StartBeat, StartWorker, WebProcess, wait_until
+from tests.services import (
+    ROOT,
+    StartBeat,
+    StartWorker,
+    WebProcess,
+    serve_in_thread,
+    stop_server,
+    wait_until,
+)
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
 
@@ -55,6 +63,18 @@ def _enqueue(store: JobStore, music_task_id: str) -> str:
     return job_id
 
 
+def _fail(store: JobStore, job_id: str, error: errors.CoverError) -> None:
+    """End job `job_id` with `error`."""
+    assert store.finish(job_id, error=error) is not None
+
+
+def _failed_job(store: JobStore, music_task_id: str, error: errors.CoverError) -> str:
+    """A new job of `music_task_id`, ended with `error`."""
+    job_id = _enqueue(store, music_task_id)
+    _fail(store, job_id, error)
+    return job_id
+
+
 def _rows(client: redis.Redis, job_id: str, kind: str, code: object) -> list[bool]:
     """Whether `job_id` is in: all failures, its kind's, its code's, the retry schedule."""
     return [client.zscore(key, job_id) is not None
@@ -67,8 +87,7 @@ def test_a_music_task_keeps_one_failure_row_its_newest_jobs(
 ) -> None:
     music = uuid.uuid4().hex
     # Given a music task whose job failed (retryable: on the retry schedule too)
-    first = _enqueue(store, music)
-    assert store.finish(first, error=errors.UpstreamError("boom", 502)) is not None
+    first = _failed_job(store, music, errors.UpstreamError("boom", 502))
     assert _rows(client, first, "upstream", 502) == [True] * 4
     # When it is enqueued again: a new job, and the old one leaves every index at once
     second = _enqueue(store, music)
@@ -78,7 +97,7 @@ def test_a_music_task_keeps_one_failure_row_its_newest_jobs(
     old = store.get(first)
     assert old is not None and old.state is JobState.FAILED  # still readable by id
     # When the new job fails too: one row, the newest, of its own kind and code
-    assert store.finish(second, error=errors.NotFound("no such music", 404)) is not None
+    _fail(store, second, errors.NotFound("no such music", 404))
     assert [j.job_id for j in store.failures.newest()] == [second]
     assert store.failures.count() == 1 and store.failures.count(code=404) == 1
     assert store.failures.count("upstream") == 0 and store.failures.count(code=502) == 0
@@ -87,7 +106,7 @@ def test_a_music_task_keeps_one_failure_row_its_newest_jobs(
     # ...the newest can, and failing again still leaves one row
     assert store.failures.requeue(second, 30) == "ok"
     assert store.failures.count() == 0
-    assert store.finish(second, error=errors.UpstreamError("boom", 500)) is not None
+    _fail(store, second, errors.UpstreamError("boom", 500))
     assert [j.job_id for j in store.failures.newest()] == [second]
     assert store.failures.count() == 1 and store.failures.count(code=404) == 0
     # And forgetting it leaves none, the old record untouched
@@ -103,13 +122,12 @@ def test_a_raw_messages_job_takes_its_music_tasks_row_only_from_a_failed_job(
     # Given a music task whose own job failed, and a raw message's job for it (begun
     # with an id of its own: it does not own the music task)
     music = uuid.uuid4().hex
-    own = _enqueue(store, music)
-    assert store.finish(own, error=errors.UpstreamError("boom", 500)) is not None
+    own = _failed_job(store, music, errors.UpstreamError("boom", 500))
     raw = uuid.uuid4().hex
     assert store.begin(raw, music, APP_CALLBACK, 30, "q") is not None
     assert client.get(keys.music(music)) == own
     # When the raw job fails: it is the newest failure, the only row
-    assert store.finish(raw, error=errors.GenerationFailed("bad", 501)) is not None
+    _fail(store, raw, errors.GenerationFailed("bad", 501))
     assert [j.job_id for j in store.failures.newest()] == [raw]
     assert _rows(client, own, "upstream", 500) == [False] * 4
     assert client.get(keys.music(music)) == raw
@@ -118,12 +136,12 @@ def test_a_raw_messages_job_takes_its_music_tasks_row_only_from_a_failed_job(
     live = _enqueue(store, live_music)
     stray = uuid.uuid4().hex
     assert store.begin(stray, live_music, APP_CALLBACK, 30, "q") is not None
-    assert store.finish(stray, error=errors.UpstreamError("boom", 500)) is not None
+    _fail(store, stray, errors.UpstreamError("boom", 500))
     # Then that failure gets no row (the live job speaks for its music task)
     assert store.failures.count() == 1 and _rows(client, stray, "upstream", 500) == [
         False] * 4
     # And when the live job fails, it has the row
-    assert store.finish(live, error=errors.UpstreamError("boom", 500)) is not None
+    _fail(store, live, errors.UpstreamError("boom", 500))
     assert sorted(j.job_id for j in store.failures.newest()) == sorted([raw, live])
 
 
@@ -132,10 +150,8 @@ def test_rows_from_before_one_row_per_music_task_are_tidied_as_they_are_met(
 ) -> None:
     # Given two failed jobs of one music task both indexed (as stored before the rule)
     music = uuid.uuid4().hex
-    older = _enqueue(store, music)
-    assert store.finish(older, error=errors.UpstreamError("boom", 502)) is not None
-    newer = _enqueue(store, music)
-    assert store.finish(newer, error=errors.UpstreamError("boom", 502)) is not None
+    older = _failed_job(store, music, errors.UpstreamError("boom", 502))
+    newer = _failed_job(store, music, errors.UpstreamError("boom", 502))
     score = time.time() * 1000 - 1000
     for key in (keys.FAILURES, keys.failures_by_kind("upstream"),
                 keys.failures_by_code(502), keys.RETRY_DUE):
@@ -310,7 +326,7 @@ class _App:
                 self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve_in_thread(self.server)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/covers"
 
     def come_up(self) -> None:
@@ -344,7 +360,7 @@ def test_the_app_gets_one_signed_notice_per_finished_job_even_after_being_down(
             assert get_cover(job_id)["notified_at"] is not None
         assert by_job[bad]["state"] == "failed" and by_job[bad]["error"]["kind"] == "not_found"
     finally:
-        app.server.shutdown()
+        stop_server(app.server)
 
 
 @pytest.mark.e2e
@@ -361,7 +377,7 @@ def test_a_notice_the_app_never_takes_is_given_up_and_recorded(
         assert get_cover(job_id)["state"] == "succeeded"
         assert app.refused >= 2
     finally:
-        app.server.shutdown()
+        stop_server(app.server)
 
 
 @pytest.mark.e2e
@@ -391,13 +407,13 @@ def test_a_notice_whose_process_died_before_sending_it_is_sent_once_after_its_le
         assert app.accepted[0]["data"]["images"] == ["https://cdn.example/a.png"]
         assert get_cover(job_id)["notified_at"] is not None
     finally:
-        app.server.shutdown()
+        stop_server(app.server)
 
 
 def test_failures_filter_by_time_newest_first(store: JobStore, client: redis.Redis) -> None:
     ids = [_enqueue(store, f"timed-{n}") for n in range(3)]
     for job_id in ids:
-        assert store.finish(job_id, error=errors.UpstreamError("down", 500)) is not None
+        _fail(store, job_id, errors.UpstreamError("down", 500))
     # Scores are the failures' times (ms); spread them so the bounds are exact.
     for n, job_id in enumerate(ids):
         client.zadd(keys.FAILURES, {job_id: 1_700_000_000_000 + n * 60_000})

@@ -64,9 +64,20 @@ def fill(client: redis.Redis, fair: FairLimiter) -> None:
         assert fair.acquire(queued_job(client), place=Place("bulk", "filler")).go
 
 
-def next_round(fair: FairLimiter, per_s: float) -> tuple[str, ...]:
+#: Window (s) of the limiters whose tests wait for the next round: short, so they are quick.
+ROUND_S = 0.15
+
+
+def full_limiter(client: redis.Redis, limit: int, **kwargs: float) -> FairLimiter:
+    """A limiter of `limit` calls per ROUND_S whose window is used up: the next asks wait."""
+    fair = limiter(client, limit, ROUND_S, **kwargs)
+    fill(client, fair)
+    return fair
+
+
+def next_round(fair: FairLimiter) -> tuple[str, ...]:
     """The jobs granted once the window has passed."""
-    time.sleep(per_s + 0.02)
+    time.sleep(fair.window_ms / 1000 + 0.02)
     return fair.grant().granted
 
 
@@ -203,25 +214,21 @@ def test_a_new_enqueue_is_one_redis_command_and_so_is_a_repeat(tmp_path: Path) -
 def test_an_interactive_job_is_granted_before_a_waiting_bulk_backlog(
     client: redis.Redis
 ) -> None:
-    per_s = 0.15
-    fair = limiter(client, 2, per_s)
-    fill(client, fair)
+    fair = full_limiter(client, 2)
     bulk = [queued_job(client, f"bulk-{n}") for n in range(4)]
     for job in bulk:
         assert fair.acquire(job, place=Place("bulk", "acme")).parked
     urgent = queued_job(client, "urgent")
     assert fair.acquire(urgent, place=Place("interactive", "globex")).parked
-    assert next_round(fair, per_s) == ("urgent", "bulk-0")
+    assert next_round(fair) == ("urgent", "bulk-0")
 
 
 def test_bulk_gets_its_minimum_share_while_interactive_jobs_wait(client: redis.Redis) -> None:
-    per_s = 0.15
-    fair = limiter(client, 10, per_s, bulk_min_share=0.2)
-    fill(client, fair)
+    fair = full_limiter(client, 10, bulk_min_share=0.2)
     for n in range(10):
         assert fair.acquire(queued_job(client, f"i{n}"), place=Place("interactive")).parked
         assert fair.acquire(queued_job(client, f"b{n}"), place=Place("bulk")).parked
-    granted = next_round(fair, per_s)
+    granted = next_round(fair)
     # Every fifth slot to bulk (0.2), the rest to interactive, each lane in arrival order
     assert granted == ("i0", "i1", "i2", "i3", "b0", "i4", "i5", "i6", "i7", "b1")
 
@@ -229,9 +236,7 @@ def test_bulk_gets_its_minimum_share_while_interactive_jobs_wait(client: redis.R
 def test_tenants_take_turns_within_a_lane_and_each_is_served_in_arrival_order(
     client: redis.Redis
 ) -> None:
-    per_s = 0.15
-    fair = limiter(client, 10, per_s)
-    fill(client, fair)
+    fair = full_limiter(client, 10)
     # Given tenant a with 6 jobs (asking out of arrival order), b with 3, c with 1
     for n in (5, 3, 0, 1, 2, 4):
         assert fair.acquire(queued_job(client, f"a{n}"),
@@ -240,8 +245,7 @@ def test_tenants_take_turns_within_a_lane_and_each_is_served_in_arrival_order(
         assert fair.acquire(queued_job(client, f"b{n}"), place=Place("bulk", "b", 1)).parked
     assert fair.acquire(queued_job(client, "c0"), place=Place("bulk", "c", 5)).parked
     # Then they take turns, each tenant's jobs by arrival
-    assert next_round(fair, per_s) == ("a0", "b0", "c0", "a1", "b1", "a2", "b2", "a3", "a4",
-                                       "a5")
+    assert next_round(fair) == ("a0", "b0", "c0", "a1", "b1", "a2", "b2", "a3", "a4", "a5")
 
 
 def test_the_grant_log_keeps_every_slot_in_grant_order_with_lane_and_tenant(
@@ -268,12 +272,10 @@ def test_the_grant_log_keeps_every_slot_in_grant_order_with_lane_and_tenant(
 
 
 def test_a_granted_job_goes_and_others_wait_for_their_grant(client: redis.Redis) -> None:
-    per_s = 0.15
-    fair = limiter(client, 1, per_s)
-    fill(client, fair)
+    fair = full_limiter(client, 1)
     first, second = queued_job(client), queued_job(client)
     assert fair.acquire(first).parked and fair.acquire(second).parked
-    assert next_round(fair, per_s) == (first,)
+    assert next_round(fair) == (first,)
     # The grant made it due now, for a dispatcher to send
     assert float(client.zscore(keys.DUE, first) or 0) <= time.time() * 1000 + 1
     # The other, asking now, does not take the slot kept for the first
@@ -307,14 +309,12 @@ def test_a_grant_comes_just_before_the_room_and_its_job_waits_that_out(
 def test_an_unused_grant_goes_back_to_its_place_and_ended_jobs_take_no_slot(
     client: redis.Redis
 ) -> None:
-    per_s = 0.15
-    fair = limiter(client, 1, per_s, grant_ttl_s=0.2)
-    fill(client, fair)
+    fair = full_limiter(client, 1, grant_ttl_s=0.2)
     lost, ended, later = (queued_job(client, name) for name in ("lost", "ended", "later"))
     for n, job in enumerate((lost, ended, later)):
         assert fair.acquire(job, place=Place("bulk", "t", 1_000 + n)).parked
     # Given the first is granted but its worker never comes
-    assert next_round(fair, per_s) == ("lost",)
+    assert next_round(fair) == ("lost",)
     assert fair.grant().granted == ()  # its slot stays kept while the grant lives
     # When the grant expires, it is granted again, first of its tenant
     time.sleep(0.25)
@@ -322,18 +322,16 @@ def test_an_unused_grant_goes_back_to_its_place_and_ended_jobs_take_no_slot(
     assert fair.acquire(lost).go
     # And a job that ended while it waited leaves without taking the slot
     client.hset(keys.job(ended), "state", "failed")
-    assert next_round(fair, per_s) == ("later",)
+    assert next_round(fair) == ("later",)
     assert fair.waiting() == 1  # only "later", granted; "ended" has left
 
 
 def test_no_grant_during_a_pause_or_a_credits_hold(client: redis.Redis) -> None:
-    per_s = 0.15
-    fair = limiter(client, 1, per_s)
-    fill(client, fair)
+    fair = full_limiter(client, 1)
     job = queued_job(client)
     assert fair.acquire(job).parked
     fair.pause_all(5, WaitReason.MAINTENANCE)
-    time.sleep(per_s + 0.02)
+    time.sleep(ROUND_S + 0.02)
     paused = fair.grant()
     assert paused.granted == () and paused.next_in_s is not None and paused.next_in_s > 4
     client.delete(keys.PAUSE)
@@ -345,12 +343,10 @@ def test_no_grant_during_a_pause_or_a_credits_hold(client: redis.Redis) -> None:
 
 
 def test_a_job_granted_before_its_run_parked_it_is_made_due_again(client: redis.Redis) -> None:
-    per_s = 0.15
-    fair = limiter(client, 1, per_s)
-    fill(client, fair)
+    fair = full_limiter(client, 1)
     job = queued_job(client)
     assert fair.acquire(job).parked
-    assert next_round(fair, per_s) == (job,)
+    assert next_round(fair) == (job,)
     # Its run, finishing after the grant, parks it far ahead...
     client.zadd(keys.DUE, {job: time.time() * 1000 + 60_000})
     # ...and looks again: granted, so due now

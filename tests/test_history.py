@@ -13,12 +13,12 @@ from kie_covers import enqueue_cover, get_cover, wait_for_cover
 from kie_covers.config import keys
 from kie_covers.core.errors import NotFound
 from kie_covers.runtime.connections import get_store
-from kie_covers.runtime.redis_server import RedisServer, free_port
+from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.services.failures import forget_jobs, retry_jobs
 from kie_covers.standin import KieStandin
 from kie_covers.store.history import MAX_TEXT, History, event
 from kie_covers.store.jobs import JobStore, Lifetimes
-from tests.conftest import STORE_DB, empty_db
+from tests.conftest import STORE_DB, empty_db, unreachable_redis
 from tests.services import StartWorker, WorkerProcess, wait_until
 
 APP_CALLBACK = "http://127.0.0.1:9/app-callback"
@@ -54,9 +54,7 @@ def test_an_entry_holds_its_time_in_ms_and_short_texts() -> None:
 
 def test_a_write_to_an_unreachable_redis_is_dropped_not_raised() -> None:
     # Nothing listens on this loopback port: the write is lost, the caller goes on.
-    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5,
-                       decode_responses=True)
-    History(dead, ttl_s=60).add("j1", event("poll", n=1))
+    History(unreachable_redis(decode_responses=True), ttl_s=60).add("j1", event("poll", n=1))
 
 
 def test_forgetting_a_failed_job_deletes_its_timeline(client: redis.Redis) -> None:

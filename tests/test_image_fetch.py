@@ -14,7 +14,6 @@ import shutil
 import ssl
 import struct
 import subprocess
-import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from kie_covers.runtime.redis_server import free_port
 from kie_covers.services import image_fetch
 from kie_covers.services.image_fetch import MAX_REDIRECTS, sniff
 from kie_covers.services.images import LocalStore, copy_one
+from tests.services import serve_in_thread, stop_server
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -107,15 +107,13 @@ def serve() -> Iterator[Callable[..., Server]]:
         if tls is not None:
             http_server.socket = tls.wrap_socket(http_server.socket, server_side=True)
         server.port = http_server.server_address[1]
-        # A short poll interval, so shutdown() returns at once.
-        threading.Thread(target=http_server.serve_forever, args=(0.02,), daemon=True).start()
+        serve_in_thread(http_server)
         running.append(http_server)
         return server
 
     yield start
     for http_server in running:
-        http_server.shutdown()
-        http_server.server_close()
+        stop_server(http_server)
 
 
 @pytest.fixture

@@ -18,14 +18,14 @@ from kie_covers.config import keys
 from kie_covers.config.settings import load_settings
 from kie_covers.core.errors import SettingsError
 from kie_covers.runtime.heartbeat import UNTIE_GRACE_S, Heartbeat
-from kie_covers.runtime.redis_server import RedisServer, free_port
+from kie_covers.runtime.redis_server import RedisServer
 from kie_covers.services import producer
 from kie_covers.store.due import Due
 from kie_covers.store.jobs import JobStore, Lifetimes
 from kie_covers.store.liveness import Liveness, Reaped, holder_id
 from kie_covers.store.run import Busy, Run
 from kie_covers.store.scripts import register
-from tests.conftest import STORE_DB, empty_db
+from tests.conftest import STORE_DB, empty_db, unreachable_redis
 
 CALLBACK = "http://127.0.0.1:9/cb"
 #: Dead-after of the registry under test, in seconds (short: old beats are written).
@@ -298,8 +298,7 @@ def test_the_heartbeat_judges_others_only_while_its_own_beats_are_steady(
     time.sleep(0.2)  # a break of more than two beats
     beat.beat_once()
     assert not beat.may_reap()  # others may have missed beats too: wait dead-after
-    cut = Heartbeat(Liveness(redis.Redis(port=free_port(), socket_connect_timeout=1), 30.0),
-                    holder_id("w1@h", "worker"), 0.05)
+    cut = Heartbeat(Liveness(unreachable_redis(), 30.0), holder_id("w1@h", "worker"), 0.05)
     cut.beat_once()  # Redis out of reach: logged, never raised
     assert not cut.may_reap()
 

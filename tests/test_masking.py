@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +29,7 @@ from kie_covers.services.endings import record_result
 from kie_covers.services.failures import list_failures
 from kie_covers.store.record import Job
 from tests.conftest import API_KEY
-from tests.services import StartWorker, wait_until
+from tests.services import StartWorker, serve_in_thread, stop_server, wait_until
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -75,12 +74,11 @@ class _App(BaseHTTPRequestHandler):
 
 def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_thread(server)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
-        server.shutdown()
-        server.server_close()
+        stop_server(server)
 
 
 @pytest.fixture

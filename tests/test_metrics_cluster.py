@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from kie_covers import enqueue_cover, get_cover
 from kie_covers.core.states import JobState, WaitReason
@@ -22,29 +21,18 @@ from kie_covers.runtime.redis_server import free_port
 from kie_covers.services.overview import cluster_overview
 from kie_covers.standin import KieStandin
 from tests.conftest import process_env
-from tests.services import ROOT, StartWorker, WebProcess, wait_until
+from tests.services import (
+    ROOT,
+    StartWorker,
+    WebProcess,
+    answers,
+    scrape_metrics,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
 APP_URL = "http://127.0.0.1:9/cb"
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The exporter's samples, ``name{labels}`` -> value."""
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
-def _up(port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1).ok
-    except requests.RequestException:
-        return False
 
 
 @pytest.fixture
@@ -55,7 +43,7 @@ def exporter() -> Iterator[int]:
         [sys.executable, "-m", "kie_covers.worker.cli", "metrics", "--port", str(port)],
         cwd=ROOT, env=process_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: _up(port), 60, 0.1, "the exporter")
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/metrics"), 60, 0.1, "the exporter")
         yield port
     finally:
         process.terminate()
@@ -109,7 +97,7 @@ def test_counters_and_gauges_agree_with_get_cover_when_web_and_workers_end_jobs(
 
     every = polled + called + [submitted, idle] + held
     before = records(every)
-    samples = scrape(exporter)
+    samples = scrape_metrics(exporter)
     # Nothing the gauges count moved while the exporter read (app notices may still be
     # given up meanwhile: they change other fields).
     assert [gauged(r) for r in records(every)] == [gauged(r) for r in before]
@@ -154,4 +142,4 @@ def test_counters_and_gauges_agree_with_get_cover_when_web_and_workers_end_jobs(
     # A worker that stops cleanly leaves the live set at once
     poller.stop()
     assert poller.name not in {name.split("@")[0] for name in cluster_overview().workers}
-    assert scrape(exporter)["covers_workers_live"] <= len(live) - 1
+    assert scrape_metrics(exporter)["covers_workers_live"] <= len(live) - 1

@@ -9,13 +9,20 @@ import uuid
 from pathlib import Path
 
 import pytest
-import requests
 
 from kie_covers import enqueue_cover, wait_for_cover
 from kie_covers.runtime.redis_server import free_port
 from kie_covers.standin import KieStandin
 from tests.conftest import process_env
-from tests.services import BROKERS, RABBITMQ_URL, ROOT, StartWorker, wait_until
+from tests.services import (
+    BROKERS,
+    RABBITMQ_URL,
+    ROOT,
+    StartWorker,
+    answers,
+    scrape_metrics,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -45,16 +52,6 @@ def test_the_pipeline_runs_on_each_broker(
         assert "amqp://" in worker.log()  # really on RabbitMQ
 
 
-def _scrape(port: int) -> dict[str, float]:
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 def test_the_metrics_endpoint_counts_a_runs_known_outcomes(
     standin: KieStandin, start_worker: StartWorker, run_dir: Path
 ) -> None:
@@ -75,8 +72,8 @@ def test_the_metrics_endpoint_counts_a_runs_known_outcomes(
                             queue=worker.queue)
         for job_id in [*ok, bad]:
             wait_for_cover(job_id, timeout_s=30)
-        wait_until(lambda: _up(port), 20, 0.1, "the exporter")
-        samples = _scrape(port)
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/metrics"), 20, 0.1, "the exporter")
+        samples = scrape_metrics(port)
         assert samples['covers_api_answers_total{code="200",endpoint="generate"}'] == 3
         assert samples['covers_api_answers_total{code="404",endpoint="generate"}'] == 1
         assert samples['covers_api_answers_total{code="500",endpoint="generate"}'] == 1
@@ -87,13 +84,6 @@ def test_the_metrics_endpoint_counts_a_runs_known_outcomes(
     finally:
         exporter.terminate()
         exporter.wait(timeout=10)
-
-
-def _up(port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1).ok
-    except requests.RequestException:
-        return False
 
 
 def test_json_logs_have_one_line_per_job_step_with_the_ids(

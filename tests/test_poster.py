@@ -17,6 +17,7 @@ import pytest
 from kie_covers.core.addresses import TargetRefused
 from kie_covers.runtime import poster
 from tests.notice_apps import FastApp, SlowApp
+from tests.services import serve_in_thread, stop_server
 
 
 class _App(ThreadingHTTPServer):
@@ -61,11 +62,9 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def app() -> Iterator[_App]:
     server = _App()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serve_in_thread(server)
     yield server
-    server.shutdown()
-    server.server_close()
+    stop_server(server)
 
 
 def test_posts_reuse_one_connection_and_return_the_status(app: _App) -> None:

@@ -21,13 +21,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
-import requests
 
 from kie_covers.config import keys
 from kie_covers.runtime.redis_server import RedisServer, free_port
 from kie_covers.standin import KieStandin
 from tests.conftest import API_KEY, HMAC_KEY
-from tests.services import ROOT, wait_until
+from tests.services import ROOT, healthy, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -84,12 +83,6 @@ def dotenv_for_this_machine(redis_server: RedisServer, standin: KieStandin, web_
     return env
 
 
-def _healthy(port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
-    except requests.RequestException:
-        return False
-
 
 def _shows(log_path: Path, line: str) -> bool:
     return line in log_path.read_text()
@@ -130,7 +123,7 @@ def test_honcho_with_the_readme_env_ends_a_cover_by_callback(
         process = subprocess.Popen([*honcho, "start"], cwd=tmp_path, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until(lambda: _healthy(web_port) or process.poll() is not None, 60, 0.2,
+        wait_until(lambda: healthy(web_port) or process.poll() is not None, 60, 0.2,
                    "the web line on COVERS_WEB_PORT")
         assert process.poll() is None, log_path.read_text()
         # honcho gave the web line PORT=5200; it listens where the callback URL points.
@@ -154,4 +147,4 @@ def test_honcho_with_the_readme_env_ends_a_cover_by_callback(
         _stop(process)
         client.flushdb()
         client.close()
-    assert not _healthy(web_port)  # honcho stopped the web line with itself
+    assert not healthy(web_port)  # honcho stopped the web line with itself

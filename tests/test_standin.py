@@ -11,12 +11,10 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from kie_covers.standin.faults import BODY_FAULTS, ENVELOPE_FAULTS, FAULT_KINDS
 from kie_covers.standin.png import PNG_SIGNATURE, cover_png, encode_png
 from kie_covers.standin.routes import MISSING_MUSIC_PREFIX
 from kie_covers.standin.style import STYLE_TOKENS
+from tests.notice_apps import FastApp
 
 KEY = "standin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -91,42 +90,6 @@ def _check_png(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-class _Receiver:
-    """A tiny callback receiver on loopback recording what it gets."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver.lock:
-                    receiver.received.append((dict(self.headers.items()), json.loads(body)))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/callback"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.received)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def kie() -> Iterator[KieStandin]:
     with KieStandin(StandinConfig(cover_seconds=COVER_S)) as standin:
@@ -140,10 +103,11 @@ def http() -> Iterator[requests.Session]:
 
 
 @pytest.fixture
-def receiver() -> Iterator[_Receiver]:
-    rec = _Receiver()
-    yield rec
-    rec.close()
+def receiver() -> Iterator[FastApp]:
+    """A loopback app that takes the stand-in's callbacks."""
+    app = FastApp()
+    yield app
+    app.stop()
 
 
 def _generate(
@@ -455,13 +419,13 @@ def test_failing_prefixes_make_the_cover_fail(
     ],
 )
 def test_a_failing_id_chooses_the_callback_code(
-    http: requests.Session, receiver: _Receiver, music: str, code: int
+    http: requests.Session, receiver: FastApp, music: str, code: int
 ) -> None:
     with KieStandin(StandinConfig(cover_seconds=0.05)) as kie:
         cover_id = _generate(http, kie, music, receiver.url).json()["data"]["taskId"]
-        assert _wait_until(lambda: receiver.count() == 1)
+        assert _wait_until(lambda: len(receiver.received) == 1)
         assert _wait_until(lambda: kie.callbacks_sent() == 1)
-        _, body = receiver.received[0]
+        body = receiver.received[0].json()
         assert body["code"] == code and body["msg"]
         assert body["data"] == {"taskId": cover_id}  # no images on a failure
         # 531: "Your credits have been refunded"; every other failure stays charged
@@ -472,16 +436,16 @@ def test_a_failing_id_chooses_the_callback_code(
 # -- callbacks ---------------------------------------------------------------------------
 
 
-def test_signed_callbacks_verify(http: requests.Session, receiver: _Receiver) -> None:
+def test_signed_callbacks_verify(http: requests.Session, receiver: FastApp) -> None:
     secret = "webhook-secret"
     config = StandinConfig(cover_seconds=COVER_S, webhook_hmac_key=secret)
     with KieStandin(config) as kie:
         started = int(time.time())  # whole seconds, as the timestamp header is
         ok_id = _generate(http, kie, "music", receiver.url).json()["data"]["taskId"]
         failed_id = _generate(http, kie, "genfail-x", receiver.url).json()["data"]["taskId"]
-        assert _wait_until(lambda: receiver.count() == 2)
+        assert _wait_until(lambda: len(receiver.received) == 2)
         assert _wait_until(lambda: kie.callbacks_sent() == 2)  # counted once the POST returns
-        by_id = {body["data"]["taskId"]: (headers, body) for headers, body in receiver.received}
+        by_id = {r.json()["data"]["taskId"]: (r.headers, r.json()) for r in receiver.received}
 
         headers, body = by_id[ok_id]
         assert body == {
@@ -490,12 +454,12 @@ def test_signed_callbacks_verify(http: requests.Session, receiver: _Receiver) ->
             "data": {"taskId": ok_id, "images": _info(http, kie, ok_id)["response"]["images"]},
         }
         # The timestamp is the time of sending: after the generate, before we read it
-        timestamp = headers["X-Webhook-Timestamp"]
+        timestamp = headers["x-webhook-timestamp"]
         assert started <= int(timestamp) <= time.time()
         expected = base64.b64encode(
             hmac.new(secret.encode(), f"{ok_id}.{timestamp}".encode(), hashlib.sha256).digest()
         ).decode()
-        assert hmac.compare_digest(headers["X-Webhook-Signature"], expected)
+        assert hmac.compare_digest(headers["x-webhook-signature"], expected)
 
         headers, body = by_id[failed_id]
         assert body == {
@@ -503,44 +467,44 @@ def test_signed_callbacks_verify(http: requests.Session, receiver: _Receiver) ->
             "msg": "Cover generation failed",
             "data": {"taskId": failed_id},
         }
-        assert "X-Webhook-Signature" in headers
+        assert "x-webhook-signature" in headers
 
 
 def test_unsigned_callback_has_no_signature(
-    kie: KieStandin, http: requests.Session, receiver: _Receiver
+    kie: KieStandin, http: requests.Session, receiver: FastApp
 ) -> None:
     _generate(http, kie, "music", receiver.url)
-    assert _wait_until(lambda: receiver.count() == 1)
-    assert "X-Webhook-Signature" not in receiver.received[0][0]
+    assert _wait_until(lambda: len(receiver.received) == 1)
+    assert "x-webhook-signature" not in receiver.received[0].headers
 
 
-def test_callback_modes(kie: KieStandin, http: requests.Session, receiver: _Receiver) -> None:
+def test_callback_modes(kie: KieStandin, http: requests.Session, receiver: FastApp) -> None:
     kie.set_callback_mode("drop")
     _generate(http, kie, "dropped", receiver.url)
     kie.set_callback_mode("duplicate")
     _generate(http, kie, "twice", receiver.url)
-    assert _wait_until(lambda: receiver.count() == 2)
+    assert _wait_until(lambda: len(receiver.received) == 2)
     time.sleep(COVER_S)
-    assert receiver.count() == 2 and kie.callbacks_sent() == 2
-    assert {body["data"]["taskId"] for _, body in receiver.received} == {
+    assert len(receiver.received) == 2 and kie.callbacks_sent() == 2
+    assert {r.json()["data"]["taskId"] for r in receiver.received} == {
         _generate(http, kie, "twice").json()["data"]["taskId"]
     }
 
     kie.set_callback_mode("delay", delay_s=0.4)
     started = time.monotonic()
     _generate(http, kie, "late", receiver.url)
-    assert _wait_until(lambda: receiver.count() == 3)
+    assert _wait_until(lambda: len(receiver.received) == 3)
     assert time.monotonic() - started >= COVER_S + 0.4 - 0.05
 
     # Receiver errors are swallowed and still count as sent.
-    failing = _Receiver(status=500)
+    failing = FastApp(statuses=[500])
     try:
         kie.set_callback_mode("send")
         _generate(http, kie, "to-failing", failing.url)
-        assert _wait_until(lambda: failing.count() == 1)
+        assert _wait_until(lambda: len(failing.received) == 1)
         assert _wait_until(lambda: kie.callbacks_sent() == 4)
     finally:
-        failing.close()
+        failing.stop()
 
 
 def test_callbacks_off_this_machine_are_never_sent(kie: KieStandin, http: requests.Session) -> None:
@@ -791,12 +755,12 @@ def test_a_duplicate_answers_the_configured_code(http: requests.Session) -> None
 
 
 def test_a_failure_callback_in_the_null_fields_style_carries_null_images(
-    http: requests.Session, receiver: _Receiver
+    http: requests.Session, receiver: FastApp
 ) -> None:
     with KieStandin(StandinConfig(cover_seconds=0.05, unset_fields="null")) as kie:
         cover_id = _generate(http, kie, "genfail408-z", receiver.url).json()["data"]["taskId"]
-        assert _wait_until(lambda: receiver.count() == 1)
-    _, body = receiver.received[0]
+        assert _wait_until(lambda: len(receiver.received) == 1)
+    body = receiver.received[0].json()
     assert body["code"] == 408 and body["data"] == {"taskId": cover_id, "images": None}
 
 
@@ -843,7 +807,7 @@ def test_reset_forgets_everything(kie: KieStandin, http: requests.Session) -> No
 # -- admin over HTTP ------------------------------------------------------------------------
 
 
-def test_admin_endpoints(kie: KieStandin, http: requests.Session, receiver: _Receiver) -> None:
+def test_admin_endpoints(kie: KieStandin, http: requests.Session, receiver: FastApp) -> None:
     admin = kie.base_url + "/_standin"
 
     def state() -> dict[str, Any]:
@@ -873,7 +837,7 @@ def test_admin_endpoints(kie: KieStandin, http: requests.Session, receiver: _Rec
     assert _generate(http, kie, "music-2", "https://api.example.com/cb").status_code == 200
     _generate(http, kie, "music-3", receiver.url)
     assert _wait_until(lambda: state()["callbacks_sent"] == 4)
-    assert receiver.count() == 4
+    assert len(receiver.received) == 4
 
     current = state()
     assert current["paid"] == {"music": 1, "music-2": 1, "music-3": 1}

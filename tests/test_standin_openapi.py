@@ -9,11 +9,9 @@ testing clients) are refused by it.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -27,6 +25,7 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 from kie_covers.standin import KieStandin, StandinConfig
 from kie_covers.standin.covers import CALLBACK_FAILURES, STATUSES
 from kie_covers.standin.protocol import OPENAPI_PATH
+from tests.notice_apps import FastApp
 
 KEY = "standin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -146,41 +145,6 @@ class _Webhook:
             path={}, query=ImmutableMultiDict(), header=Headers(self.headers),
             cookie=ImmutableMultiDict(),
         )
-
-
-class _Receiver:
-    """A loopback callback receiver keeping each POST's headers and raw body."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver.lock:
-                    receiver.received.append((dict(self.headers.items()), body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/callback"
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        ).start()
-
-    def bodies(self) -> list[tuple[dict[str, str], bytes]]:
-        with self.lock:
-            return list(self.received)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _wait_for(predicate: Any, timeout: float = 15.0) -> None:
@@ -331,7 +295,7 @@ def test_every_record_info_status_matches_the_document(
 
 @pytest.mark.parametrize("signed", [False, True])
 def test_every_callback_code_matches_the_document(http: requests.Session, signed: bool) -> None:
-    receiver = _Receiver()
+    receiver = FastApp()
     config = StandinConfig(
         cover_seconds=0.05, rate_limit=None, webhook_hmac_key="hmac-key" if signed else None
     )
@@ -345,15 +309,15 @@ def test_every_callback_code_matches_the_document(http: requests.Session, signed
                 response = http.post(kie.base_url + GENERATE, headers=AUTH, timeout=5,
                                      json={"taskId": music, "callBackUrl": receiver.url})
                 assert response.json()["code"] == 200
-            _wait_for(lambda: len(receiver.bodies()) == len(music_ids))
+            _wait_for(lambda: len(receiver.received) == len(music_ids))
             credits = http.get(kie.base_url + CREDIT, headers=AUTH, timeout=5).json()["data"]
     finally:
-        receiver.close()
+        receiver.stop()
     codes = []
-    for headers, body in receiver.bodies():
-        SPEC.validate_webhook_request(_Webhook(headers, body))
-        assert ("X-Webhook-Signature" in headers) is signed
-        codes.append(json.loads(body)["code"])
+    for callback in receiver.received:
+        SPEC.validate_webhook_request(_Webhook(callback.headers, callback.body))
+        assert ("x-webhook-signature" in callback.headers) is signed
+        codes.append(callback.json()["code"])
     assert sorted(codes) == sorted([*CALLBACK_CODES, 500])
     # The 531 cover's credits came back ("your credits have been refunded")
     assert credits == 1000.0 - len(music_ids) + 1
