@@ -251,16 +251,14 @@ def test_tenants_take_turns_within_a_lane_and_each_is_served_in_arrival_order(
 def test_the_grant_log_keeps_every_slot_in_grant_order_with_lane_and_tenant(
     client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    per_s = 0.15
     monkeypatch.setattr(fair_module, "GRANT_LOG_LENGTH", 8)
-    fair = limiter(client, 6, per_s)
-    fill(client, fair)
+    fair = full_limiter(client, 6)
     for n in range(3):
         assert fair.acquire(queued_job(client, f"a{n}"), place=Place("bulk", "a")).parked
         assert fair.acquire(queued_job(client, f"d{n}"), place=Place("bulk")).parked
     assert fair.acquire(queued_job(client, "urgent"), place=Place("interactive", "b")).parked
     before_ms = int(time.time() * 1000)
-    granted = next_round(fair, per_s)
+    granted = next_round(fair)
     log = fair.recent_grants()
     # The six fillers' slots and this round's: the last 8 only, oldest first
     assert len(log) == 8 and [g.job_id for g in log[-6:]] == list(granted)
