@@ -65,6 +65,20 @@ def lock_token(holder: str | None) -> str:
     return token if holder is None else f"{holder}#{token}"
 
 
+def fresh_holders(clock: tuple[int, int], beats: Iterable[tuple[str, float]],
+                  dead_after_s: float) -> list[str]:
+    """The holders whose beat is fresh, in `beats`' order.
+
+    Args:
+        clock: Redis's TIME reply (seconds, microseconds), read with `beats`.
+        beats: ``ZRANGE keys.BEATS 0 -1 WITHSCORES`` (holder, beat ms on Redis's clock).
+        dead_after_s: seconds after its last beat when a holder is dead.
+    """
+    seconds, micros = clock
+    fresh_from = int(seconds) * 1000 + int(micros) // 1000 - int(dead_after_s * 1000)
+    return [holder for holder, at in beats if at >= fresh_from]
+
+
 def worker_nodes(holders: Iterable[str]) -> list[str]:
     """The node names of the Celery workers among `holders` (holder ids), sorted, once
     each: a worker's main process is its one ``worker`` holder."""
@@ -123,10 +137,11 @@ class Liveness:
 
     def live(self, role: str | None = None) -> list[str]:
         """Holder ids whose heartbeat is fresh, oldest beat first; only `role`'s if given."""
-        seconds, micros = self.redis.time()
-        now_ms = seconds * 1000 + micros // 1000
-        fresh: list[str] = self.redis.zrangebyscore(  # type: ignore[assignment]
-            keys.BEATS, now_ms - int(self.dead_after_s * 1000), "+inf")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.zrange(keys.BEATS, 0, -1, withscores=True)
+        clock, beats = pipe.execute()
+        fresh = fresh_holders(clock, beats, self.dead_after_s)
         return [h for h in fresh if role is None or h.split("|")[1:2] == [role]]
 
     def live_nodes(self) -> list[str]:

@@ -40,7 +40,7 @@ from kie_covers.core.states import JobState, WaitReason
 from kie_covers.store.credits import CreditCheck, parse_check
 from kie_covers.store.due import Due
 from kie_covers.store.fair import GENERATE_LIMITER, parse_grant
-from kie_covers.store.liveness import worker_nodes
+from kie_covers.store.liveness import fresh_holders, worker_nodes
 
 #: The generate limiter's latest slots the overview looks at (its grant log).
 RECENT_SLOTS = 100
@@ -250,10 +250,8 @@ def read_overview(client: redis.Redis, limiters: Sequence[LimiterSpec] = (), *,
 
 def _live_workers(replies: Iterator[Any], dead_after_s: float) -> tuple[str, ...]:
     """The live workers' node names from the TIME and heartbeats replies."""
-    seconds, micros = next(replies)
-    fresh_from = int(seconds) * 1000 + int(micros) // 1000 - dead_after_s * 1000
-    beats: list[tuple[str, float]] = next(replies)
-    return tuple(worker_nodes(holder for holder, at in beats if at >= fresh_from))
+    clock, beats = next(replies), next(replies)
+    return tuple(worker_nodes(fresh_holders(clock, beats, dead_after_s)))
 
 
 def _slot_shares(entries: list[str]) -> SlotShares:
